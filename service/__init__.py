@@ -1,0 +1,1 @@
+"""Online retrieval service for JTM/TDM. Never imports torch or the trainer."""

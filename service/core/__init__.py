@@ -1,0 +1,1 @@
+"""numpy-only core shared by the trainer (offline evaluation) and the service (online)."""

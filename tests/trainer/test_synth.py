@@ -1,0 +1,60 @@
+"""The synthetic generator: determinism, exact sizes, and the planted structure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data import build_interactions
+from trainer.formats import read_log
+from trainer.synth import SynthConfig, generate, write
+
+
+def test_deterministic_for_a_seed() -> None:
+    a = generate(SynthConfig(n_items=500, n_users=100, seed=7))
+    b = generate(SynthConfig(n_items=500, n_users=100, seed=7))
+    c = generate(SynthConfig(n_items=500, n_users=100, seed=8))
+    assert a.equals(b)
+    assert not a.equals(c)
+
+
+def test_sizes_and_ranges() -> None:
+    cfg = SynthConfig(n_items=1000, n_users=200, n_interactions=9000, seed=1)
+    frame = generate(cfg)
+    assert len(frame) == 9000
+    assert frame.user_id.nunique() == 200
+    assert frame.item_id.nunique() <= 1000
+    assert (frame.groupby("user_id").size() >= cfg.min_user_length).all()
+    assert frame.timestamp.is_monotonic_increasing
+
+
+def test_planted_structure() -> None:
+    cfg = SynthConfig(n_items=2000, n_users=1000, seed=2)
+    frame = generate(cfg)
+    b = cfg.branching
+    # Categories follow the mid-level cluster for most items.
+    items = frame.drop_duplicates("item_id")
+    agreement = ((items.cluster // b) + 1 == items.category_id).mean()
+    assert agreement > 0.85
+    # Consecutive behaviours of a user share a leaf cluster far more often than chance.
+    frame = frame.sort_values(["user_id", "timestamp"], kind="stable")
+    same_user = frame.user_id.to_numpy()[1:] == frame.user_id.to_numpy()[:-1]
+    same_cluster = frame.cluster.to_numpy()[1:] == frame.cluster.to_numpy()[:-1]
+    rate = same_cluster[same_user].mean()
+    shares = frame.cluster.value_counts(normalize=True).to_numpy()
+    chance = float((shares ** 2).sum())
+    assert rate > 0.5 and rate > 10 * chance
+    # Popularity is heavy-tailed: the top 1% of items take a large share of behaviours.
+    counts = np.sort(frame.item_id.value_counts().to_numpy())[::-1]
+    assert counts[: max(1, len(counts) // 100)].sum() / counts.sum() > 0.1
+
+
+def test_round_trip_through_loader(tmp_path: Path) -> None:
+    frame = generate(SynthConfig(n_items=300, n_users=50, seed=3))
+    for name in ("s.parquet", "s.csv.gz"):
+        write(frame, tmp_path / name)
+        raw = read_log(tmp_path / name)
+        assert raw.format == "generic" and len(raw.frame) == len(frame)
+        data = build_interactions(raw, 10)
+        assert data.n_users == (frame.groupby("user_id").size() >= 10).sum()

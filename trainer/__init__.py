@@ -1,0 +1,1 @@
+"""Offline side of JTM/TDM: data, baselines, models, tree learning, evaluation, export."""

@@ -1,0 +1,1 @@
+"""Baselines a learnt tree model must beat: popularity, Item-CF, YouTube product-DNN."""

@@ -1,0 +1,114 @@
+"""Command line: `python -m trainer <command>`. Each command is a few lines over library calls."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from trainer.errors import DataError
+from trainer.formats import FORMATS
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="interaction log (CSV/TSV/Parquet, .gz ok)")
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="log format (default: detect)")
+    parser.add_argument("--min-interactions", type=int, default=10, help="keep users with at least this many")
+    parser.add_argument("--behaviors", default=None, help="UserBehavior only: comma list of pv,buy,cart,fav")
+
+
+def _data_config(args: argparse.Namespace):
+    from trainer.data import DataConfig
+
+    behaviors = None if args.behaviors is None else tuple(b.strip() for b in args.behaviors.split(","))
+    return DataConfig(path=args.data, format=args.format, min_interactions=args.min_interactions,
+                      behaviors=behaviors)
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from trainer.synth import SynthConfig, generate, write
+
+    config = SynthConfig(n_items=args.items, n_users=args.users, n_interactions=args.interactions,
+                         seed=args.seed)
+    frame = generate(config)
+    write(frame, Path(args.out))
+    print(f"wrote {len(frame):,} interactions ({config.n_users:,} users, {config.n_items:,} items) to {args.out}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from trainer.compare import CompareConfig, format_table, run_compare
+    from trainer.data import load_interactions
+    from trainer.methods import MethodOptions, parse_methods
+
+    methods = parse_methods(args.methods)
+    if args.reference is not None and args.reference not in methods:
+        raise DataError(f"--reference {args.reference!r} is not among --methods {','.join(methods)}")
+    if args.m < 1:
+        raise DataError(f"--m must be >= 1, got {args.m}")
+    if args.seeds < 1:
+        raise DataError(f"--seeds must be >= 1, got {args.seeds}")
+    data = load_interactions(_data_config(args))
+    logging.getLogger("trainer").info(
+        "data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
+    config = CompareConfig(
+        methods=methods, m=args.m, seeds=tuple(range(args.seed, args.seed + args.seeds)),
+        exclude_seen=args.exclude_seen, valid_fraction=args.valid_fraction,
+        test_fraction=args.test_fraction, max_history=args.max_history, reference=args.reference,
+    )
+    result = run_compare(data, config, MethodOptions(epochs=args.epochs, device=args.device))
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    synth = sub.add_parser("synth", help="generate a synthetic interaction log with a planted hierarchy")
+    synth.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
+    synth.add_argument("--items", type=int, default=10_000)
+    synth.add_argument("--users", type=int, default=2_000)
+    synth.add_argument("--interactions", type=int, default=None, help="default: 30 per user")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=cmd_synth)
+
+    compare = sub.add_parser("compare", help="evaluate methods under the paper's protocol (Table 1)")
+    _add_data_arguments(compare)
+    compare.add_argument("--methods", default="pop,itemcf,youtube", help="comma list")
+    compare.add_argument("--m", type=int, default=200, help="M in P/R/F@M (paper: 200)")
+    compare.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
+    compare.add_argument("--seed", type=int, default=0, help="first seed")
+    compare.add_argument("--exclude-seen", action="store_true",
+                         help="never recommend an item of the user's feature half (not in the paper)")
+    compare.add_argument("--valid-fraction", type=float, default=0.1)
+    compare.add_argument("--test-fraction", type=float, default=0.1)
+    compare.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
+    compare.add_argument("--epochs", type=int, default=None, help="max epochs for neural methods")
+    compare.add_argument("--device", default="cpu", help="cpu or cuda")
+    compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
+    compare.add_argument("--json", default=None, help="write the results here")
+    compare.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    try:
+        args.func(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,428 @@
+"""Interactions with contiguous ids, the user split, training samples and evaluation sets.
+
+Pipeline (paper section 3.1): read log -> keep users with >= `min_interactions` -> contiguous
+ids -> sort each user's behaviours by time -> split users disjointly into train / validation /
+test -> training samples (every interaction of a training user, the behaviours before it as
+features) and evaluation sets (first half of a held-out user's timeline as features, distinct
+items of the second half as ground truth).
+
+Everything is stored as flat numpy arrays with CSR-style offsets; nothing is materialised per
+sample, so 10M interactions take a few hundred MB (histories are gathered per batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from trainer.errors import DataError
+from trainer.formats import RawLog, read_log
+
+PAD = -1  # history padding value: "no behaviour here"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How a log becomes a data set. Stored with every run so evaluation can rebuild it."""
+
+    path: str
+    format: str = "auto"
+    min_interactions: int = 10  # paper: users with >= 10 interactions
+    behaviors: tuple[str, ...] | None = None  # UserBehavior only: keep these behaviour types
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DataConfig:
+        behaviors = data.get("behaviors")
+        return cls(
+            path=data["path"],
+            format=data.get("format", "auto"),
+            min_interactions=int(data.get("min_interactions", 10)),
+            behaviors=None if behaviors is None else tuple(behaviors),
+        )
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """All kept interactions, grouped by user and time-ordered within each user.
+
+    user, item: (n,) int32 contiguous ids; timestamp: (n,) int64.
+    user_offsets: (n_users + 1,) int64; user u's behaviours are rows
+        ``user_offsets[u]:user_offsets[u + 1]``, oldest first.
+    item_category: (n_items,) int32 contiguous category of each item (0 when the log has none).
+    user_ids / item_ids / category_ids: original ids, indexed by contiguous id.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    timestamp: np.ndarray
+    user_offsets: np.ndarray
+    item_category: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    category_ids: np.ndarray
+    format: str
+    source: str
+    has_timestamp: bool
+    has_category: bool
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+    def user_lengths(self) -> np.ndarray:
+        return np.diff(self.user_offsets)
+
+    def item_counts(self, users: np.ndarray | None = None) -> np.ndarray:
+        """Interactions per item, over all users or the given ones: (n_items,) int64."""
+        if users is None:
+            return np.bincount(self.item, minlength=self.n_items)
+        rows = rows_of_users(self.user_offsets, users)
+        return np.bincount(self.item[rows], minlength=self.n_items)
+
+    def fingerprint(self) -> str:
+        """sha256 of the processed data: two runs agree on it iff they saw the same interactions."""
+        digest = hashlib.sha256()
+        for array in (self.user, self.item, self.timestamp, self.item_category):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        for ids in (self.user_ids, self.item_ids):
+            digest.update(np.asarray(ids).astype(str).astype("U").tobytes())
+        return digest.hexdigest()
+
+    def summary(self) -> dict:
+        lengths = self.user_lengths()
+        return {
+            "source": self.source,
+            "format": self.format,
+            "interactions": len(self),
+            "users": self.n_users,
+            "items": self.n_items,
+            "categories": self.n_categories,
+            "has_timestamp": self.has_timestamp,
+            "has_category": self.has_category,
+            "median_user_length": float(np.median(lengths)) if len(lengths) else 0.0,
+            "fingerprint": self.fingerprint(),
+        }
+
+
+def load_interactions(config: DataConfig) -> Interactions:
+    """Read, filter and index a log as `config` says. Raises DataError on bad input."""
+    raw = read_log(config.path, config.format, config.behaviors)
+    return build_interactions(raw, config.min_interactions)
+
+
+def build_interactions(raw: RawLog, min_interactions: int = 10) -> Interactions:
+    """Filter users, map ids to contiguous integers and sort each user's behaviours by time.
+
+    Without a timestamp column, file order stands in for time. Without a category column all
+    items share one category. An item seen with several categories gets its most frequent one
+    (ties: the first seen), because the tree needs exactly one per item.
+    """
+    if min_interactions < 1:
+        raise DataError(f"min_interactions must be >= 1, got {min_interactions}")
+    frame = raw.frame
+    n_read = len(frame)
+    user_codes, user_ids = pd.factorize(frame["user"], sort=True)
+    counts = np.bincount(user_codes)
+    keep_rows = counts[user_codes] >= min_interactions
+    if not keep_rows.any():
+        raise DataError(
+            f"no user has >= {min_interactions} interactions ({len(user_ids)} users, "
+            f"{n_read} rows read); lower --min-interactions",
+            raw.path,
+        )
+    frame = frame.loc[keep_rows]
+    order_in_file = np.flatnonzero(keep_rows).astype(np.int64)
+
+    user_codes, user_ids = pd.factorize(frame["user"], sort=True)
+    item_codes, item_ids = pd.factorize(frame["item"], sort=True)
+    if raw.has_timestamp:
+        timestamp = frame["timestamp"].to_numpy(dtype=np.int64)
+    else:
+        timestamp = order_in_file.copy()
+    # Sort by user, then time, then file order (stable for equal timestamps).
+    order = np.lexsort((order_in_file, timestamp, user_codes))
+    user = user_codes[order].astype(np.int32)
+    item = item_codes[order].astype(np.int32)
+    timestamp = timestamp[order]
+    n_users = len(user_ids)
+    user_offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(np.bincount(user, minlength=n_users), out=user_offsets[1:])
+
+    n_items = len(item_ids)
+    if raw.has_category:
+        category_codes, category_ids = pd.factorize(frame["category"], sort=True)
+        item_category = _majority_category(item_codes, category_codes, n_items, len(category_ids))
+    else:
+        category_ids = np.array([0])
+        item_category = np.zeros(n_items, dtype=np.int32)
+    # Categories no item kept: drop them so ids stay contiguous.
+    used, item_category = np.unique(item_category, return_inverse=True)
+    category_ids = np.asarray(category_ids)[used]
+
+    return Interactions(
+        user=user,
+        item=item,
+        timestamp=timestamp,
+        user_offsets=user_offsets,
+        item_category=item_category.astype(np.int32),
+        user_ids=np.asarray(user_ids),
+        item_ids=np.asarray(item_ids),
+        category_ids=np.asarray(category_ids),
+        format=raw.format,
+        source=str(raw.path),
+        has_timestamp=raw.has_timestamp,
+        has_category=raw.has_category,
+    )
+
+
+def _majority_category(items: np.ndarray, categories: np.ndarray, n_items: int, n_cats: int) -> np.ndarray:
+    """Most frequent category per item, vectorized; ties go to the category seen first."""
+    pair = items.astype(np.int64) * n_cats + categories
+    uniq, first_index, pair_counts = np.unique(pair, return_index=True, return_counts=True)
+    pair_items, pair_cats = uniq // n_cats, uniq % n_cats
+    # Sort by item, then count descending, then first appearance: the first row per item wins.
+    order = np.lexsort((first_index, -pair_counts, pair_items))
+    pair_items, pair_cats = pair_items[order], pair_cats[order]
+    is_first = np.r_[True, pair_items[1:] != pair_items[:-1]]
+    result = np.zeros(n_items, dtype=np.int32)
+    result[pair_items[is_first]] = pair_cats[is_first]
+    return result
+
+
+# --------------------------------------------------------------------------- user split
+
+
+@dataclass(frozen=True)
+class UserSplit:
+    """Disjoint user sets (contiguous user ids, sorted)."""
+
+    train: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray
+    seed: int
+    valid_fraction: float
+    test_fraction: float
+
+    def save(self, path: Path, data: Interactions) -> None:
+        """Store the split with original user ids, so it survives a re-read of the log."""
+        np.savez(
+            path,
+            train=data.user_ids[self.train].astype(str),
+            valid=data.user_ids[self.valid].astype(str),
+            test=data.user_ids[self.test].astype(str),
+            meta=np.array(json.dumps({
+                "seed": self.seed,
+                "valid_fraction": self.valid_fraction,
+                "test_fraction": self.test_fraction,
+                "fingerprint": data.fingerprint(),
+            })),
+        )
+
+    @classmethod
+    def load(cls, path: Path, data: Interactions) -> UserSplit:
+        with np.load(path, allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            if meta["fingerprint"] != data.fingerprint():
+                raise DataError(
+                    "the data no longer matches the run's split (fingerprint differs): the log "
+                    "changed since training", path,
+                )
+            index = pd.Index(np.asarray(data.user_ids).astype(str))
+            sets = {}
+            for name in ("train", "valid", "test"):
+                positions = index.get_indexer(archive[name])
+                if (positions < 0).any():
+                    raise DataError(f"split names users that are not in the data ({name})", path)
+                sets[name] = np.sort(positions).astype(np.int64)
+        return cls(seed=meta["seed"], valid_fraction=meta["valid_fraction"],
+                   test_fraction=meta["test_fraction"], **sets)
+
+
+def split_users(n_users: int, seed: int, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> UserSplit:
+    """Shuffle users with `seed` and cut them into train / validation / test.
+
+    Validation and test get at least one user each when the fraction is positive.
+    """
+    if not 0 <= valid_fraction < 1 or not 0 < test_fraction < 1 or valid_fraction + test_fraction >= 1:
+        raise DataError(
+            f"bad split fractions: validation {valid_fraction}, test {test_fraction} "
+            "(need 0 <= validation, 0 < test, validation + test < 1)"
+        )
+    permutation = np.random.default_rng(seed).permutation(n_users)
+    n_test = max(1, int(round(n_users * test_fraction)))
+    n_valid = max(1, int(round(n_users * valid_fraction))) if valid_fraction > 0 else 0
+    if n_test + n_valid >= n_users:
+        raise DataError(f"{n_users} users are too few to split into train, validation and test")
+    test = np.sort(permutation[:n_test])
+    valid = np.sort(permutation[n_test:n_test + n_valid])
+    train = np.sort(permutation[n_test + n_valid:])
+    return UserSplit(train=train, valid=valid, test=test, seed=seed,
+                     valid_fraction=valid_fraction, test_fraction=test_fraction)
+
+
+def rows_of_users(user_offsets: np.ndarray, users: np.ndarray) -> np.ndarray:
+    """Row indices of all interactions of `users`, user by user, in time order (vectorized)."""
+    users = np.asarray(users, dtype=np.int64)
+    starts = user_offsets[users]
+    lengths = user_offsets[users + 1] - starts
+    return _ranges(starts, lengths)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + n) for each (s, n), without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    segment_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(np.asarray(starts, dtype=np.int64), lengths) + (np.arange(total) - segment_start)
+
+
+# --------------------------------------------------------------------------- training samples
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Training samples: (behaviours before t, item at t) for every interaction of the users.
+
+    Stored as row indices into `Interactions.item`; `histories` gathers the feature matrix for a
+    batch, so memory is O(samples), not O(samples x history length).
+
+    rows: (S,) int64 row of the target interaction; first: (S,) int64 the user's first row.
+    """
+
+    items: np.ndarray  # the Interactions.item array (shared, not copied)
+    rows: np.ndarray
+    first: np.ndarray
+    max_history: int
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.items[self.rows]
+
+    def histories(self, index: np.ndarray | slice | None = None) -> np.ndarray:
+        """(B, max_history) int32 item ids, most recent first, padded with PAD (-1)."""
+        rows = self.rows if index is None else self.rows[index]
+        first = self.first if index is None else self.first[index]
+        return gather_history(self.items, rows, first, self.max_history)
+
+
+def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarray, length: int) -> np.ndarray:
+    """For each (end, first): items[end-1], items[end-2], ... down to `first`, padded to `length`."""
+    positions = end_rows[:, None] - 1 - np.arange(length)[None, :]
+    valid = positions >= first_rows[:, None]
+    history = items[np.where(valid, positions, 0)].astype(np.int32)
+    history[~valid] = PAD
+    return history
+
+
+def make_samples(data: Interactions, users: np.ndarray, max_history: int = 69, min_history: int = 1) -> SampleSet:
+    """Every interaction of `users` with at least `min_history` earlier behaviours is a sample."""
+    if max_history < 1:
+        raise DataError(f"max_history must be >= 1, got {max_history}")
+    users = np.asarray(users, dtype=np.int64)
+    rows = rows_of_users(data.user_offsets, users)
+    first = np.repeat(data.user_offsets[users], data.user_offsets[users + 1] - data.user_offsets[users])
+    keep = rows - first >= min_history
+    return SampleSet(items=data.item, rows=rows[keep], first=first[keep], max_history=max_history)
+
+
+# --------------------------------------------------------------------------- evaluation sets
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Held-out users under the paper's protocol.
+
+    The first half (``n // 2`` behaviours) of each user's timeline are the features, the distinct
+    items of the second half the ground truth. CSR arrays: user i's features are
+    ``feature_items[feature_offsets[i]:feature_offsets[i + 1]]`` (oldest first).
+    """
+
+    users: np.ndarray
+    feature_items: np.ndarray
+    feature_offsets: np.ndarray
+    truth_items: np.ndarray
+    truth_offsets: np.ndarray
+    n_items: int
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def histories(self, length: int) -> np.ndarray:
+        """The last `length` feature behaviours per user, most recent first, PAD-padded."""
+        return gather_history(self.feature_items, self.feature_offsets[1:], self.feature_offsets[:-1], length)
+
+    def truth_sizes(self) -> np.ndarray:
+        return np.diff(self.truth_offsets)
+
+    def feature_matrix(self, dtype: type = np.float32):
+        """Sparse (users x items) indicator of the feature behaviours (scipy CSR)."""
+        import scipy.sparse as sp
+
+        n = len(self.users)
+        rows = np.repeat(np.arange(n), np.diff(self.feature_offsets))
+        matrix = sp.csr_matrix(
+            (np.ones(len(rows), dtype=dtype), (rows, self.feature_items)), shape=(n, self.n_items)
+        )
+        matrix.sum_duplicates()
+        matrix.data[:] = 1
+        return matrix
+
+    def subset(self, index: np.ndarray) -> EvalSet:
+        index = np.asarray(index, dtype=np.int64)
+        f_rows = _ranges(self.feature_offsets[index], np.diff(self.feature_offsets)[index])
+        t_rows = _ranges(self.truth_offsets[index], np.diff(self.truth_offsets)[index])
+        return EvalSet(
+            users=self.users[index],
+            feature_items=self.feature_items[f_rows],
+            feature_offsets=np.r_[0, np.cumsum(np.diff(self.feature_offsets)[index])],
+            truth_items=self.truth_items[t_rows],
+            truth_offsets=np.r_[0, np.cumsum(np.diff(self.truth_offsets)[index])],
+            n_items=self.n_items,
+        )
+
+
+def make_eval_set(data: Interactions, users: np.ndarray) -> EvalSet:
+    """Split each user's time-ordered behaviours in half: features, then distinct ground truth."""
+    users = np.asarray(users, dtype=np.int64)
+    starts = data.user_offsets[users]
+    lengths = data.user_offsets[users + 1] - starts
+    n_features = lengths // 2
+    feature_rows = _ranges(starts, n_features)
+    truth_rows = _ranges(starts + n_features, lengths - n_features)
+    # Distinct truth items per user: unique (user, item) pairs, kept grouped by user.
+    owner = np.repeat(np.arange(len(users), dtype=np.int64), lengths - n_features)
+    pairs = np.unique(owner * data.n_items + data.item[truth_rows])
+    truth_owner, truth_items = pairs // data.n_items, (pairs % data.n_items).astype(np.int32)
+    truth_offsets = np.searchsorted(truth_owner, np.arange(len(users) + 1))
+    return EvalSet(
+        users=users,
+        feature_items=data.item[feature_rows].astype(np.int32),
+        feature_offsets=np.r_[0, np.cumsum(n_features)].astype(np.int64),
+        truth_items=truth_items,
+        truth_offsets=truth_offsets.astype(np.int64),
+        n_items=data.n_items,
+    )

@@ -1,0 +1,51 @@
+"""Building blocks shared by the neural methods (YouTube-DNN, DNN, TDM, JTM)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Behaviour windows over the history, most recent first: (start, end) positions.
+# "probe" is what worked in this project's probe (REFERENCE.md): the last 1, last 5 and all 69.
+# "xdl" is TDM's open-source setting: 10 windows, oldest to newest 20,20,10,10,2,2,2,1,1,1.
+WINDOW_PRESETS: dict[str, tuple[tuple[int, int], ...]] = {
+    "probe": ((0, 1), (0, 5), (0, 69)),
+    "xdl": ((0, 1), (1, 2), (2, 3), (3, 5), (5, 7), (7, 9), (9, 19), (19, 29), (29, 49), (49, 69)),
+}
+
+
+def parse_windows(spec: str) -> tuple[tuple[int, int], ...]:
+    """A preset name or "start-end,start-end,..." (most recent first, end exclusive)."""
+    if spec in WINDOW_PRESETS:
+        return WINDOW_PRESETS[spec]
+    windows = []
+    for part in spec.split(","):
+        start, _, end = part.partition("-")
+        if not start.strip().isdigit() or not end.strip().isdigit() or int(end) <= int(start):
+            raise ValueError(f"bad window {part!r} in {spec!r}: expected start-end with end > start")
+        windows.append((int(start), int(end)))
+    return tuple(windows)
+
+
+class WindowPooling(nn.Module):
+    """Mean of the embedded behaviours inside each time window.
+
+    Input: embedded history (B, L, d) with padding rows already zero, and the validity mask
+    (B, L). Output: (B, W, d); a window with no behaviour pools to zeros.
+    """
+
+    def __init__(self, windows: tuple[tuple[int, int], ...], history_length: int) -> None:
+        super().__init__()
+        weights = torch.zeros(len(windows), history_length)
+        for w, (start, end) in enumerate(windows):
+            weights[w, start:min(end, history_length)] = 1.0
+        self.register_buffer("weights", weights, persistent=False)
+
+    @property
+    def n_windows(self) -> int:
+        return self.weights.shape[0]
+
+    def forward(self, embedded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        sums = torch.einsum("wl,...ld->...wd", self.weights, embedded)  # (..., W, d)
+        counts = torch.einsum("wl,...l->...w", self.weights, mask.to(embedded.dtype))
+        return sums / counts.clamp(min=1.0).unsqueeze(-1)

@@ -1,0 +1,120 @@
+"""The training loop shared by the neural methods: shuffled batches, Adam, progress, early stopping.
+
+Epochs are chosen on validation users (never test users): after each epoch `validate` returns a
+score (higher is better, e.g. recall@M), the best weights are kept, and training stops after
+`patience` epochs without improvement.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    train_loss: float
+    samples_per_s: float
+    valid_score: float | None
+    seconds: float
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_score: float = float("-inf")
+
+    def to_json(self) -> dict:
+        return {
+            "best_epoch": self.best_epoch,
+            "best_score": self.best_score,
+            "epochs": [vars(e) for e in self.epochs],
+        }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generator; numpy randomness goes through explicit Generators."""
+    torch.manual_seed(seed)
+
+
+def train_epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    step: Callable[[np.ndarray], torch.Tensor],
+    n_samples: int,
+    batch_size: int,
+    epochs: int,
+    rng: np.random.Generator,
+    validate: Callable[[], float] | None = None,
+    patience: int = 2,
+    description: str = "train",
+    progress: bool = True,
+) -> TrainHistory:
+    """Run up to `epochs` epochs of `step(batch_indices) -> loss` and keep the best weights.
+
+    `step` computes the loss of one batch (forward only); this function does backward and the
+    optimizer step, so every method trains the same way.
+    """
+    history = TrainHistory()
+    best_state = None
+    stale = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(n_samples)
+        started = time.perf_counter()
+        total, seen = 0.0, 0
+        bar = tqdm(
+            range(0, n_samples, batch_size), desc=f"{description} epoch {epoch}/{epochs}",
+            unit="batch", leave=False, disable=None if progress else True, mininterval=1.0,
+        )
+        for start in bar:
+            batch = order[start:start + batch_size]
+            loss = step(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            seen += len(batch)
+            elapsed = time.perf_counter() - started
+            rate = seen / max(elapsed, 1e-9)
+            bar.set_postfix(loss=f"{total / seen:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - started
+        score = None
+        if validate is not None:
+            model.eval()
+            with torch.no_grad():
+                score = float(validate())
+        record = EpochRecord(epoch, total / max(seen, 1), seen / max(seconds, 1e-9), score, seconds)
+        history.epochs.append(record)
+        log.info(
+            "%s epoch %d: loss %.4f, %.0f samples/s%s", description, epoch, record.train_loss,
+            record.samples_per_s, "" if score is None else f", validation {score:.4f}",
+        )
+        if score is None:
+            history.best_epoch, history.best_score = epoch, float("nan")
+            continue
+        if score > history.best_score:
+            history.best_epoch, history.best_score = epoch, score
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+            if stale >= patience:
+                log.info("%s: no validation gain for %d epochs, stopping", description, patience)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
