@@ -40,7 +40,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from trainer.compare import CompareConfig, format_table, run_compare
     from trainer.data import load_interactions
-    from trainer.methods import MethodOptions, parse_methods
+    from trainer.methods import parse_methods
 
     methods = parse_methods(args.methods)
     if args.reference is not None and args.reference not in methods:
@@ -57,12 +57,72 @@ def cmd_compare(args: argparse.Namespace) -> None:
         exclude_seen=args.exclude_seen, valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction, max_history=args.max_history, reference=args.reference,
     )
-    result = run_compare(data, config, MethodOptions(epochs=args.epochs, device=args.device))
+    result = run_compare(data, config, _method_options(args))
     print(format_table(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"\nwrote {args.json}")
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model and training (defaults: each method's own)")
+    group.add_argument("--epochs", type=int, default=None, help="max epochs (validation recall picks the best)")
+    group.add_argument("--batch-size", type=int, default=None)
+    group.add_argument("--lr", type=float, default=None)
+    group.add_argument("--dim", type=int, default=None, help="embedding size")
+    group.add_argument("--arity", type=int, default=None, help="tree arity (default 2)")
+    group.add_argument("--tree-init", default=None, choices=["auto", "category", "random", "kmeans"])
+    group.add_argument("--leaf-negatives", type=int, default=None, help="negatives at the leaf level")
+    group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")
+    group.add_argument("--device", default="cpu", help="cpu, or cuda when present")
+
+
+def _method_options(args: argparse.Namespace):
+    from trainer.methods import MethodOptions
+
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DataError(f"--device {args.device} asked for, but no CUDA device is available")
+    return MethodOptions(
+        epochs=args.epochs, device=args.device, max_history=args.max_history, batch_size=args.batch_size,
+        lr=args.lr, dim=args.dim, arity=args.arity, tree_init=args.tree_init,
+        leaf_negatives=args.leaf_negatives, beam=args.beam,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from trainer.run import RunSpec, train_run
+
+    spec = RunSpec(data=_data_config(args), method=args.method, seed=args.seed,
+                   valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
+                   max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen)
+    metrics = train_run(spec, Path(args.out), _method_options(args))
+    print(_metrics_line(metrics))
+    print(f"wrote run to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from trainer.run import evaluate_run
+
+    exclude = True if args.exclude_seen else None
+    metrics = evaluate_run(Path(args.run), args.m, exclude, args.beam, fidelity=not args.no_fidelity)
+    print(_metrics_line(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {args.json}")
+
+
+def _metrics_line(m: dict) -> str:
+    line = (f"P@{m['m']} {100 * m['precision']:.2f}%  R@{m['m']} {100 * m['recall']:.2f}% "
+            f"(± {100 * m['user_se']['recall']:.2f} SE)  F@{m['m']} {100 * m['f_measure']:.2f}%  "
+            f"on {m['users']} test users, {m['retrieval']}, filter: {'exclude seen' if m['exclude_seen'] else 'none'}")
+    if "fidelity" in m:
+        line += (f"\nbeam {m['beam']}: overlap with brute-force top-{m['m']} = {100 * m['fidelity']:.1f}%, "
+                 f"brute-force R@{m['m']} {100 * m['brute_force_recall']:.2f}%")
+    return line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,11 +149,32 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--valid-fraction", type=float, default=0.1)
     compare.add_argument("--test-fraction", type=float, default=0.1)
     compare.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
-    compare.add_argument("--epochs", type=int, default=None, help="max epochs for neural methods")
-    compare.add_argument("--device", default="cpu", help="cpu or cuda")
     compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
     compare.add_argument("--json", default=None, help="write the results here")
+    _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
+
+    train = sub.add_parser("train", help="train one method and write a run directory")
+    _add_data_arguments(train)
+    train.add_argument("--method", required=True, help="dnn or tdm")
+    train.add_argument("--out", required=True, help="run directory to write")
+    train.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    train.add_argument("--m", type=int, default=200, help="M for validation and test metrics")
+    train.add_argument("--exclude-seen", action="store_true", help="never recommend feature-half items")
+    train.add_argument("--valid-fraction", type=float, default=0.1)
+    train.add_argument("--test-fraction", type=float, default=0.1)
+    train.add_argument("--max-history", type=int, default=69)
+    _add_model_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a run directory on its test users")
+    evaluate.add_argument("--run", required=True, help="run directory written by train")
+    evaluate.add_argument("--m", type=int, default=None, help="default: the run's M")
+    evaluate.add_argument("--beam", type=int, default=None, help="default: the run's beam")
+    evaluate.add_argument("--exclude-seen", action="store_true")
+    evaluate.add_argument("--no-fidelity", action="store_true", help="skip the brute-force comparison")
+    evaluate.add_argument("--json", default=None)
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
         test = make_eval_set(data, split.test)
         recall_by_method = {}
         for name in config.methods:
-            method = build_method(name, options)
+            method = build_method(name, replace(options, max_history=config.max_history))
             started = time.perf_counter()
             method.fit(ctx)
             recommended = method.recommend(test, config.m, config.exclude_seen)

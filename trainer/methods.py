@@ -15,6 +15,14 @@ class MethodOptions:
 
     epochs: int | None = None
     device: str = "cpu"
+    max_history: int = 69
+    batch_size: int | None = None
+    lr: float | None = None
+    dim: int | None = None
+    arity: int | None = None
+    tree_init: str | None = None
+    leaf_negatives: int | None = None
+    beam: int | None = None
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -32,16 +40,42 @@ def _itemcf(options: MethodOptions) -> Recommender:
 def _youtube(options: MethodOptions) -> Recommender:
     from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
 
-    config = YouTubeConfig()
-    if options.epochs is not None:
-        config = replace(config, epochs=options.epochs)
+    config = YouTubeConfig(max_history=options.max_history)
+    config = replace(config, **_overrides(options, "epochs", "batch_size", "lr", "dim"))
     return YouTubeDNN(config)
+
+
+def _overrides(options: MethodOptions, *names: str) -> dict:
+    return {name: getattr(options, name) for name in names if getattr(options, name) is not None}
+
+
+def deep_config(method: str, options: MethodOptions):
+    """The configuration of a scorer-based method (dnn, tdm, jtm variants) with CLI overrides."""
+    from trainer.deep_retrieval import DeepConfig
+    from trainer.model import ScorerConfig
+    from trainer.train import TrainConfig
+
+    train = replace(TrainConfig(device=options.device), **_overrides(options, "epochs", "batch_size", "lr"))
+    scorer = replace(ScorerConfig(max_history=options.max_history), **_overrides(options, "dim"))
+    return replace(DeepConfig(method=method, scorer=scorer, train=train),
+                   **_overrides(options, "arity", "tree_init", "leaf_negatives", "beam"))
+
+
+def _deep(method: str) -> Callable[[MethodOptions], Recommender]:
+    def factory(options: MethodOptions) -> Recommender:
+        from trainer.deep_retrieval import DeepRetrieval
+
+        return DeepRetrieval(deep_config(method, options))
+
+    return factory
 
 
 METHODS: dict[str, Callable[[MethodOptions], Recommender]] = {
     "pop": _popularity,
     "itemcf": _itemcf,
     "youtube": _youtube,
+    "dnn": _deep("dnn"),
+    "tdm": _deep("tdm"),
 }
 
 

@@ -43,6 +43,31 @@ class TrainHistory:
         }
 
 
+class AdamWithSparseEmbeddings:
+    """Adam for dense weights, SparseAdam for sparse embedding tables.
+
+    A batch touches a few thousand rows of tables with up to millions: dense gradients would
+    zero, update and write the whole table every step (the training rate halved from 7K to
+    70K items before this). SparseAdam updates only the touched rows ("lazy" Adam).
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float) -> None:
+        sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+        sparse_ids = {id(p) for p in sparse}
+        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
+        self.optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr)]
+        if sparse:
+            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch's global generator; numpy randomness goes through explicit Generators."""
     torch.manual_seed(seed)
@@ -50,7 +75,7 @@ def seed_everything(seed: int) -> None:
 
 def train_epochs(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | AdamWithSparseEmbeddings,
     step: Callable[[np.ndarray], torch.Tensor],
     n_samples: int,
     batch_size: int,

@@ -1,0 +1,173 @@
+"""Layer-wise beam search over the tree, and brute-force scoring of every leaf (numpy only).
+
+This one implementation serves both the offline evaluator (scores from PyTorch) and the online
+service (scores from onnxruntime), so offline metrics describe exactly what production serves.
+
+The scorer is a callable ``score(level, node_ids) -> scores``: node_ids is (U, C) int64
+embedding rows of candidate nodes at `level` for U users (-1 = no candidate), and the result is
+(U, C) float, one row per user of the batch the scorer was built for. All candidates of a level
+go to the scorer in one call, which is what makes batching (and cross-request micro-batching)
+possible. Scores are only ever compared within a level.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from service.core.filters import ItemFilter
+from service.core.topk import top_k
+from service.core.tree import Tree
+
+
+class ScoreFn(Protocol):
+    def __call__(self, level: int, node_ids: np.ndarray) -> np.ndarray: ...
+
+
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """items: (U, k) int64 item ids best first, -1 padded; scores: (U, k) float, -inf padded."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    levels_scored: int  # how many levels went through the scorer
+    candidates_scored: int  # total (user, node) pairs scored
+
+
+def start_level(tree: Tree, beam: int) -> int:
+    """First level with more non-empty nodes than the beam: everything above it is kept anyway."""
+    for level in range(1, tree.depth + 1):
+        if len(tree.nonempty_positions(level)) > beam:
+            return level
+    return tree.depth
+
+
+def beam_search(
+    tree: Tree,
+    score: ScoreFn,
+    n_users: int,
+    k: int,
+    beam: int,
+    allowed: ItemFilter | None = None,
+) -> SearchResult:
+    """Top-k leaves for each of `n_users` users by layer-wise beam search.
+
+    From the first level wider than the beam, keep the `beam` best nodes per level and expand
+    only their children. A level keeps more than `beam` nodes (in score order) when the kept
+    ones would hold fewer than k items; at the last internal level the count is of items that
+    pass `allowed`. If a filter still leaves a user short of k, the search reruns with a wider
+    beam until every user has k results or the beam covers the tree.
+    """
+    if k < 1 or beam < 1:
+        raise ValueError(f"k and beam must be positive, got k={k}, beam={beam}")
+    widest = max(len(tree.nonempty_positions(level)) for level in range(tree.depth + 1))
+    levels_scored = scored = 0
+    while True:
+        result = _search(tree, score, n_users, k, beam, allowed)
+        levels_scored += result.levels_scored
+        scored += result.candidates_scored
+        short = (result.items >= 0).sum(axis=1) < min(k, tree.n_items)
+        if allowed is None or not short.any() or beam >= widest:
+            return SearchResult(result.items, result.scores, levels_scored, scored)
+        beam = min(beam * 4, widest)
+
+
+def _search(tree: Tree, score: ScoreFn, n_users: int, k: int, beam: int, allowed: ItemFilter | None) -> SearchResult:
+    level = start_level(tree, beam)
+    first = tree.nonempty_positions(level)
+    candidates = np.broadcast_to(first, (n_users, len(first)))
+    levels_scored = scored = 0
+    while True:
+        ids = tree.node_ids(level, candidates)
+        valid = ids >= 0
+        if level == tree.depth and allowed is not None:
+            valid &= allowed(np.where(valid, ids, -1))
+        scores = _score(score, level, ids, valid)
+        levels_scored += 1
+        scored += int(valid.sum())
+        if level == tree.depth:
+            index, values = top_k(scores, k)
+            items = np.where(index >= 0, np.take_along_axis(ids, np.maximum(index, 0), axis=1), -1)
+            return SearchResult(items=items, scores=values, levels_scored=levels_scored, candidates_scored=scored)
+        kept = _keep(tree, level, candidates, scores, beam, k, allowed)
+        children = tree.children(kept).reshape(n_users, -1)
+        nonempty = tree.nonempty(level + 1)
+        children = np.where((children >= 0) & nonempty[np.maximum(children, 0)], children, -1)
+        candidates = _compact(children)
+        level += 1
+
+
+def brute_force(
+    n_items: int,
+    score: ScoreFn,
+    n_users: int,
+    k: int,
+    leaf_level: int,
+    allowed: ItemFilter | None = None,
+    chunk: int = 8192,
+) -> SearchResult:
+    """Score every item as a leaf-level node and keep the top k: the exact reference.
+
+    Items are scored `chunk` at a time with a running top-k, so memory stays O(U * (k + chunk)).
+    """
+    best_items = np.full((n_users, 0), -1, dtype=np.int64)
+    best_scores = np.full((n_users, 0), -np.inf)
+    for start in range(0, n_items, chunk):
+        ids = np.broadcast_to(np.arange(start, min(start + chunk, n_items), dtype=np.int64),
+                              (n_users, min(chunk, n_items - start)))
+        valid = np.ones(ids.shape, dtype=bool) if allowed is None else allowed(ids)
+        scores = _score(score, leaf_level, ids, valid)
+        merged_ids = np.concatenate([best_items, ids], axis=1)
+        merged_scores = np.concatenate([best_scores, scores], axis=1)
+        index, best_scores = top_k(merged_scores, k)
+        best_items = np.where(index >= 0, np.take_along_axis(merged_ids, np.maximum(index, 0), axis=1), -1)
+    return SearchResult(items=best_items, scores=best_scores, levels_scored=1, candidates_scored=n_items * n_users)
+
+
+def _score(score: ScoreFn, level: int, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Call the scorer with invalid entries as -1 and mask them to -inf afterwards."""
+    result = np.asarray(score(level, np.where(valid, ids, -1)), dtype=np.float64)
+    if result.shape != ids.shape:
+        raise ValueError(f"scorer returned shape {result.shape} for candidates {ids.shape}")
+    return np.where(valid, result, -np.inf)
+
+
+def _keep(
+    tree: Tree, level: int, candidates: np.ndarray, scores: np.ndarray, beam: int, k: int,
+    allowed: ItemFilter | None,
+) -> np.ndarray:
+    """Nodes to expand, best first: while rank < beam or the kept nodes hold < k items.
+
+    Item counts come from the tree; at the last internal level they count only the leaves
+    that `allowed` accepts. Returns (U, width) positions, -1 padded.
+    """
+    if candidates.shape[1] <= beam:
+        return np.where(np.isfinite(scores), candidates, -1)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    ranked_scores = np.take_along_axis(scores, order, axis=1)
+    if level == tree.depth - 1:
+        leaf_items = tree.node_ids(tree.depth, tree.children(ranked))  # (U, C, arity)
+        usable = leaf_items >= 0
+        if allowed is not None:
+            usable &= allowed(leaf_items.reshape(len(leaf_items), -1)).reshape(leaf_items.shape)
+        count = usable.sum(axis=2)
+    else:
+        count = tree.item_counts_cached(level)[np.maximum(ranked, 0)]
+    before = np.cumsum(count, axis=1) - count
+    rank = np.arange(ranked.shape[1])[None, :]
+    keep = np.isfinite(ranked_scores) & ((rank < beam) | (before < k))
+    width = max(int(keep.sum(axis=1).max()), 1)
+    return np.where(keep, ranked, -1)[:, :width]
+
+
+def _compact(positions: np.ndarray) -> np.ndarray:
+    """Move -1 entries to the end of each row and drop all-(-1) columns."""
+    valid = positions >= 0
+    width = int(valid.sum(axis=1).max()) if positions.size else 0
+    order = np.argsort(~valid, axis=1, kind="stable")
+    return np.take_along_axis(positions, order, axis=1)[:, :max(width, 1)]

@@ -1,0 +1,163 @@
+"""DNN and the tree methods (TDM; JTM's variants build on it) as `Recommender`s.
+
+- ``dnn``: the scorer trained on leaf-level samples only (target item + uniform negatives),
+  retrieving by scoring every item (the paper's strong but intractable baseline).
+- ``tdm``: the scorer trained on layer-wise samples of a fixed initial tree (by category),
+  retrieving by beam search.
+
+A fitted method saves to and loads from a run directory (``model.pt``, ``tree.npz``), which is
+what `train`, `evaluate` and `export` exchange.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.core.tree import Tree
+from trainer.data import EvalSet, Interactions
+from trainer.errors import DataError
+from trainer.metrics import user_metrics
+from trainer.model import ScorerConfig, TreeScorer
+from trainer.recommender import FitContext
+from trainer.sampler import LayerwiseSampler, UniformItemSampler, default_negative_counts
+from trainer.scoring import retrieve
+from trainer.train import TrainConfig, fit_scorer
+from trainer.training import TrainHistory, seed_everything
+from trainer.tree_build import TREE_INITS, category_tree, cooccurrence_embeddings, kmeans_tree, random_tree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeepConfig:
+    method: str = "tdm"
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    arity: int = 2
+    tree_init: str = "auto"  # category when the log has categories, else k-means on co-occurrence
+    leaf_negatives: int = 100  # paper: 100 negatives per sample on Amazon Books
+    beam: int | None = None  # None: the beam equals the number of results asked for
+
+    @property
+    def uses_tree(self) -> bool:
+        return self.method != "dnn"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeepConfig:
+        return cls(
+            method=data["method"], scorer=ScorerConfig.from_json(data["scorer"]),
+            train=TrainConfig(**data["train"]), arity=int(data["arity"]), tree_init=data["tree_init"],
+            leaf_negatives=int(data["leaf_negatives"]), beam=data.get("beam"),
+        )
+
+
+def initial_tree(data: Interactions, train_users: np.ndarray, init: str, seed: int, arity: int) -> Tree:
+    """The tree a tree method starts from (TDM: by category)."""
+    if init == "auto":
+        init = "category" if data.has_category and data.n_categories > 1 else "kmeans"
+    if init not in TREE_INITS:
+        raise DataError(f"unknown tree init {init!r}; choose from auto, {', '.join(TREE_INITS)}")
+    if init == "category":
+        return category_tree(data.item_category, seed, arity)
+    if init == "random":
+        return random_tree(data.n_items, seed, arity)
+    from trainer.data import rows_of_users
+
+    rows = rows_of_users(data.user_offsets, train_users)
+    embeddings = cooccurrence_embeddings(data.item[rows], data.user[rows], data.n_items, seed=seed)
+    return kmeans_tree(embeddings, seed, arity)
+
+
+class DeepRetrieval:
+    """A scorer, optionally a tree, and the retrieval rule that goes with the method."""
+
+    def __init__(self, config: DeepConfig) -> None:
+        self.config = config
+        self.name = config.method
+        self.model: TreeScorer | None = None
+        self.tree: Tree | None = None
+        self.history: TrainHistory | None = None
+
+    # ----------------------------------------------------------------- fit
+
+    def fit(self, ctx: FitContext) -> None:
+        cfg = self.config
+        seed_everything(ctx.seed)
+        if cfg.uses_tree:
+            self.tree = initial_tree(ctx.data, ctx.split.train, cfg.tree_init, ctx.seed, cfg.arity)
+            sampler: LayerwiseSampler | UniformItemSampler = LayerwiseSampler.create(
+                self.tree, default_negative_counts(self.tree, cfg.leaf_negatives))
+            n_rows = self.tree.n_rows
+        else:
+            sampler = UniformItemSampler(ctx.data.n_items, min(cfg.leaf_negatives, ctx.data.n_items - 1))
+            n_rows = ctx.data.n_items
+        self.model = TreeScorer(n_rows, cfg.scorer)
+        self.history = self.train_model(ctx, sampler, cfg.train)
+
+    def train_model(self, ctx: FitContext, sampler, train: TrainConfig) -> TrainHistory:
+        """Train (or continue training) the current model on the current tree."""
+        assert self.model is not None
+
+        def validate() -> float:
+            recs = self.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
+            return user_metrics(recs, ctx.valid, ctx.m).means()["recall"]
+
+        return fit_scorer(
+            self.model, ctx.samples, sampler, self.tree, self.config.scorer.hierarchical, train,
+            seed=ctx.seed, validate=validate if len(ctx.valid) else None, description=self.name,
+        )
+
+    # ----------------------------------------------------------------- retrieve
+
+    def recommend(self, eval_set: EvalSet, m: int, exclude_seen: bool, beam: int | None = None) -> np.ndarray:
+        assert self.model is not None, "fit or load first"
+        histories = eval_set.histories(self.config.scorer.max_history)
+        seen = None
+        if exclude_seen:
+            seen = np.split(eval_set.feature_items, eval_set.feature_offsets[1:-1])
+        search_beam = None
+        if self.config.uses_tree:
+            search_beam = beam or self.config.beam or m
+        return retrieve(self.model, histories, m, self.tree, self.config.scorer.hierarchical, search_beam, seen)
+
+    def brute_force(self, eval_set: EvalSet, m: int, exclude_seen: bool) -> np.ndarray:
+        """Score every item with the same model (the fidelity reference for beam search)."""
+        assert self.model is not None
+        histories = eval_set.histories(self.config.scorer.max_history)
+        seen = np.split(eval_set.feature_items, eval_set.feature_offsets[1:-1]) if exclude_seen else None
+        return retrieve(self.model, histories, m, self.tree, self.config.scorer.hierarchical, None, seen)
+
+    # ----------------------------------------------------------------- persistence
+
+    def save(self, directory: Path) -> None:
+        assert self.model is not None
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({**self.model.checkpoint(), "method_config": json.dumps(self.config.to_json())},
+                   directory / "model.pt")
+        if self.tree is not None:
+            self.tree.save(directory / "tree.npz")
+        if self.history is not None:
+            (directory / "training.json").write_text(json.dumps(self.history.to_json(), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> DeepRetrieval:
+        checkpoint = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
+        method = cls(DeepConfig.from_json(json.loads(checkpoint["method_config"])))
+        method.model = TreeScorer.from_checkpoint(checkpoint)
+        if method.config.uses_tree:
+            method.tree = Tree.load(directory / "tree.npz")
+        return method
+
+    def with_beam(self, beam: int | None) -> DeepRetrieval:
+        clone = DeepRetrieval(replace(self.config, beam=beam))
+        clone.model, clone.tree, clone.history = self.model, self.tree, self.history
+        return clone

@@ -1,0 +1,186 @@
+"""The user-node scorer: TDM's DNN, shared by DNN, TDM and the JTM variants.
+
+Inputs: the user's behaviours (embedding rows, most recent first, -1 padded) pooled in time
+windows u_1..u_W (each d), and the target node's embedding t (d). The MLP sees
+
+    x = [u_1 .. u_W, t, u_1 * t .. u_W * t]          ((2W + 1) d)
+    logit = MLP_{H1-H2-H3-1, PReLU}(x) + bias[target]
+
+Serving cost is dominated by the first layer, and it splits into a user part and a node part:
+
+    W1 x + b1 = (A u + b1) + (B + sum_w C_w diag(u_w)) t = a_u + M_u t
+
+where a_u (H1) and M_u (H1 x d) depend only on the user (and, with the hierarchical
+representation, on the level), so they are computed once per user and level and reused for
+every candidate node: per candidate the first layer costs H1 x d instead of H1 x (2W + 1) d.
+`user_state` computes (a_u, M_u); `score` applies them to candidate nodes. `reference_logits`
+is the plain concatenation, kept as the independent reference the tests compare against.
+
+Switches: `hierarchical` (JTM 2.3) is applied by the caller, which maps behaviours to their
+level-l ancestors before `user_state` (the model only embeds rows); `attention` replaces mean
+pooling by target attention inside each window (DIN-like). Attention depends on the target, so
+it cannot use the user/node split and costs more per candidate.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from trainer.layers import WINDOW_PRESETS, PReLU, WindowPooling
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    dim: int = 32  # embedding size; 32 worked in the project's probe
+    hidden: tuple[int, ...] = (128, 64, 24)  # TDM's MLP
+    windows: tuple[tuple[int, int], ...] = WINDOW_PRESETS["probe"]
+    max_history: int = 69  # XDL's TDM feature length
+    hierarchical: bool = False  # JTM's hierarchical user representation
+    attention: bool = False  # target attention in each window instead of the mean
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ScorerConfig:
+        return cls(
+            dim=int(data["dim"]), hidden=tuple(int(h) for h in data["hidden"]),
+            windows=tuple((int(a), int(b)) for a, b in data["windows"]),
+            max_history=int(data["max_history"]), hierarchical=bool(data["hierarchical"]),
+            attention=bool(data.get("attention", False)),
+        )
+
+
+@dataclass
+class UserState:
+    """What `score` needs about a batch of users at one level.
+
+    Plain: a (B, H1) and m (B, H1, d). Attention: the embedded history (B, L, d) and mask (B, L).
+    """
+
+    a: torch.Tensor | None = None
+    m: torch.Tensor | None = None
+    history: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class TreeScorer(nn.Module):
+    """p(node | user) as a logit. `n_rows` embedding rows: items, then internal tree nodes."""
+
+    def __init__(self, n_rows: int, config: ScorerConfig) -> None:
+        super().__init__()
+        if not config.hidden:
+            raise ValueError("the scorer needs at least one hidden layer")
+        self.config = config
+        self.n_rows = n_rows
+        d, n_windows = config.dim, len(config.windows)
+        # Sparse gradients: a batch touches few rows of a table that may hold millions.
+        self.embedding = nn.Embedding(n_rows + 1, d, padding_idx=n_rows, sparse=True)  # last row: padding
+        self.bias = nn.Embedding(n_rows + 1, 1, padding_idx=n_rows, sparse=True)
+        self.pool = WindowPooling(config.windows, config.max_history)
+        self.first = nn.Linear((2 * n_windows + 1) * d, config.hidden[0])
+        layers: list[nn.Module] = [PReLU(config.hidden[0])]
+        for width_in, width_out in zip(config.hidden[:-1], config.hidden[1:], strict=True):
+            layers += [nn.Linear(width_in, width_out), PReLU(width_out)]
+        layers.append(nn.Linear(config.hidden[-1], 1))
+        self.rest = nn.Sequential(*layers)
+        if config.attention:
+            self.attention_query = nn.Linear(d, d, bias=False)
+        nn.init.normal_(self.embedding.weight, std=0.05)
+        nn.init.zeros_(self.bias.weight)
+        with torch.no_grad():
+            self.embedding.weight[n_rows].zero_()
+
+    # ----------------------------------------------------------------- pieces of the first layer
+
+    @property
+    def n_windows(self) -> int:
+        return self.pool.n_windows
+
+    def first_layer_blocks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split W1 into A (H1, W d) for the pooled windows, B (H1, d) for the target and
+        C (H1, W, d) for the window-target products."""
+        d, w = self.config.dim, self.n_windows
+        weight = self.first.weight
+        a = weight[:, : w * d]
+        b = weight[:, w * d : (w + 1) * d]
+        c = weight[:, (w + 1) * d :].reshape(-1, w, d)
+        return a, b, c
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Map -1 (no behaviour / no candidate) to the zero padding row."""
+        return torch.where(ids >= 0, ids, torch.full_like(ids, self.n_rows))
+
+    def embed_history(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = history >= 0
+        return self.embedding(self.rows(history)), mask
+
+    # ----------------------------------------------------------------- user side, node side
+
+    def user_state(self, history: torch.Tensor) -> UserState:
+        """history: (B, L) embedding rows (-1 padded) -> the reusable per-user state."""
+        embedded, mask = self.embed_history(history)
+        if self.config.attention:
+            return UserState(history=embedded, mask=mask)
+        pooled = self.pool(embedded, mask)  # (B, W, d)
+        a_w, b_w, c_w = self.first_layer_blocks()
+        a = pooled.flatten(1) @ a_w.T + self.first.bias  # (B, H1)
+        m = torch.einsum("hwd,bwd->bhd", c_w, pooled) + b_w  # (B, H1, d)
+        return UserState(a=a, m=m)
+
+    def score(self, state: UserState, nodes: torch.Tensor) -> torch.Tensor:
+        """nodes: (B, C) embedding rows (-1 = none) -> (B, C) logits."""
+        rows = self.rows(nodes)
+        target = self.embedding(rows)  # (B, C, d)
+        if self.config.attention:
+            hidden = self.first(self._attention_input(state, target))
+        else:
+            assert state.a is not None and state.m is not None
+            hidden = state.a[:, None, :] + torch.einsum("bhd,bcd->bch", state.m, target)  # (B, C, H1)
+        return self.rest(hidden).squeeze(-1) + self.bias(rows).squeeze(-1)
+
+    def forward(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        return self.score(self.user_state(history), nodes)
+
+    def reference_logits(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """The same logits by explicit concatenation (no user/node split): the test reference."""
+        embedded, mask = self.embed_history(history)
+        rows = self.rows(nodes)
+        target = self.embedding(rows)
+        if self.config.attention:
+            x = self._attention_input(UserState(history=embedded, mask=mask), target)
+        else:
+            pooled = self.pool(embedded, mask)[:, None].expand(-1, nodes.shape[1], -1, -1)  # (B, C, W, d)
+            x = torch.cat([pooled.flatten(2), target, (pooled * target[:, :, None]).flatten(2)], dim=-1)
+        return self.rest(self.first(x)).squeeze(-1) + self.bias(rows).squeeze(-1)
+
+    def _attention_input(self, state: UserState, target: torch.Tensor) -> torch.Tensor:
+        """Per-target window pooling with attention weights softmax(e_l . Q t / sqrt(d))."""
+        assert state.history is not None and state.mask is not None
+        query = self.attention_query(target)  # (B, C, d)
+        logits = torch.einsum("bld,bcd->bcl", state.history, query) / self.config.dim**0.5
+        weights = self.pool.weights  # (W, L) window membership
+        member = (weights[None, None] > 0) & state.mask[:, None, None, :]  # (B, 1, W, L)
+        scores = logits[:, :, None, :].expand(-1, -1, weights.shape[0], -1)
+        scores = scores.masked_fill(~member, float("-inf"))  # (B, C, W, L)
+        attn = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        pooled = torch.einsum("bcwl,bld->bcwd", attn, state.history)  # (B, C, W, d)
+        return torch.cat([pooled.flatten(2), target, (pooled * target[:, :, None]).flatten(2)], dim=-1)
+
+    # ----------------------------------------------------------------- persistence
+
+    def checkpoint(self) -> dict:
+        """Everything needed to rebuild the model: config as JSON, weights as tensors."""
+        return {"format": 1, "n_rows": self.n_rows, "config": json.dumps(self.config.to_json()),
+                "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict) -> TreeScorer:
+        model = cls(int(checkpoint["n_rows"]), ScorerConfig.from_json(json.loads(checkpoint["config"])))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model.eval()

@@ -1,0 +1,148 @@
+"""Run directories: what `train` writes and `evaluate` (and later `export`) reads.
+
+A run directory holds everything needed to reproduce its evaluation:
+
+    config.json     data config, split fractions and seed, protocol, method config
+    split.npz       the user split (original user ids) and the data fingerprint
+    model.pt        scorer weights + the config that rebuilds it (torch, weights only)
+    tree.npz        the tree (tree methods)
+    training.json   per-epoch loss, samples/s and validation recall
+    metrics.json    test metrics (and beam-search fidelity) at training time
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data import (
+    DataConfig,
+    EvalSet,
+    Interactions,
+    UserSplit,
+    load_interactions,
+    make_eval_set,
+    make_samples,
+    split_users,
+)
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.errors import DataError
+from trainer.methods import MethodOptions, build_method
+from trainer.metrics import user_metrics
+from trainer.recommender import FitContext
+
+log = logging.getLogger(__name__)
+
+RUN_FORMAT_VERSION = 1
+TRAINABLE = ("dnn", "tdm")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    data: DataConfig
+    method: str
+    seed: int = 0
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    max_history: int = 69
+    m: int = 200
+    exclude_seen: bool = False
+
+
+def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
+                    beam: int | None = None) -> dict:
+    """Test P/R/F@m (mean and per-user SE) and, for tree methods, beam-search fidelity."""
+    started = time.perf_counter()
+    recommended = method.recommend(test, m, exclude_seen, beam=beam)
+    seconds = time.perf_counter() - started
+    metrics = user_metrics(recommended, test, m)
+    result = {
+        "m": m, "exclude_seen": exclude_seen, "users": len(test), **metrics.means(),
+        "user_se": metrics.standard_errors(), "retrieval_seconds": seconds,
+        "retrieval": "beam search" if method.config.uses_tree else "brute force",
+    }
+    if method.config.uses_tree:
+        result["beam"] = beam or method.config.beam or m
+    if fidelity and method.config.uses_tree:
+        exact = method.brute_force(test, m, exclude_seen)
+        result["fidelity"] = beam_fidelity(recommended, exact)
+        result["brute_force_recall"] = user_metrics(exact, test, m).means()["recall"]
+    return result
+
+
+def beam_fidelity(beam_items: np.ndarray, exact_items: np.ndarray) -> float:
+    """Mean over users of |beam top-k ∩ brute-force top-k| / |brute-force top-k|."""
+    overlaps = []
+    for got, want in zip(beam_items, exact_items, strict=True):
+        want = want[want >= 0]
+        if len(want):
+            overlaps.append(len(np.intersect1d(got[got >= 0], want)) / len(want))
+    return float(np.mean(overlaps)) if overlaps else 1.0
+
+
+def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
+    """Load data, split, fit, evaluate on test users, and write the run directory."""
+    if spec.method not in TRAINABLE:
+        raise DataError(f"train supports {', '.join(TRAINABLE)}; use compare for {spec.method!r}")
+    data = load_interactions(spec.data)
+    log.info("data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
+    split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
+    ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
+                     valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
+                     seed=spec.seed, device=options.device)
+    method = build_method(spec.method, options)
+    assert isinstance(method, DeepRetrieval)
+    started = time.perf_counter()
+    method.fit(ctx)
+    fit_seconds = time.perf_counter() - started
+    metrics = evaluate_method(method, make_eval_set(data, split.test), spec.m, spec.exclude_seen, fidelity=True)
+    metrics["fit_seconds"] = fit_seconds
+    out.mkdir(parents=True, exist_ok=True)
+    method.save(out)
+    split.save(out / "split.npz", data)
+    (out / "config.json").write_text(json.dumps(_config_json(spec, method, data), indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:
+    """Rebuild data, split and method from a run directory (the data must be unchanged)."""
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise DataError("not a run directory (no config.json)", run)
+    config = json.loads(config_path.read_text())
+    if config.get("format") != RUN_FORMAT_VERSION:
+        raise DataError(f"run format {config.get('format')}, this code reads {RUN_FORMAT_VERSION}", run)
+    data = load_interactions(DataConfig.from_json(config["data"]))
+    split = UserSplit.load(run / "split.npz", data)
+    return config, data, split, DeepRetrieval.load(run)
+
+
+def evaluate_run(run: Path, m: int | None, exclude_seen: bool | None, beam: int | None, fidelity: bool) -> dict:
+    config, data, split, method = load_run(run)
+    m = m or config["m"]
+    exclude_seen = config["exclude_seen"] if exclude_seen is None else exclude_seen
+    return {"run": str(run), "method": config["method"],
+            **evaluate_method(method, make_eval_set(data, split.test), m, exclude_seen, fidelity, beam)}
+
+
+def _config_json(spec: RunSpec, method: DeepRetrieval, data: Interactions) -> dict:
+    return {
+        "format": RUN_FORMAT_VERSION,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": spec.method,
+        "seed": spec.seed,
+        "data": spec.data.to_json(),
+        "dataset": data.summary(),
+        "split": {"valid_fraction": spec.valid_fraction, "test_fraction": spec.test_fraction},
+        "max_history": spec.max_history,
+        "m": spec.m,
+        "exclude_seen": spec.exclude_seen,
+        "method_config": method.config.to_json(),
+    }
