@@ -76,6 +76,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--leaf-negatives", type=int, default=None, help="negatives at the leaf level")
     group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")
     group.add_argument("--device", default="cpu", help="cpu, or cuda when present")
+    group.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
+                       help="training forward precision (default auto: bf16 on AMX/AVX512-BF16/CUDA)")
+    joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")
+    joint.add_argument("--iterations", type=int, default=None, help="joint iterations T (default 3)")
+    joint.add_argument("--retrain-epochs", type=int, default=None, help="epochs per iteration (default 2)")
+    joint.add_argument("--internal-init", default=None, choices=["keep", "mean"],
+                       help="internal node rows after a new tree (default keep)")
+    joint.add_argument("--gap", type=int, default=None, help="tree learning gap d (default 7)")
+    joint.add_argument("--max-samples-per-item", type=int, default=None, help="tree learning cap (default 50)")
+    joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
 
 
 def _method_options(args: argparse.Namespace):
@@ -89,7 +99,9 @@ def _method_options(args: argparse.Namespace):
     return MethodOptions(
         epochs=args.epochs, device=args.device, max_history=args.max_history, batch_size=args.batch_size,
         lr=args.lr, dim=args.dim, arity=args.arity, tree_init=args.tree_init,
-        leaf_negatives=args.leaf_negatives, beam=args.beam,
+        leaf_negatives=args.leaf_negatives, beam=args.beam, iterations=args.iterations,
+        retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
+        max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
     )
 
 
@@ -102,6 +114,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = train_run(spec, Path(args.out), _method_options(args))
     print(_metrics_line(metrics))
     print(f"wrote run to {args.out}")
+
+
+def cmd_figure2(args: argparse.Namespace) -> None:
+    from trainer.run import RunSpec, figure2_run
+
+    spec = RunSpec(data=_data_config(args), method="jtm", seed=args.seed, valid_fraction=args.valid_fraction,
+                   test_fraction=args.test_fraction, max_history=args.max_history, m=args.m,
+                   exclude_seen=args.exclude_seen)
+    result = figure2_run(spec, Path(args.out), _method_options(args))
+    print(f"| iteration | {' | '.join(f'{n} R@{args.m} | {n} L/sample' for n in result)} |")
+    print("|---" * (1 + 2 * len(result)) + "|")
+    for i in range(len(next(iter(result.values()))["iterations"])):
+        cells = []
+        for history in result.values():
+            record = history["iterations"][i]
+            cells += [f"{100 * record['valid']['recall']:.2f}%", f"{record['global_loss']:.4f}"]
+        print(f"| {i} | {' | '.join(cells)} |")
+    print(f"wrote {Path(args.out) / 'figure2.png'} and figure2.json")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -156,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one method and write a run directory")
     _add_data_arguments(train)
-    train.add_argument("--method", required=True, help="dnn or tdm")
+    train.add_argument("--method", required=True, help="dnn, tdm, jtm-j, jtm-h, jtm or jtm-cluster")
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
     train.add_argument("--m", type=int, default=200, help="M for validation and test metrics")
@@ -166,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-history", type=int, default=69)
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
+    _add_data_arguments(figure2)
+    figure2.add_argument("--out", required=True, help="directory for figure2.png and figure2.json")
+    figure2.add_argument("--seed", type=int, default=0)
+    figure2.add_argument("--m", type=int, default=200)
+    figure2.add_argument("--exclude-seen", action="store_true")
+    figure2.add_argument("--valid-fraction", type=float, default=0.1)
+    figure2.add_argument("--test-fraction", type=float, default=0.1)
+    figure2.add_argument("--max-history", type=int, default=69)
+    _add_model_arguments(figure2)
+    figure2.set_defaults(func=cmd_figure2)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run directory on its test users")
     evaluate.add_argument("--run", required=True, help="run directory written by train")

@@ -1,9 +1,15 @@
-"""DNN and the tree methods (TDM; JTM's variants build on it) as `Recommender`s.
+"""DNN, TDM and the JTM variants as `Recommender`s: one class, switched by configuration.
 
-- ``dnn``: the scorer trained on leaf-level samples only (target item + uniform negatives),
-  retrieving by scoring every item (the paper's strong but intractable baseline).
-- ``tdm``: the scorer trained on layer-wise samples of a fixed initial tree (by category),
-  retrieving by beam search.
+| method      | tree                        | user features | retrieval   |
+|-------------|-----------------------------|---------------|-------------|
+| dnn         | none (leaf samples only)    | plain         | brute force |
+| tdm         | fixed initial tree          | plain         | beam search |
+| jtm-h       | fixed initial tree          | hierarchical  | beam search |
+| jtm-j       | learnt (Algorithm 1 + 2)    | plain         | beam search |
+| jtm         | learnt (Algorithm 1 + 2)    | hierarchical  | beam search |
+| jtm-cluster | TDM's k-means re-clustering | hierarchical  | beam search |
+
+(`jtm-cluster` is the comparison curve of the paper's Figure 2.)
 
 A fitted method saves to and loads from a run directory (``model.pt``, ``tree.npz``), which is
 what `train`, `evaluate` and `export` exchange.
@@ -22,6 +28,7 @@ import torch
 from service.core.tree import Tree
 from trainer.data import EvalSet, Interactions
 from trainer.errors import DataError
+from trainer.joint import JointConfig, JointHistory, joint_fit
 from trainer.metrics import user_metrics
 from trainer.model import ScorerConfig, TreeScorer
 from trainer.recommender import FitContext
@@ -43,6 +50,8 @@ class DeepConfig:
     tree_init: str = "auto"  # category when the log has categories, else k-means on co-occurrence
     leaf_negatives: int = 100  # paper: 100 negatives per sample on Amazon Books
     beam: int | None = None  # None: the beam equals the number of results asked for
+    tree_learning: str = "none"  # none, jtm (Algorithm 2) or kmeans (TDM re-clustering)
+    joint: JointConfig = field(default_factory=JointConfig)
 
     @property
     def uses_tree(self) -> bool:
@@ -57,7 +66,19 @@ class DeepConfig:
             method=data["method"], scorer=ScorerConfig.from_json(data["scorer"]),
             train=TrainConfig(**data["train"]), arity=int(data["arity"]), tree_init=data["tree_init"],
             leaf_negatives=int(data["leaf_negatives"]), beam=data.get("beam"),
+            tree_learning=data.get("tree_learning", "none"),
+            joint=JointConfig.from_json(data["joint"]) if "joint" in data else JointConfig(),
         )
+
+
+METHOD_VARIANTS: dict[str, dict] = {
+    "dnn": {"hierarchical": False, "tree_learning": "none"},
+    "tdm": {"hierarchical": False, "tree_learning": "none"},
+    "jtm-h": {"hierarchical": True, "tree_learning": "none"},
+    "jtm-j": {"hierarchical": False, "tree_learning": "jtm"},
+    "jtm": {"hierarchical": True, "tree_learning": "jtm"},
+    "jtm-cluster": {"hierarchical": True, "tree_learning": "kmeans"},
+}
 
 
 def initial_tree(data: Interactions, train_users: np.ndarray, init: str, seed: int, arity: int) -> Tree:
@@ -86,26 +107,36 @@ class DeepRetrieval:
         self.model: TreeScorer | None = None
         self.tree: Tree | None = None
         self.history: TrainHistory | None = None
+        self.joint_history: JointHistory | None = None
 
     # ----------------------------------------------------------------- fit
 
     def fit(self, ctx: FitContext) -> None:
         cfg = self.config
         seed_everything(ctx.seed)
+        self.n_items = ctx.data.n_items
         if cfg.uses_tree:
             self.tree = initial_tree(ctx.data, ctx.split.train, cfg.tree_init, ctx.seed, cfg.arity)
-            sampler: LayerwiseSampler | UniformItemSampler = LayerwiseSampler.create(
-                self.tree, default_negative_counts(self.tree, cfg.leaf_negatives))
             n_rows = self.tree.n_rows
         else:
-            sampler = UniformItemSampler(ctx.data.n_items, min(cfg.leaf_negatives, ctx.data.n_items - 1))
             n_rows = ctx.data.n_items
         self.model = TreeScorer(n_rows, cfg.scorer)
-        self.history = self.train_model(ctx, sampler, cfg.train)
+        if cfg.tree_learning == "none":
+            self.history = self.train_model(ctx, self.make_sampler(), cfg.train)
+        else:
+            joint = replace(cfg.joint, tree_learning=cfg.tree_learning)
+            self.joint_history = joint_fit(self, ctx, joint)
+
+    def make_sampler(self) -> LayerwiseSampler | UniformItemSampler:
+        """Layer-wise samples of the current tree, or the DNN's uniform leaf samples."""
+        if self.tree is not None:
+            return LayerwiseSampler.create(self.tree, default_negative_counts(self.tree, self.config.leaf_negatives))
+        return UniformItemSampler(self.n_items, min(self.config.leaf_negatives, self.n_items - 1))
 
     def train_model(self, ctx: FitContext, sampler, train: TrainConfig) -> TrainHistory:
         """Train (or continue training) the current model on the current tree."""
         assert self.model is not None
+        self.n_items = ctx.data.n_items
 
         def validate() -> float:
             recs = self.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
@@ -147,17 +178,29 @@ class DeepRetrieval:
             self.tree.save(directory / "tree.npz")
         if self.history is not None:
             (directory / "training.json").write_text(json.dumps(self.history.to_json(), indent=2))
+        if self.joint_history is not None:
+            (directory / "joint.json").write_text(json.dumps(self.joint_history.to_json(), indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> DeepRetrieval:
         checkpoint = torch.load(directory / "model.pt", map_location="cpu", weights_only=True)
         method = cls(DeepConfig.from_json(json.loads(checkpoint["method_config"])))
         method.model = TreeScorer.from_checkpoint(checkpoint)
+        method.n_items = method.model.n_rows
         if method.config.uses_tree:
             method.tree = Tree.load(directory / "tree.npz")
+            method.n_items = method.tree.n_items
         return method
 
     def with_beam(self, beam: int | None) -> DeepRetrieval:
         clone = DeepRetrieval(replace(self.config, beam=beam))
         clone.model, clone.tree, clone.history = self.model, self.tree, self.history
         return clone
+
+    def describe(self) -> dict:
+        described = {"config": self.config.to_json()}
+        if self.history is not None:
+            described["training"] = self.history.to_json()
+        if self.joint_history is not None:
+            described["joint"] = self.joint_history.to_json()
+        return described

@@ -23,6 +23,13 @@ class MethodOptions:
     tree_init: str | None = None
     leaf_negatives: int | None = None
     beam: int | None = None
+    iterations: int | None = None  # joint loop T
+    retrain_epochs: int | None = None
+    internal_init: str | None = None
+    gap: int | None = None  # tree learning d
+    max_samples_per_item: int | None = None
+    workers: int | None = None
+    precision: str | None = None
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -51,13 +58,22 @@ def _overrides(options: MethodOptions, *names: str) -> dict:
 
 def deep_config(method: str, options: MethodOptions):
     """The configuration of a scorer-based method (dnn, tdm, jtm variants) with CLI overrides."""
-    from trainer.deep_retrieval import DeepConfig
+    from trainer.deep_retrieval import METHOD_VARIANTS, DeepConfig
+    from trainer.joint import JointConfig
     from trainer.model import ScorerConfig
     from trainer.train import TrainConfig
+    from trainer.tree_learning import TreeLearningConfig
 
-    train = replace(TrainConfig(device=options.device), **_overrides(options, "epochs", "batch_size", "lr"))
-    scorer = replace(ScorerConfig(max_history=options.max_history), **_overrides(options, "dim"))
-    return replace(DeepConfig(method=method, scorer=scorer, train=train),
+    variant = METHOD_VARIANTS[method]
+    train = replace(TrainConfig(device=options.device),
+                    **_overrides(options, "epochs", "batch_size", "lr", "precision"))
+    scorer = replace(ScorerConfig(max_history=options.max_history, hierarchical=variant["hierarchical"]),
+                     **_overrides(options, "dim"))
+    learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers"))
+    joint = replace(JointConfig(learning=learning),
+                    **_overrides(options, "iterations", "retrain_epochs", "internal_init"))
+    return replace(DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"],
+                              joint=joint),
                    **_overrides(options, "arity", "tree_init", "leaf_negatives", "beam"))
 
 
@@ -76,6 +92,10 @@ METHODS: dict[str, Callable[[MethodOptions], Recommender]] = {
     "youtube": _youtube,
     "dnn": _deep("dnn"),
     "tdm": _deep("tdm"),
+    "jtm-j": _deep("jtm-j"),
+    "jtm-h": _deep("jtm-h"),
+    "jtm": _deep("jtm"),
+    "jtm-cluster": _deep("jtm-cluster"),
 }
 
 

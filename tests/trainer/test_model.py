@@ -56,3 +56,16 @@ def test_torch_scorer_in_shared_beam_search(hierarchical: bool) -> None:
     with torch.no_grad():
         direct = model(torch.from_numpy(mapped), torch.from_numpy(nodes)).numpy()
     np.testing.assert_allclose(score(level, nodes), direct, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_score_by_level_equals_per_level_calls(attention: bool) -> None:
+    torch.manual_seed(2)
+    model = TreeScorer(40, ScorerConfig(dim=8, hidden=(16, 8), max_history=10, attention=attention)).eval()
+    histories = torch.randint(-1, 40, (3, 5, 10))
+    nodes = torch.randint(0, 40, (5, 9))
+    slices = [slice(0, 2), slice(2, 5), slice(5, 9)]
+    with torch.no_grad():
+        together = model.score_by_level(histories, nodes, slices)
+        apart = torch.cat([model(histories[v], nodes[:, cols]) for v, cols in enumerate(slices)], dim=1)
+    torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)

@@ -1,0 +1,195 @@
+"""JTM's Algorithm 1: alternate model training and tree learning under one loss.
+
+    tree_0 <- initial tree;  model_0 <- train on tree_0
+    for t = 1..T:
+        tree_t  <- learn the tree with model_{t-1} fixed   (Algorithm 2, or TDM's k-means re-clustering)
+        model_t <- retrain model_{t-1} on tree_t, warm-started (hierarchical features recomputed)
+
+Every iteration records the global loss L(theta, pi) of equation (2) (mean per sample over a
+fixed subset of the training samples), the tree-learning objective before/after the step with
+the model fixed, the fraction of items that moved, and validation P/R/F@M. The (model, tree)
+pair of the best validation recall is kept: iterations are chosen on validation users.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.core.tree import Tree
+from trainer.metrics import user_metrics
+from trainer.model import TreeScorer
+from trainer.recommender import FitContext
+from trainer.tree_build import kmeans_tree
+from trainer.tree_learning import TreeLearningConfig, learn_tree, tree_objective
+
+log = logging.getLogger(__name__)
+
+TREE_LEARNERS = ("none", "jtm", "kmeans")
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    tree_learning: str = "jtm"  # jtm (Algorithm 2) or kmeans (TDM's re-clustering)
+    iterations: int = 3  # T
+    retrain_epochs: int = 2  # per iteration, warm-started (validation still picks the epoch)
+    internal_init: str = "keep"  # after a new tree: keep node rows, or "mean" of their items' rows
+    loss_samples: int = 20_000  # fixed subset on which L(theta, pi) is reported
+    learning: TreeLearningConfig = field(default_factory=TreeLearningConfig)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> JointConfig:
+        return cls(**{**data, "learning": TreeLearningConfig(**data["learning"])})
+
+
+@dataclass
+class IterationRecord:
+    iteration: int
+    global_loss: float  # L(theta_t, pi_t) / samples, features under pi_t
+    valid: dict[str, float]
+    moved_fraction: float = 0.0
+    objective_before: float | None = None  # tree-learning step, model fixed: L(theta_{t-1}, pi_{t-1})
+    objective_after: float | None = None  # L(theta_{t-1}, pi_t) (same features)
+    tree_seconds: float = 0.0
+    train_seconds: float = 0.0
+    tree_report: dict | None = None
+
+
+@dataclass
+class JointHistory:
+    records: list[IterationRecord] = field(default_factory=list)
+    best_iteration: int = 0
+    tree_learning: str = "jtm"
+
+    def to_json(self) -> dict:
+        return {"tree_learning": self.tree_learning, "best_iteration": self.best_iteration,
+                "iterations": [asdict(r) for r in self.records]}
+
+
+def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
+    """Set every internal node's embedding and bias to the mean of its items' rows.
+
+    After tree learning a node position holds different items; starting its embedding at the
+    centroid of its new items gives the warm start a meaningful point for upper levels.
+    """
+    with torch.no_grad():
+        items = torch.arange(tree.n_items)
+        item_rows = model.embedding.weight[:tree.n_items]
+        item_bias = model.bias.weight[:tree.n_items]
+        for level in range(tree.depth):
+            ancestors = torch.from_numpy(tree.ancestors(items.numpy(), level))
+            size = tree.level_size(level)
+            counts = torch.bincount(ancestors, minlength=size).clamp(min=1).unsqueeze(1).float()
+            means = torch.zeros(size, item_rows.shape[1]).index_add_(0, ancestors, item_rows) / counts
+            bias = torch.zeros(size, 1).index_add_(0, ancestors, item_bias) / counts
+            rows = torch.from_numpy(tree.node_ids(level, np.arange(size)))
+            model.embedding.weight[rows] = means
+            model.bias.weight[rows] = bias
+
+
+def validation_metrics(method, ctx: FitContext) -> dict[str, float]:
+    recs = method.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
+    return user_metrics(recs, ctx.valid, ctx.m).means()
+
+
+def global_loss(model: TreeScorer, tree: Tree, ctx: FitContext, index: np.ndarray, hierarchical: bool) -> float:
+    """L(theta, pi) per sample on ctx.samples[index], features under the same tree."""
+    return tree_objective(model, tree, tree, ctx.samples, index, hierarchical) / max(len(index), 1)
+
+
+def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool = True) -> JointHistory:
+    """Run Algorithm 1 on a `DeepRetrieval` method (its model and tree are updated in place)."""
+    if config.tree_learning not in TREE_LEARNERS[1:]:
+        raise ValueError(f"tree_learning must be one of {TREE_LEARNERS[1:]}, got {config.tree_learning!r}")
+    hierarchical = method.config.scorer.hierarchical
+    rng = np.random.default_rng(ctx.seed)
+    index = np.sort(rng.choice(len(ctx.samples), size=min(config.loss_samples, len(ctx.samples)), replace=False))
+    history = JointHistory(tree_learning=config.tree_learning)
+
+    started = time.perf_counter()
+    if train_initial:
+        method.train_model(ctx, method.make_sampler(), method.config.train)
+    record = IterationRecord(0, global_loss(method.model, method.tree, ctx, index, hierarchical),
+                             validation_metrics(method, ctx), train_seconds=time.perf_counter() - started)
+    history.records.append(record)
+    _log(record)
+    best = (record.valid["recall"], copy.deepcopy(method.model.state_dict()), method.tree)
+
+    for iteration in range(1, config.iterations + 1):
+        old_tree = method.tree
+        started = time.perf_counter()
+        if config.tree_learning == "jtm":
+            learning = TreeLearningConfig(**{**asdict(config.learning), "seed": ctx.seed + iteration})
+            new_tree, report = learn_tree(method.model, old_tree, ctx.samples, hierarchical, learning)
+            before, after = report.objective_before, report.objective_after
+            tree_report = report.to_json()
+        else:
+            embeddings = method.model.embedding.weight[:old_tree.n_items].detach().numpy()
+            new_tree = kmeans_tree(embeddings, seed=ctx.seed + iteration, arity=old_tree.arity)
+            before = -tree_objective(method.model, old_tree, old_tree, ctx.samples, index, hierarchical)
+            after = -tree_objective(method.model, new_tree, old_tree, ctx.samples, index, hierarchical)
+            tree_report = None
+        tree_seconds = time.perf_counter() - started
+        moved = float((new_tree.item_leaf != old_tree.item_leaf).mean())
+        method.tree = new_tree
+        if config.internal_init == "mean":
+            reinit_internal_nodes(method.model, new_tree)
+        started = time.perf_counter()
+        retrain = method.config.train.__class__(**{**asdict(method.config.train), "epochs": config.retrain_epochs})
+        method.train_model(ctx, method.make_sampler(), retrain)
+        record = IterationRecord(
+            iteration, global_loss(method.model, new_tree, ctx, index, hierarchical), validation_metrics(method, ctx),
+            moved_fraction=moved, objective_before=before, objective_after=after, tree_seconds=tree_seconds,
+            train_seconds=time.perf_counter() - started, tree_report=tree_report,
+        )
+        history.records.append(record)
+        _log(record)
+        if record.valid["recall"] > best[0]:
+            best = (record.valid["recall"], copy.deepcopy(method.model.state_dict()), new_tree)
+            history.best_iteration = iteration
+
+    method.model.load_state_dict(best[1])
+    method.tree = best[2]
+    return history
+
+
+def _log(record: IterationRecord) -> None:
+    step = ""
+    if record.objective_before is not None:
+        step = (f", tree step -L {record.objective_before:,.0f} -> {record.objective_after:,.0f}, "
+                f"{100 * record.moved_fraction:.1f}% items moved in {record.tree_seconds:.0f}s")
+    log.info("joint iteration %d: L/sample %.4f, validation R %.4f%s", record.iteration, record.global_loss,
+             record.valid["recall"], step)
+
+
+def plot_joint(histories: dict[str, JointHistory], path: Path, m: int) -> None:
+    """Validation recall and global loss per iteration, one line per tree learner (paper Fig. 2)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, history in histories.items():
+        iterations = [r.iteration for r in history.records]
+        left.plot(iterations, [100 * r.valid["recall"] for r in history.records], marker="o", label=name)
+        right.plot(iterations, [r.global_loss for r in history.records], marker="o", label=name)
+    left.set(xlabel="iteration", ylabel=f"validation recall@{m} (%)", title="Recall per joint iteration")
+    right.set(xlabel="iteration", ylabel="L(θ, π) per sample", title="Global loss (eq. 2)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend()
+        axis.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,417 @@
+"""Tree learning, JTM's Algorithm 2: re-assign items to leaves to maximise -L(theta, pi).
+
+With the model fixed, the tree is learnt top-down in segments of `gap` levels. For a segment
+(s, l] (l = s + gap, the last one shortened to end at the leaves), every item k under a node n
+of level s chooses one of n's descendants c at level l, with weight
+
+    W[k, c] = sum over k's training samples (u, k) of sum_{j = s+1..l} log p(b_j(c) | u)
+
+(log-sigmoid of the scorer's logit, *not* the raw logit or the probability: two public
+implementations got this wrong). Each candidate at level l can take at most as many items as it
+has leaves (minus the leaves of items that stay put). Items first go to their best candidate
+(greedy); then, while a candidate is over capacity, the most overloaded one keeps its best
+items -- items that were already under it first (the paper's lazy rule, which keeps the tree
+stable between iterations), then by weight -- and pushes the rest to their best candidate that
+is still open. The next segment starts from the nodes just chosen.
+
+Cost. Per sample and segment the scorer evaluates every node of the candidate subtree once
+(2 + 4 + ... + 2^gap nodes for arity 2), and the path sums W come from those node scores by one
+matrix product with the fixed path-incidence matrix, so shared path prefixes are computed once.
+Samples are batched as (samples x subtree nodes) through the scorer's user/node split. Samples
+per item are capped. Items without training samples keep their leaf.
+
+Parallelism. The unit of work is a chunk of items of one segment (weights) and a top node of
+one segment (assignment): both are independent, so `workers > 1` spreads the weight chunks over
+a process pool; `weights_for_items` is the function a torch.distributed rank would run on its
+share.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from service.core.tree import Tree
+from trainer.data import SampleSet
+from trainer.model import TreeScorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TreeLearningConfig:
+    gap: int = 7  # paper's d: 2**7 = 128 candidate positions per item and segment
+    max_samples_per_item: int = 50  # cap on popular items' samples
+    lazy: bool = True  # rebalance keeps items that were already under a node first
+    # Rebalance order after the lazy rule: "regret" (loss if moved) or "weight" (the paper's
+    # highest W). On random capacity problems regret ends within 1% (mean) of the Hungarian
+    # optimum's gain over a random assignment, the paper's rule 6-13% (tests/bench).
+    keep_by: str = "regret"
+    exact_limit: int = 250_000  # sub-problems with items x slots up to this are solved exactly
+    # Segments optimise the upper levels first and can lose objective below; when the new tree
+    # scores worse than the old one on the samples used, keep the old one (a step never
+    # increases L(theta, pi)).
+    guard: bool = True
+    batch_size: int = 256  # samples per scorer call
+    workers: int = 1  # >1: weights computed in a process pool
+    seed: int = 0
+
+
+@dataclass
+class TreeLearningReport:
+    seconds: float = 0.0
+    evaluations: int = 0  # (sample, node) scorer evaluations
+    items_moved: int = 0
+    items_with_samples: int = 0
+    samples_used: int = 0
+    objective_before: float | None = None  # -L on the samples used, old tree
+    objective_after: float | None = None  # -L on the samples used, learnt tree
+    kept_previous: bool = False
+    segments: list[dict] = field(default_factory=list)
+
+    @property
+    def evaluations_per_s(self) -> float:
+        return self.evaluations / self.seconds if self.seconds else 0.0
+
+    def to_json(self) -> dict:
+        return {**vars(self), "evaluations_per_s": self.evaluations_per_s}
+
+
+# --------------------------------------------------------------------------- segments
+
+
+def segments(depth: int, gap: int) -> list[tuple[int, int]]:
+    """(s, l) pairs: (0, gap), (gap, 2 gap), ..., the last shortened to end at `depth`."""
+    if gap < 1:
+        raise ValueError(f"gap must be >= 1, got {gap}")
+    result, start = [], 0
+    while start < depth:
+        end = min(start + gap, depth)
+        result.append((start, end))
+        start = end
+    return result
+
+
+def subtree_layout(arity: int, span: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Relative layout of the nodes below a top node, `span` levels deep.
+
+    Returns (level_of_node (N,), offset_of_node (N,), paths (N, arity**span)): node i sits
+    `level_of_node[i]` levels below the top at relative position `offset_of_node[i]`, and
+    paths[i, c] = 1 when node i is on the path to candidate c at the bottom level.
+    """
+    levels, offsets = [], []
+    for depth in range(1, span + 1):
+        width = arity**depth
+        levels.append(np.full(width, depth))
+        offsets.append(np.arange(width))
+    level_of_node = np.concatenate(levels)
+    offset_of_node = np.concatenate(offsets)
+    candidates = np.arange(arity**span)
+    ancestor = candidates[None, :] // arity ** (span - level_of_node[:, None])  # (N, C)
+    paths = (ancestor == offset_of_node[:, None]).astype(np.float32)
+    return level_of_node, offset_of_node, paths
+
+
+# --------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class WeightJob:
+    """What a worker needs to compute W rows for some items of one segment."""
+
+    tree: Tree
+    start: int  # segment top level s
+    end: int  # segment bottom level l
+    hierarchical: bool
+    batch_size: int
+
+
+def weights_for_items(
+    model: TreeScorer,
+    job: WeightJob,
+    items: np.ndarray,
+    top_of_item: np.ndarray,
+    sample_item: np.ndarray,
+    histories: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """Sum over each item's samples of log p(node | u) for every node of its candidate subtree.
+
+    items: (K,) item ids; top_of_item: (K,) position at level s of each item's segment top node.
+    sample_item: (S,) index into 0..K-1 of each sample's item; histories: (S, L) item ids.
+    Returns (K, N) float64 node-score sums (N nodes of the subtree) and the evaluation count.
+    At the leaf level the node *is* the item (its own embedding row), so its score is the same
+    for every candidate leaf: it is computed once per sample and broadcast.
+    This is the unit a process-pool worker or a torch.distributed rank runs on its share.
+    """
+    tree, span = job.tree, job.end - job.start
+    level_of_node, offset_of_node, _ = subtree_layout(tree.arity, span)
+    n_nodes = len(level_of_node)
+    sums = np.zeros((len(top_of_item), n_nodes), dtype=np.float64)
+    levels = np.unique(level_of_node)
+    evaluations = 0
+    with torch.no_grad():
+        for batch_start in range(0, len(sample_item), job.batch_size):
+            batch = slice(batch_start, batch_start + job.batch_size)
+            items_in_batch = sample_item[batch]
+            top = top_of_item[items_in_batch]  # (B,)
+            hist = histories[batch]
+            scores = np.empty((len(items_in_batch), n_nodes), dtype=np.float32)
+            state = None if job.hierarchical else model.user_state(torch.from_numpy(hist.astype(np.int64)))
+            for rel in levels:
+                columns = level_of_node == rel
+                level = job.start + int(rel)
+                if job.hierarchical:
+                    state = model.user_state(torch.from_numpy(tree.ancestor_ids(hist, level)))
+                if level == tree.depth:
+                    nodes = items[items_in_batch][:, None].astype(np.int64)  # the item's own row
+                else:
+                    positions = top[:, None] * tree.arity**rel + offset_of_node[columns][None, :]
+                    nodes = tree.node_ids(level, positions)
+                logits = F.logsigmoid(model.score(state, torch.from_numpy(nodes))).numpy()
+                scores[:, columns] = logits  # (B, 1) broadcasts over the leaf columns
+                evaluations += logits.size
+            np.add.at(sums, items_in_batch, scores.astype(np.float64))
+    return sums, evaluations
+
+
+# --------------------------------------------------------------------------- assignment
+
+
+def assign_with_capacity(
+    weights: np.ndarray, capacity: np.ndarray, previous: np.ndarray, lazy: bool, keep_by: str = "regret"
+) -> np.ndarray:
+    """Greedy assignment of K items to C candidates, then the capacity rebalance.
+
+    weights: (K, C); capacity: (C,) ints with capacity.sum() >= K; previous: (K,) candidate each
+    item was under before (-1 if none). An overloaded candidate keeps its items by `keep_by`:
+    "weight" (the paper: highest W[k, c]) or "regret" (largest loss W[k, c] - W[k, next best
+    open candidate] if moved). Returns (K,) candidate per item.
+    """
+    n_items, n_candidates = weights.shape
+    if n_items == 0:
+        return np.zeros(0, dtype=np.int64)
+    if capacity.sum() < n_items:
+        raise ValueError(f"{n_items} items cannot fit into capacity {int(capacity.sum())}")
+    assign = weights.argmax(axis=1)
+    is_open = np.ones(n_candidates, dtype=bool)
+    while True:
+        load = np.bincount(assign, minlength=n_candidates)
+        over = load - capacity
+        if (over <= 0).all():
+            return assign
+        candidate = int(np.argmax(np.where(is_open, over, np.iinfo(np.int64).min)))
+        members = np.flatnonzero(assign == candidate)
+        stayed = (previous[members] == candidate) if lazy else np.zeros(len(members), dtype=bool)
+        is_open[candidate] = False
+        value = weights[members, candidate]
+        if keep_by == "regret":
+            alternative = np.where(is_open[None, :], weights[members], -np.inf).max(axis=1)
+            value = value - alternative
+        # Keep: items that were already here first (lazy), then by value.
+        order = np.lexsort((-value, ~stayed))
+        overflow = members[order[capacity[candidate]:]]
+        masked = np.where(is_open[None, :], weights[overflow], -np.inf)
+        assign[overflow] = masked.argmax(axis=1)
+
+
+def assign_segment(
+    weights: np.ndarray, capacity: np.ndarray, previous: np.ndarray, config: TreeLearningConfig
+) -> np.ndarray:
+    """Solve one top node's sub-problem (Algorithm 2, line 5).
+
+    Small problems (items x capacity slots <= `exact_limit`) are solved exactly by the Hungarian
+    algorithm on capacity-expanded columns (ties broken toward staying, the lazy rule); larger
+    ones by the paper's greedy assignment and rebalance. If every item was already under this
+    node and the previous placement still fits, it is kept unless the new one is better, so a
+    step never loses objective on a sub-problem it could have left alone.
+    """
+    n_items = len(weights)
+    slots = int(capacity.sum())
+    if n_items * slots <= config.exact_limit:
+        from scipy.optimize import linear_sum_assignment
+
+        columns = np.repeat(np.arange(len(capacity)), capacity)
+        bonus = np.zeros_like(weights)
+        if config.lazy:
+            stays = previous >= 0
+            bonus[np.flatnonzero(stays), previous[stays]] = 1e-9 * (1.0 + np.abs(weights).max())
+        rows, cols = linear_sum_assignment((weights + bonus)[:, columns], maximize=True)
+        assign = np.empty(n_items, dtype=np.int64)
+        assign[rows] = columns[cols]
+    else:
+        assign = assign_with_capacity(weights, capacity, previous, config.lazy, config.keep_by)
+    if (previous >= 0).all() and (np.bincount(previous, minlength=len(capacity)) <= capacity).all():
+        rows = np.arange(n_items)
+        if weights[rows, previous].sum() >= weights[rows, assign].sum():
+            return previous.astype(np.int64)
+    return assign
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def learn_tree(
+    model: TreeScorer,
+    tree: Tree,
+    samples: SampleSet,
+    hierarchical: bool,
+    config: TreeLearningConfig,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Tree, TreeLearningReport]:
+    """Algorithm 2. Returns the new tree (same shape) and a report.
+
+    The model's user representation uses the *current* tree's mapping throughout (the tree
+    the model was trained with), so the objective is the one the model was fit to.
+    """
+    started = time.perf_counter()
+    model.eval()
+    report = TreeLearningReport()
+    rng = np.random.default_rng(config.seed)
+    targets = samples.targets
+    order = np.argsort(targets, kind="stable")
+    # Cap samples per item: a seeded random subset of each popular item's samples.
+    shuffled = order[np.lexsort((rng.random(len(order)), targets[order]))]
+    sorted_targets = targets[shuffled]
+    first_of_item = np.searchsorted(sorted_targets, sorted_targets)
+    keep = (np.arange(len(shuffled)) - first_of_item) < config.max_samples_per_item
+    chosen = shuffled[keep]
+    sample_items = targets[chosen]
+    learnable = np.unique(sample_items)  # items with samples
+    report.items_with_samples = len(learnable)
+    report.samples_used = len(chosen)
+    histories = samples.histories(chosen)
+    row_of_item = np.full(tree.n_items, -1, dtype=np.int64)
+    row_of_item[learnable] = np.arange(len(learnable))
+    sample_row = row_of_item[sample_items]  # (S,) row in `learnable`
+
+    pinned = np.ones(tree.n_items, dtype=bool)
+    pinned[learnable] = False
+    new_leaf = tree.item_leaf.copy()  # pinned items keep theirs
+    # Position at the current segment's top level of every learnable item under the new tree.
+    top = np.zeros(len(learnable), dtype=np.int64)
+    pool = _pool(model, config)
+    try:
+        for start, end in segments(tree.depth, config.gap):
+            span = end - start
+            job = WeightJob(tree=tree, start=start, end=end, hierarchical=hierarchical, batch_size=config.batch_size)
+            seg_started = time.perf_counter()
+            node_sums, evaluations = _weights(model, job, learnable, top, sample_row, histories,
+                                              config.workers, pool)
+            _, _, paths = subtree_layout(tree.arity, span)
+            weights = node_sums @ paths  # (K, C): path sums, prefixes shared
+            report.evaluations += evaluations
+            # Capacity of each level-`end` node: its leaves minus leaves of pinned items under it.
+            capacity = np.full(tree.level_size(end), tree.capacity(end), dtype=np.int64)
+            np.subtract.at(capacity, tree.item_leaf[pinned] // tree.capacity(end), 1)
+            old = tree.ancestors(learnable, end)  # where each item was at level `end` before
+            width = tree.arity**span
+            # Lazy rule: an item "was already under" candidate c only if it is still under the
+            # same top node; its relative candidate there, else -1.
+            previous = np.where(old // width == top, old - top * width, -1)
+            new_top = np.empty_like(top)
+            order = np.argsort(top, kind="stable")
+            bounds = np.flatnonzero(np.r_[True, top[order][1:] != top[order][:-1], True])
+            for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+                members = order[first:last]
+                base = int(top[members[0]]) * width
+                chosen_rel = assign_segment(weights[members], capacity[base:base + width],
+                                            previous[members], config)
+                new_top[members] = base + chosen_rel
+            top = new_top
+            report.segments.append({"levels": [start, end], "seconds": time.perf_counter() - seg_started,
+                                    "evaluations": evaluations})
+            if progress:
+                progress(f"tree learning: levels {start}->{end} done, {evaluations:,} evaluations")
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    new_leaf[learnable] = top
+    new_tree = Tree.from_leaves(new_leaf, arity=tree.arity, depth=tree.depth)
+    if config.guard:
+        report.objective_before = -tree_objective(model, tree, tree, samples, chosen, hierarchical)
+        report.objective_after = -tree_objective(model, new_tree, tree, samples, chosen, hierarchical)
+        if report.objective_after < report.objective_before:
+            report.kept_previous = True
+            new_tree = tree
+    report.items_moved = int((new_tree.item_leaf != tree.item_leaf).sum())
+    report.seconds = time.perf_counter() - started
+    return new_tree, report
+
+
+def tree_objective(
+    model: TreeScorer, tree: Tree, feature_tree: Tree, samples: SampleSet, index: np.ndarray,
+    hierarchical: bool, batch_size: int = 512,
+) -> float:
+    """L(theta, pi) of equation (2) on samples[index]: -sum over samples and levels 1..depth of
+    log p(b_j(pi(c)) | u). `feature_tree` gives the hierarchical behaviour mapping (the tree the
+    model was trained with); `tree` gives the target paths being scored."""
+    model.eval()
+    total = 0.0
+    targets = samples.targets
+    with torch.no_grad():
+        for start in range(0, len(index), batch_size):
+            batch = index[start:start + batch_size]
+            hist = samples.histories(batch)
+            state = None if hierarchical else model.user_state(torch.from_numpy(hist.astype(np.int64)))
+            for level in range(1, tree.depth + 1):
+                nodes = tree.ancestor_ids(targets[batch], level)[:, None]
+                if hierarchical:
+                    state = model.user_state(torch.from_numpy(feature_tree.ancestor_ids(hist, level)))
+                total -= float(F.logsigmoid(model.score(state, torch.from_numpy(nodes))).sum())
+    return total
+
+
+# --------------------------------------------------------------------------- process pool
+
+_WORKER: dict = {}
+
+
+def _pool(model: TreeScorer, config: TreeLearningConfig) -> ProcessPoolExecutor | None:
+    if config.workers <= 1:
+        return None
+    import multiprocessing
+
+    checkpoint = model.checkpoint()
+    return ProcessPoolExecutor(max_workers=config.workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_worker, initargs=(checkpoint,))
+
+
+def _init_worker(checkpoint: dict) -> None:
+    torch.set_num_threads(1)
+    _WORKER["model"] = TreeScorer.from_checkpoint(checkpoint)
+
+
+def _worker_weights(job: WeightJob, items: np.ndarray, top: np.ndarray, sample_row: np.ndarray,
+                    histories: np.ndarray):
+    return weights_for_items(_WORKER["model"], job, items, top, sample_row, histories)
+
+
+def _weights(model, job, items, top, sample_row, histories, workers, pool) -> tuple[np.ndarray, int]:
+    """Node-score sums for all items: in process, or sharded by items over the pool."""
+    if pool is None:
+        return weights_for_items(model, job, items, top, sample_row, histories)
+    n_items = len(top)
+    shards = np.array_split(np.arange(n_items), workers * 4)
+    futures = []
+    for shard in shards:
+        if len(shard) == 0:
+            continue
+        in_shard = np.isin(sample_row, shard)
+        local_row = np.searchsorted(shard, sample_row[in_shard])
+        futures.append((shard, pool.submit(_worker_weights, job, items[shard], top[shard], local_row,
+                                           histories[in_shard])))
+    _, _, paths = subtree_layout(job.tree.arity, job.end - job.start)
+    sums = np.zeros((n_items, paths.shape[0]))
+    evaluations = 0
+    for shard, future in futures:
+        part, count = future.result()
+        sums[shard] = part
+        evaluations += count
+    return sums, evaluations
