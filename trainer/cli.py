@@ -114,6 +114,22 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = train_run(spec, Path(args.out), _method_options(args))
     print(_metrics_line(metrics))
     print(f"wrote run to {args.out}")
+    if args.export:
+        _export(Path(args.out), Path(args.export))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    _export(Path(args.run), Path(args.out))
+
+
+def _export(run: Path, out: Path) -> None:
+    from trainer.export import export_run
+
+    manifest = export_run(run, out)
+    parity = manifest["parity"]
+    print(f"artifact {manifest['version']} written to {out}: ONNX vs PyTorch max |diff| "
+          f"{parity['onnx_vs_torch_max_abs']:.1e}; top-{parity['topk']['k']} identical for "
+          f"{parity['topk']['identical_lists']}/{parity['topk']['users']} users")
 
 
 def cmd_figure2(args: argparse.Namespace) -> None:
@@ -194,8 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--valid-fraction", type=float, default=0.1)
     train.add_argument("--test-fraction", type=float, default=0.1)
     train.add_argument("--max-history", type=int, default=69)
+    train.add_argument("--export", default=None, metavar="ARTIFACT_DIR", help="also export an artifact here")
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="write a versioned ONNX + tree artifact from a run directory")
+    export.add_argument("--run", required=True)
+    export.add_argument("--out", required=True, help="artifact directory to create (must not exist)")
+    export.set_defaults(func=cmd_export)
 
     figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
     _add_data_arguments(figure2)

@@ -105,6 +105,7 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     metrics["fit_seconds"] = fit_seconds
     out.mkdir(parents=True, exist_ok=True)
     method.save(out)
+    item_catalog(data, split).save(out / "items.npz")
     if method.joint_history is not None:
         from trainer.joint import plot_joint
 
@@ -138,6 +139,15 @@ def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tupl
     result = {name: h.to_json() for name, h in histories.items()}
     (out / "figure2.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def item_catalog(data: Interactions, split: UserSplit):
+    """Original ids, categories and popularity (training users) for the artifact."""
+    from service.core.items import ItemCatalog
+
+    counts = data.item_counts(split.train)
+    popular = np.lexsort((np.arange(data.n_items), -counts))
+    return ItemCatalog.create(data.item_ids, data.category_ids, data.item_category, popular)
 
 
 def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:

@@ -1,0 +1,1 @@
+"""HTTP API: request/response schemas, routes, and the dependencies they share."""

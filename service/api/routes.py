@@ -1,0 +1,140 @@
+"""Routes: each a few lines over retrieval, the behaviour store and the model store."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.api.schemas import Event, EventBatch, EventsAccepted, RecommendRequest, RecommendResponse, ScoredItem
+from service.batcher import Overloaded
+from service.features import StoreUnavailable
+from service.model_store import ModelBundle
+from service.retrieval import Retrieved, item_filter, popular, search
+
+log = logging.getLogger("service.api")
+router = APIRouter()
+RETRY_AFTER = {"Retry-After": "1"}
+
+
+def unavailable(message: str) -> HTTPException:
+    return HTTPException(status_code=503, detail=message, headers=RETRY_AFTER)
+
+
+def choose_bundle(request: Request, user_id: object) -> ModelBundle:
+    """The bundle this request is served by (read once: it finishes on it even across a swap)."""
+    router_ = request.app.state.models
+    bundle = router_.bundle_for(user_id) if hasattr(router_, "bundle_for") else router_.current
+    if bundle is None:
+        raise unavailable("no model loaded yet")
+    return bundle
+
+
+@router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False)
+def recommend(body: RecommendRequest, request: Request, response: Response) -> RecommendResponse:
+    state = request.app.state
+    settings, metrics = state.settings, state.metrics
+    if body.k > settings.max_k:
+        raise HTTPException(422, f"k: at most {settings.max_k}")
+    if body.history is not None and len(body.history) > settings.max_history:
+        raise HTTPException(422, f"history: {len(body.history)} items, at most {settings.max_history}")
+    if body.beam is not None and body.beam > settings.max_beam:
+        raise HTTPException(422, f"beam: at most {settings.max_beam}")
+    if body.categories is not None and len(body.categories) > settings.max_history:
+        raise HTTPException(422, f"categories: at most {settings.max_history}")
+    bundle = choose_bundle(request, body.user_id)
+
+    source, reason = "none", "no_history"
+    ids: list = []
+    if body.history is not None:
+        ids, source = body.history[::-1], "request"  # requests list behaviours oldest first
+    elif body.user_id is not None:
+        try:
+            ids = state.store.recent(str(body.user_id), settings.stored_history)
+            source = "store"
+        except StoreUnavailable:
+            metrics.store_errors.labels("read").inc()
+            reason = "store_unavailable"
+    internal = bundle.catalog.items.lookup(ids)
+    unknown = int((internal < 0).sum())
+    internal = internal[internal >= 0]
+    if unknown:
+        metrics.unknown_items.inc(unknown)
+
+    categories = None
+    if body.categories is not None:
+        categories = bundle.catalog.categories.lookup(body.categories)
+        categories = categories[categories >= 0]
+    allowed = item_filter(bundle, internal if body.exclude_seen else None, categories)
+    k = min(body.k, bundle.tree.n_items)
+    beam = body.beam or bundle.default_beam
+    try:
+        if len(internal) == 0:
+            result: Retrieved = popular(bundle, k, allowed)
+            metrics.fallbacks.labels(reason).inc()
+        else:
+            with metrics.search_seconds.labels(bundle.version).time():
+                result = search(bundle, internal, k, beam, allowed,
+                                on_level=lambda level, s: metrics.level_seconds.labels(str(level)).observe(s))
+    except Overloaded as exc:
+        metrics.rejected.labels("overloaded").inc()
+        raise unavailable(f"overloaded: {exc}") from exc
+    metrics.version_requests.labels(bundle.version).inc()
+    response.headers["X-Model-Version"] = bundle.version
+    originals = bundle.catalog.items.original(result.items)
+    scores = [None] * len(originals) if result.scores is None else np.asarray(result.scores, dtype=float).tolist()
+    return RecommendResponse(
+        items=[ScoredItem(item_id=i, score=s) for i, s in zip(originals, scores, strict=True)],
+        model_version=bundle.version, fallback=result.fallback, history_used=int(min(len(internal),
+                                                                                   bundle.history_length)),
+        unknown_items=unknown, history_source=source,
+    )
+
+
+@router.post("/v1/events", status_code=202, response_model=EventsAccepted)
+def events(body: Event | EventBatch, request: Request) -> EventsAccepted:
+    state = request.app.state
+    batch = body.events if isinstance(body, EventBatch) else [body]
+    if len(batch) > state.settings.max_events:
+        raise HTTPException(413, f"events: {len(batch)} in one call, at most {state.settings.max_events}")
+    try:
+        state.store.append([(str(e.user_id), str(e.item_id)) for e in batch])
+    except StoreUnavailable as exc:
+        state.metrics.store_errors.labels("write").inc()
+        raise unavailable("behaviour store unavailable; events not stored, retry") from exc
+    state.metrics.events.inc(len(batch))
+    return EventsAccepted(accepted=len(batch), store=state.store.kind)
+
+
+@router.get("/v1/model")
+def model(request: Request) -> dict:
+    models = request.app.state.models
+    bundle = models.current
+    return {
+        "serving": None if bundle is None else bundle.summary(),
+        "last_error": models.last_error,
+        "behavior_store": request.app.state.store.kind,
+        **(models.describe() if hasattr(models, "describe") else {}),
+    }
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+def readyz(request: Request, response: Response) -> dict:
+    bundle = request.app.state.models.current
+    if bundle is None or not request.app.state.ready:
+        response.status_code = 503
+        return {"status": "loading"}
+    return {"status": "ready", "version": bundle.version}
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

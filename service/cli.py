@@ -1,0 +1,63 @@
+"""`python -m service`: validate the artifact, then serve it with uvicorn.
+
+The artifact is fully loaded and checked *before* a port is bound, so a bad artifact stops the
+process with one line naming the file and the problem, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pydantic import ValidationError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--artifact", help="artifact directory to serve (or JTM_ARTIFACT)")
+    parser.add_argument("--registry", help="registry directory: serve and follow its current version")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default 8000)")
+    parser.add_argument("--redis-url", help="behaviour store, e.g. redis://127.0.0.1:6379/0 (default: in-process)")
+    parser.add_argument("--no-batching", action="store_true", help="score each request on its own")
+    parser.add_argument("--ort-threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="onnxruntime execution provider")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in {
+        "artifact": args.artifact, "registry": args.registry, "host": args.host, "port": args.port,
+        "redis_url": args.redis_url, "ort_threads": args.ort_threads, "device": args.device,
+        "log_level": args.log_level, "batching": False if args.no_batching else None,
+    }.items() if v is not None}
+    try:
+        from service.config import Settings
+
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"error: setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    if settings.artifact is None and settings.registry is None:
+        print("error: nothing to serve: pass --artifact DIR or --registry DIR (or set JTM_ARTIFACT)", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from service.core.artifact import ArtifactError
+    from service.main import create_app
+    from service.model_store import load_bundle
+    from service.telemetry import Metrics
+
+    try:
+        bundle = load_bundle(settings.artifact, settings, Metrics()) if settings.artifact else None
+    except ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, bundle=bundle)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
+                timeout_graceful_shutdown=10)
+    return 0

@@ -1,0 +1,55 @@
+"""Service settings: environment variables (JTM_*) or CLI flags, typed and validated at start.
+
+A wrong type or an unknown JTM_ variable fails at start-up, not at the first request.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="JTM_", extra="forbid", frozen=True)
+
+    # What to serve: one fixed artifact, or the current version of a registry (followed).
+    artifact: Path | None = None
+    registry: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Behaviour store: Redis when a URL is given, else in-process (the embedded default).
+    redis_url: str | None = None
+    redis_prefix: str = "jtm"
+    redis_timeout_s: float = Field(0.5, gt=0)
+    stored_history: int = Field(200, ge=1, le=100_000, description="behaviours kept per user")
+
+    # Request limits.
+    max_k: int = Field(1000, ge=1)
+    max_history: int = Field(1000, ge=1, description="items accepted in a request's history")
+    max_beam: int = Field(4000, ge=1)
+    max_events: int = Field(1000, ge=1, description="events per /v1/events call")
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    # Scoring.
+    device: Literal["cpu", "cuda"] = "cpu"
+    ort_threads: int | None = Field(None, ge=1)
+    batching: bool = True
+    batch_max_rows: int = Field(64, ge=1, description="scorer rows (user x level) per call")
+    batch_max_wait_ms: float = Field(1.0, ge=0)
+    batch_queue_rows: int = Field(2048, ge=1, description="pending rows before 503")
+    batch_timeout_s: float = Field(5.0, gt=0)
+
+    # Admin API (reload, rollback, A/B): bearer token; admin routes are off without one.
+    admin_token: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Settings:
+        if self.artifact is not None and self.registry is not None:
+            raise ValueError("give either artifact or registry, not both")
+        return self

@@ -1,0 +1,115 @@
+"""The item catalog of an artifact: original ids <-> internal item indices, categories, popularity.
+
+Requests speak original ids (what the product knows); the tree and the scorer speak internal
+indices 0..n_items-1. Lookups are vectorized over a sorted id array (searchsorted), which keeps
+a 1M-item catalog at a few MB and loads in milliseconds (no per-id Python dict).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.core.artifact import ArtifactError
+
+
+def _as_key_array(values: Sequence[object] | np.ndarray, numeric: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Request ids as the catalog's key type; returns (keys, ok) where ok marks convertible ids."""
+    if numeric:
+        keys = np.zeros(len(values), dtype=np.int64)
+        ok = np.zeros(len(values), dtype=bool)
+        for i, value in enumerate(values):
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, np.integer)):
+                keys[i], ok[i] = int(value), True
+            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+                keys[i], ok[i] = int(value), True
+        return keys, ok
+    return np.array([str(v) for v in values], dtype=str), np.ones(len(values), dtype=bool)
+
+
+@dataclass(frozen=True)
+class IdIndex:
+    """Sorted original ids with their internal indices."""
+
+    sorted_ids: np.ndarray
+    order: np.ndarray  # internal index of each sorted id
+    ids: np.ndarray  # original id of each internal index
+
+    @classmethod
+    def build(cls, ids: np.ndarray) -> IdIndex:
+        order = np.argsort(ids, kind="stable")
+        return cls(sorted_ids=ids[order], order=order.astype(np.int64), ids=ids)
+
+    @property
+    def numeric(self) -> bool:
+        return np.issubdtype(self.ids.dtype, np.integer)
+
+    def lookup(self, values: Sequence[object] | np.ndarray) -> np.ndarray:
+        """Internal index of each original id, -1 for unknown ones."""
+        if len(values) == 0:
+            return np.zeros(0, dtype=np.int64)
+        keys, ok = _as_key_array(values, self.numeric)
+        position = np.searchsorted(self.sorted_ids, keys)
+        position = np.minimum(position, len(self.sorted_ids) - 1)
+        found = ok & (self.sorted_ids[position] == keys)
+        return np.where(found, self.order[position], -1)
+
+    def original(self, index: np.ndarray) -> list:
+        """Original ids for internal indices, as JSON-ready Python values."""
+        return self.ids[np.asarray(index)].tolist()
+
+
+@dataclass(frozen=True)
+class ItemCatalog:
+    items: IdIndex
+    categories: IdIndex  # original category ids
+    item_category: np.ndarray  # (n_items,) index into categories
+    popular: np.ndarray  # item indices, most popular first (training users)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.items.ids)
+
+    def save(self, path: Path) -> None:
+        np.savez(path, item_ids=self.items.ids, category_ids=self.categories.ids,
+                 item_category=self.item_category.astype(np.int32), popular=self.popular.astype(np.int32))
+
+    @classmethod
+    def create(cls, item_ids: np.ndarray, category_ids: np.ndarray, item_category: np.ndarray,
+               popular: np.ndarray) -> ItemCatalog:
+        return cls(items=IdIndex.build(_plain(item_ids)), categories=IdIndex.build(_plain(category_ids)),
+                   item_category=np.asarray(item_category, dtype=np.int32), popular=np.asarray(popular, np.int32))
+
+    @classmethod
+    def load(cls, path: Path, n_items: int) -> ItemCatalog:
+        """Load and check shapes against the tree's item count before anything else uses them."""
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in ("item_ids", "category_ids", "item_category", "popular")}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            raise ArtifactError(f"{path}: not a readable item catalog ({exc.__class__.__name__}: {exc})") from exc
+        if len(arrays["item_ids"]) != n_items or len(arrays["item_category"]) != n_items:
+            raise ArtifactError(f"{path}: {len(arrays['item_ids'])} items, the tree has {n_items}")
+        if len(np.unique(arrays["item_ids"])) != n_items:
+            raise ArtifactError(f"{path}: item ids are not unique")
+        n_categories = len(arrays["category_ids"])
+        if n_items and (arrays["item_category"].min() < 0 or arrays["item_category"].max() >= n_categories):
+            raise ArtifactError(f"{path}: item categories out of range")
+        popular = arrays["popular"]
+        if len(popular) and (popular.min() < 0 or popular.max() >= n_items):
+            raise ArtifactError(f"{path}: popularity list names unknown items")
+        return cls.create(arrays["item_ids"], arrays["category_ids"], arrays["item_category"], popular)
+
+
+def _plain(ids: np.ndarray) -> np.ndarray:
+    """Integer ids stay int64; anything else becomes a unicode string array (never object)."""
+    ids = np.asarray(ids)
+    if np.issubdtype(ids.dtype, np.integer):
+        return ids.astype(np.int64)
+    return ids.astype(str)

@@ -1,0 +1,182 @@
+"""The app factory: settings in, a FastAPI app out; models load in the lifespan, never at import.
+
+Lifecycle: load (verify, cross-check, warm up) -> ready -> serve -> on shutdown close the
+batcher and the behaviour store. /healthz answers as soon as the process runs; /readyz only
+once a warmed bundle is being served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.routes import router
+from service.config import Settings
+from service.features import BehaviorStore, make_store
+from service.model_store import ModelBundle, ModelStore, load_bundle
+from service.telemetry import Metrics, configure_logging, request_id
+
+log = logging.getLogger("service")
+
+
+def create_app(settings: Settings, bundle: ModelBundle | None = None, store: BehaviorStore | None = None) -> FastAPI:
+    """Build the app. `bundle` may be preloaded (the CLI validates before binding a port)."""
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        configure_logging(settings.log_level)
+        app.state.store = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
+                                              settings.redis_timeout_s)
+        models = ModelStore()
+        app.state.models = models
+        loaded = bundle
+        if loaded is None:
+            if settings.artifact is None:
+                raise RuntimeError("no artifact configured (JTM_ARTIFACT or --artifact)")
+            loaded = await run_in_threadpool(load_bundle, settings.artifact, settings, metrics)
+        models.swap(loaded)
+        metrics.model_info.labels(loaded.version, "serving").set(1)
+        metrics.reloads.labels("ok").inc()
+        app.state.ready = True
+        log.info("serving %s (%d items) from %s", loaded.version, loaded.tree.n_items, loaded.path)
+        try:
+            yield
+        finally:
+            app.state.ready = False
+            models.close()
+            app.state.store.close()
+
+    app = FastAPI(title="JTM retrieval service", version="1", lifespan=lifespan)
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal_error)
+    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            problems.append(f"malformed JSON body: {error.get('ctx', {}).get('error', error.get('msg'))}")
+            continue
+        where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
+        problems.append(f"{where}: {error.get('msg')}")
+    return JSONResponse(status_code=422, content={"error": "validation", "message": "; ".join(problems[:5])})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
+            403: "forbidden", 503: "unavailable"}.get(exc.status_code, "error")
+    if exc.status_code == 422:
+        kind = "validation"
+    return JSONResponse(status_code=exc.status_code, content={"error": kind, "message": str(exc.detail)},
+                          headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error")
+    return JSONResponse(status_code=500, content={"error": "internal",
+                                                    "message": f"internal error (request {request_id.get()})"})
+
+
+# ----------------------------------------------------------------------------- middleware
+
+
+class RequestContext:
+    """Request id (X-Request-ID in and out), latency histogram per route, one access-log line."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:64]
+        rid = incoming or uuid.uuid4().hex[:16]
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(path, scope["method"], str(status)).observe(seconds)
+            if path not in ("/metrics", "/healthz", "/readyz"):
+                log.info("%s %s", scope["method"], scope["path"], extra={
+                    "route": path, "status": status, "ms": round(1000 * seconds, 2), "request_id": rid})
+            request_id.reset(token)
+
+
+class BodyLimit:
+    """413 for bodies over `max_bytes`, from Content-Length or while reading a chunked body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await _too_large(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"error":"too_large","message":"request body over {limit} bytes"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,156 @@
+"""Loading, validating and warming a model bundle; holding the one being served.
+
+A bundle is everything one artifact version needs to answer a request: tree, scorer, item
+catalog, settings from the manifest, and its own micro-batcher. Tree and scorer are learnt
+together and are only ever swapped together, as one bundle reference: a request reads the
+reference once and finishes on that bundle even if a newer one is swapped in meanwhile.
+
+`load_bundle` refuses an artifact that fails its checksums, does not match its manifest, or
+whose tree does not match its scorer (the largest embedding row the tree uses is probed), and
+runs a warm-up search before the bundle is handed out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.config import Settings
+from service.core.artifact import ArtifactError, verify_artifact
+from service.core.items import ItemCatalog
+from service.core.tree import Tree, TreeError
+from service.scorer import OnnxScorer, RowScorer
+from service.telemetry import Metrics
+
+log = logging.getLogger("service.model")
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    version: str
+    path: Path
+    manifest: dict
+    tree: Tree
+    scorer: OnnxScorer
+    catalog: ItemCatalog
+    hierarchical: bool
+    history_length: int
+    default_k: int
+    default_beam: int
+    loaded_at: float = field(default_factory=time.time)
+    batcher: MicroBatcher | None = None
+
+    @property
+    def score_rows(self) -> RowScorer:
+        return self.batcher.score if self.batcher is not None else self.scorer.score
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "version": self.version, "method": m.get("method"), "created": m.get("created"),
+            "path": str(self.path), "items": self.tree.n_items, "tree": m.get("tree"),
+            "hierarchical": self.hierarchical, "history_length": self.history_length,
+            "defaults": {"k": self.default_k, "beam": self.default_beam},
+            "metrics": {k: m.get("metrics", {}).get(k) for k in ("precision", "recall", "f_measure", "m")
+                        if k in m.get("metrics", {})},
+            "parity": m.get("parity"), "providers": self.scorer.providers,
+            "data_fingerprint": m.get("data_fingerprint"),
+        }
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = None) -> ModelBundle:
+    """Verify, load, cross-check and warm one artifact. Raises ArtifactError with one line."""
+    path = Path(path)
+    manifest = verify_artifact(path)
+    tree_spec, scorer_spec = manifest["tree"], manifest["scorer"]
+    try:
+        tree = Tree.load(path / tree_spec.get("file", "tree.npz"))
+    except TreeError as exc:
+        raise ArtifactError(str(exc)) from exc
+    for key in ("arity", "depth", "n_items", "n_rows"):
+        if tree_spec.get(key) != getattr(tree, key):
+            raise ArtifactError(f"{path / 'tree.npz'}: tree {key} is {getattr(tree, key)}, "
+                                f"the manifest says {tree_spec.get(key)}")
+    if scorer_spec.get("n_rows") != tree.n_rows:
+        raise ArtifactError(f"{path}: the scorer has {scorer_spec.get('n_rows')} embedding rows, the tree needs "
+                            f"{tree.n_rows}: tree and scorer do not belong together")
+    catalog = ItemCatalog.load(path / manifest["items"].get("file", "items.npz"), tree.n_items)
+    scorer = OnnxScorer(path / scorer_spec.get("file", "scorer.onnx"), threads=settings.ort_threads,
+                        device=settings.device)
+    history_length = int(scorer_spec.get("max_history", 0))
+    if scorer.history_length != history_length:
+        raise ArtifactError(f"{path / 'scorer.onnx'}: history length {scorer.history_length}, manifest says "
+                            f"{history_length}")
+    defaults = manifest.get("defaults", {})
+    bundle = ModelBundle(
+        version=str(manifest["version"]), path=path, manifest=manifest, tree=tree.warm(), scorer=scorer,
+        catalog=catalog, hierarchical=bool(scorer_spec.get("hierarchical", False)), history_length=history_length,
+        default_k=int(defaults.get("k", 200)), default_beam=int(defaults.get("beam", 200)),
+    )
+    _probe(bundle)
+    if settings.batching:
+        bundle.batcher = MicroBatcher(
+            scorer.score, max_rows=settings.batch_max_rows, max_wait_s=settings.batch_max_wait_ms / 1000,
+            max_queue_rows=settings.batch_queue_rows, timeout_s=settings.batch_timeout_s,
+            on_batch=metrics.observe_batch if metrics is not None else None,
+        )
+    _warm_up(bundle)
+    return bundle
+
+
+def _probe(bundle: ModelBundle) -> None:
+    """Score the largest row the tree can ask for: a scorer built for another tree fails here."""
+    rows = np.array([[0, bundle.tree.n_rows - 1]], dtype=np.int64)
+    history = np.full((1, bundle.history_length), -1, dtype=np.int64)
+    history[0, 0] = bundle.tree.n_items - 1
+    try:
+        logits = bundle.scorer.score(history, rows)
+    except Exception as exc:  # onnxruntime raises its own types (e.g. index out of range)
+        raise ArtifactError(f"{bundle.path / 'scorer.onnx'}: scoring the tree's rows fails "
+                            f"({' '.join(str(exc).split())[:160]}): tree and scorer do not belong together") from exc
+    if logits.shape != (1, 2) or not np.isfinite(logits).all():
+        raise ArtifactError(f"{bundle.path / 'scorer.onnx'}: probe returned {logits.shape} / non-finite scores")
+
+
+def _warm_up(bundle: ModelBundle) -> None:
+    """One real search (popular items as history), so the first request pays no lazy set-up."""
+    from service.retrieval import search
+
+    history = bundle.catalog.popular[: bundle.history_length].astype(np.int64)
+    started = time.perf_counter()
+    search(bundle, history, k=min(bundle.default_k, bundle.tree.n_items), beam=bundle.default_beam)
+    log.info("warm-up search for %s took %.1f ms", bundle.version, 1000 * (time.perf_counter() - started))
+
+
+class ModelStore:
+    """The bundle being served (one reference, swapped atomically) and its history."""
+
+    def __init__(self) -> None:
+        self._current: ModelBundle | None = None
+        self._lock = threading.Lock()
+        self.last_error: str | None = None
+
+    @property
+    def current(self) -> ModelBundle | None:
+        return self._current
+
+    def swap(self, bundle: ModelBundle) -> ModelBundle | None:
+        with self._lock:
+            previous, self._current = self._current, bundle
+        return previous
+
+    def close(self) -> None:
+        with self._lock:
+            bundle, self._current = self._current, None
+        if bundle is not None:
+            bundle.close()

@@ -1,0 +1,69 @@
+"""One recommendation: history -> top-k items, by the shared beam search over the bundle.
+
+Filters (exclude the user's own items, a category allow-list) are applied while expanding the
+last level, with the beam widened so k results still come back. Without a usable history the
+answer is the popularity list (filtered the same way), flagged as a fallback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.core.beam import beam_search
+from service.core.filters import ItemFilter, allow_categories, combine, exclude_items
+from service.model_store import ModelBundle
+from service.scorer import level_score_fn
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    items: np.ndarray  # internal item indices, best first
+    scores: np.ndarray | None  # logits at the leaf level; None for the popularity fallback
+    fallback: str | None
+
+
+def item_filter(bundle: ModelBundle, seen: np.ndarray | None, categories: np.ndarray | None) -> ItemFilter | None:
+    """seen: internal item indices to exclude; categories: internal category indices allowed."""
+    return combine(
+        exclude_items([seen]) if seen is not None and len(seen) else None,
+        allow_categories(bundle.catalog.item_category, categories) if categories is not None else None,
+    )
+
+
+def search(
+    bundle: ModelBundle,
+    history: np.ndarray,
+    k: int,
+    beam: int,
+    allowed: ItemFilter | None = None,
+    on_level: Callable[[int, float], None] | None = None,
+) -> Retrieved:
+    """Beam search for one user. history: internal item indices, most recent first."""
+    row = np.full((1, bundle.history_length), -1, dtype=np.int64)
+    recent = history[: bundle.history_length]
+    row[0, : len(recent)] = recent
+    score = level_score_fn(bundle.score_rows, bundle.tree, row, bundle.hierarchical)
+    if on_level is not None:
+        inner = score
+
+        def score(level: int, node_ids: np.ndarray) -> np.ndarray:
+            started = time.perf_counter()
+            result = inner(level, node_ids)
+            on_level(level, time.perf_counter() - started)
+            return result
+
+    result = beam_search(bundle.tree, score, 1, k, beam, allowed)
+    keep = result.items[0] >= 0
+    return Retrieved(items=result.items[0][keep], scores=result.scores[0][keep], fallback=None)
+
+
+def popular(bundle: ModelBundle, k: int, allowed: ItemFilter | None) -> Retrieved:
+    """The cold-start answer: most popular items (training users) passing the filter."""
+    candidates = bundle.catalog.popular.astype(np.int64)
+    if allowed is not None:
+        candidates = candidates[allowed(candidates[None, :])[0]]
+    return Retrieved(items=candidates[:k], scores=None, fallback="popular")

@@ -1,0 +1,157 @@
+"""Every endpoint through httpx against the real app (TestClient runs the lifespan), on the
+in-process store and on the real Redis, including the error cases."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+from tests.service.conftest import item_ids, redis_url
+
+
+@pytest.fixture(params=["memory", "redis"])
+def client(request, artifact: Path) -> TestClient:
+    if request.param == "redis":
+        prefix = request.getfixturevalue("redis_prefix")
+        settings = Settings(artifact=artifact, redis_url=redis_url(), redis_prefix=prefix, max_history=100,
+                            max_body_bytes=64 * 1024)
+    else:
+        settings = Settings(artifact=artifact, max_history=100, max_body_bytes=64 * 1024)
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def ids(artifact: Path, n: int, start: int = 0) -> list:
+    return item_ids(artifact)[start:start + n].tolist()
+
+
+def test_recommend_with_history(client: TestClient, artifact: Path) -> None:
+    history = ids(artifact, 5)
+    r = client.post("/v1/recommend", json={"history": history, "k": 20})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 20 and body["fallback"] is None and body["unknown_items"] == 0
+    assert body["history_source"] == "request" and body["history_used"] == 5
+    scores = [i["score"] for i in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert r.headers["x-model-version"] == body["model_version"]
+    assert set(i["item_id"] for i in body["items"]) <= set(item_ids(artifact).tolist())
+
+
+def test_unknown_items_are_counted_and_ignored(client: TestClient, artifact: Path) -> None:
+    known = ids(artifact, 3)
+    r = client.post("/v1/recommend", json={"history": [*known, "no-such-item", 987654321], "k": 10})
+    assert r.status_code == 200
+    assert r.json()["unknown_items"] == 2 and r.json()["history_used"] == 3
+
+
+def test_no_usable_history_falls_back_to_popular(client: TestClient) -> None:
+    for payload in ({"k": 7}, {"history": ["nope"], "k": 7}, {"user_id": "never-seen", "k": 7}):
+        body = client.post("/v1/recommend", json=payload).json()
+        assert body["fallback"] == "popular" and len(body["items"]) == 7
+        assert all(i["score"] is None for i in body["items"])
+
+
+def test_exclude_seen_and_category_filter(client: TestClient, artifact: Path) -> None:
+    with np.load(artifact / "items.npz") as a:
+        all_ids, cats, item_cat = a["item_ids"], a["category_ids"], a["item_category"]
+    history = all_ids[:30].tolist()
+    plain = client.post("/v1/recommend", json={"history": history, "k": 100}).json()["items"]
+    filtered = client.post("/v1/recommend", json={"history": history, "k": 100, "exclude_seen": True}).json()["items"]
+    assert len(filtered) == 100
+    assert not {i["item_id"] for i in filtered} & set(history)
+    assert len(plain) == 100
+    wanted = cats[:2].tolist()
+    body = client.post("/v1/recommend", json={"history": history, "k": 25, "categories": wanted}).json()
+    allowed = set(all_ids[np.isin(item_cat, [0, 1])].tolist())
+    assert len(body["items"]) == min(25, len(allowed))
+    assert {i["item_id"] for i in body["items"]} <= allowed
+
+
+def test_events_feed_the_store(client: TestClient, artifact: Path) -> None:
+    items = ids(artifact, 4, start=10)
+    r = client.post("/v1/events", json={"user_id": "alice", "item_id": items[0], "timestamp": 1})
+    assert r.status_code == 202 and r.json()["accepted"] == 1
+    r = client.post("/v1/events", json={"events": [{"user_id": "alice", "item_id": i} for i in items[1:]]})
+    assert r.status_code == 202 and r.json()["accepted"] == 3
+    body = client.post("/v1/recommend", json={"user_id": "alice", "k": 10}).json()
+    assert body["history_source"] == "store" and body["history_used"] == 4 and body["fallback"] is None
+    # The same history given in the request (oldest first) gives the same answer.
+    direct = client.post("/v1/recommend", json={"history": items, "k": 10}).json()
+    assert [i["item_id"] for i in direct["items"]] == [i["item_id"] for i in body["items"]]
+
+
+@pytest.mark.parametrize("payload, field", [
+    ({"k": 0}, "k"),
+    ({"k": 1001}, "k"),
+    ({"k": "5"}, "k"),
+    ({"history": "abc"}, "history"),
+    ({"history": [1.5]}, "history"),
+    ({"k": 5, "colour": "red"}, "colour"),
+    ({"exclude_seen": "yes"}, "exclude_seen"),
+    ({"beam": 0}, "beam"),
+    ({"history": list(range(101))}, "history"),
+])
+def test_bad_requests_get_422_naming_the_field(client: TestClient, payload: dict, field: str) -> None:
+    r = client.post("/v1/recommend", json=payload)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "validation" and field in r.json()["message"]
+
+
+def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
+    r = client.post("/v1/recommend", content=b'{"k": ', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "malformed JSON" in r.json()["message"]
+    big = b'{"history": [' + b",".join(b"1" for _ in range(40_000)) + b"]}"
+    r = client.post("/v1/recommend", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    r = client.post("/v1/events", json={"events": []})
+    assert r.status_code == 422
+    r = client.post("/v1/events", json={"user_id": "a"})
+    assert r.status_code == 422
+
+
+def test_model_health_ready_metrics(client: TestClient) -> None:
+    model = client.get("/v1/model").json()
+    assert model["serving"]["version"] and model["serving"]["items"] > 0
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["version"] == model["serving"]["version"]
+    client.post("/v1/recommend", json={"history": [1, 2, 3], "k": 5})
+    text = client.get("/metrics").text
+    for name in ("jtm_http_request_seconds_bucket", "jtm_scorer_batch_rows", "jtm_model_info", "jtm_fallback_total"):
+        assert name in text
+    r = client.get("/healthz", headers={"X-Request-ID": "abc123"})
+    assert r.headers["x-request-id"] == "abc123"
+    assert client.get("/nope").status_code == 404
+
+
+def test_concurrent_batched_answers_equal_unbatched(artifact: Path) -> None:
+    """Micro-batching returns each request its own results under concurrency."""
+    histories = [ids(artifact, n, start=s) for n, s in ((3, 0), (10, 40), (1, 100), (25, 7), (6, 300))] * 6
+    with TestClient(create_app(Settings(artifact=artifact, batching=False))) as plain:
+        expected = [plain.post("/v1/recommend", json={"history": h, "k": 30}).json()["items"] for h in histories]
+    with TestClient(create_app(Settings(artifact=artifact, batching=True, batch_max_wait_ms=5))) as batched:
+        got: dict[int, list] = {}
+
+        def call(i: int) -> None:
+            got[i] = batched.post("/v1/recommend", json={"history": histories[i], "k": 30}).json()["items"]
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(histories))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        text = batched.get("/metrics").text
+    for i, items in enumerate(expected):
+        assert [x["item_id"] for x in got[i]] == [x["item_id"] for x in items]
+        np.testing.assert_allclose([x["score"] for x in got[i]], [x["score"] for x in items], rtol=1e-5, atol=1e-5)
+    # Some scorer calls carried more than one request's rows: mean jobs per call > 1.
+    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+              if line.startswith("jtm_scorer_batch_jobs_")}
+    assert values["jtm_scorer_batch_jobs_sum"] > values["jtm_scorer_batch_jobs_count"]

@@ -1,0 +1,96 @@
+"""Artifacts: manifest and checksums, ONNX vs PyTorch parity, service top-k == offline top-k."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.config import Settings
+from service.core.artifact import ArtifactError, verify_artifact
+from service.core.beam import beam_search
+from service.model_store import load_bundle
+from service.retrieval import search
+from service.scorer import OnnxScorer
+from trainer.data import make_eval_set
+from trainer.errors import DataError
+from trainer.export import export_run
+from trainer.run import load_run
+from trainer.scoring import TorchScoreFn
+
+METHODS = ["tdm", "jtm-h"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_manifest_describes_the_artifact(trained, method: str) -> None:
+    run, artifact = trained[method]
+    manifest = verify_artifact(artifact)  # checksums and sizes of every file
+    assert manifest["method"] == method and manifest["format_version"] == 1
+    assert set(manifest["files"]) == {"scorer.onnx", "tree.npz", "items.npz"}
+    config = json.loads((run / "config.json").read_text())
+    assert manifest["data_fingerprint"] == config["dataset"]["fingerprint"]
+    assert manifest["scorer"]["hierarchical"] == (method == "jtm-h")
+    assert [i["name"] for i in manifest["scorer"]["inputs"]] == ["history", "nodes"]
+    assert manifest["metrics"]["recall"] > 0
+    assert manifest["parity"]["onnx_vs_torch_max_abs"] <= 1e-4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_onnx_logits_match_pytorch(trained, method: str) -> None:
+    run, artifact = trained[method]
+    _, _, _, model = load_run(run)
+    scorer = OnnxScorer(artifact / "scorer.onnx", threads=1)
+    rng = np.random.default_rng(1)
+    n_rows = model.model.n_rows
+    for batch, candidates in ((1, 3), (7, 120), (64, 500)):
+        history = rng.integers(-1, n_rows, size=(batch, 69))
+        nodes = rng.integers(-1, n_rows, size=(batch, candidates))
+        with torch.no_grad():
+            expected = model.model(torch.from_numpy(history), torch.from_numpy(nodes)).numpy()
+        assert np.abs(scorer.score(history, nodes) - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_service_search_equals_offline_evaluator(trained, method: str) -> None:
+    """Same users, same beam: the service (ONNX, one request at a time) returns the offline
+    evaluator's (PyTorch, batched) top-k. Float differences of ~1e-6 between the two may only
+    swap items whose scores are tied to that precision, so ranked scores must agree and the
+    item lists must be identical except at such ties."""
+    run, artifact = trained[method]
+    config, data, split, offline = load_run(run)
+    histories = make_eval_set(data, split.test).histories(69)
+    score = TorchScoreFn(offline.model, histories, offline.tree, offline.config.scorer.hierarchical)
+    expected = beam_search(offline.tree, score, len(histories), 50, 50)
+    bundle = load_bundle(artifact, Settings(batching=False))
+    same_position = 0
+    for row, history in enumerate(histories):
+        got = search(bundle, history[history >= 0].astype(np.int64), k=50, beam=50)
+        want_items, want_scores = expected.items[row], expected.scores[row]
+        np.testing.assert_allclose(got.scores, want_scores, atol=1e-4)
+        mismatch = got.items != want_items
+        tie = np.abs(got.scores - want_scores[[list(want_items).index(i) if i in want_items else 0
+                                               for i in got.items]]) <= 1e-4
+        assert (~mismatch | tie).all(), (got.items, want_items)
+        same_position += int((~mismatch).sum())
+    bundle.close()
+    assert same_position >= 0.98 * 50 * len(histories)
+
+
+def test_export_refuses_to_overwrite(trained, tmp_path: Path) -> None:
+    run, artifact = trained["tdm"]
+    with pytest.raises(DataError, match="immutable"):
+        export_run(run, artifact)
+
+
+def test_tampered_artifacts_are_refused(trained, tmp_path: Path) -> None:
+    import shutil
+
+    _, artifact = trained["tdm"]
+    copy = tmp_path / "a"
+    shutil.copytree(artifact, copy)
+    (copy / "tree.npz").write_bytes((copy / "tree.npz").read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="tree.npz.*truncated"):
+        verify_artifact(copy)

@@ -1,0 +1,113 @@
+"""The service as a real process: uvicorn on a free port, bad artifacts refused with exit code
+2 and one line, and no torch anywhere in the service."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.service.conftest import free_port, item_ids
+
+
+def start_service(*args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"service exited: {process.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("service did not become ready in 60s")
+
+
+def test_real_uvicorn_process(artifact: Path) -> None:
+    process, url = start_service("--artifact", str(artifact))
+    try:
+        history = item_ids(artifact)[:5].tolist()
+        r = httpx.post(f"{url}/v1/recommend", json={"history": history, "k": 10}, timeout=10)
+        assert r.status_code == 200 and len(r.json()["items"]) == 10
+        assert httpx.get(f"{url}/v1/model").json()["serving"]["version"] == r.json()["model_version"]
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=20)
+    # uvicorn shuts down gracefully on SIGTERM and then re-raises it (exit status -15).
+    assert process.returncode in (0, -15)
+    assert "Application shutdown complete" in output
+
+
+def run_service(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "service", "--port", str(free_port()), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def broken_copy(artifact: Path, tmp_path: Path, how: str) -> Path:
+    copy = tmp_path / how
+    shutil.copytree(artifact, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if how == "missing-file":
+        (copy / "items.npz").unlink()
+    elif how == "checksum":
+        data = bytearray((copy / "scorer.onnx").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (copy / "scorer.onnx").write_bytes(bytes(data))
+    elif how == "manifest-mismatch":
+        manifest["tree"]["depth"] += 1
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    elif how == "escape":
+        manifest["files"]["../outside"] = {"sha256": "0" * 64, "bytes": 1}
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+    elif how == "no-manifest":
+        (copy / "manifest.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("how, fragment", [
+    ("missing-file", "items.npz: listed in the manifest but missing"),
+    ("checksum", "scorer.onnx: sha256 does not match"),
+    ("manifest-mismatch", "the manifest says"),
+    ("escape", "not a plain name"),
+    ("no-manifest", "manifest.json: missing"),
+])
+def test_bad_artifact_refused_with_one_line(artifact: Path, tmp_path: Path, how: str, fragment: str) -> None:
+    result = run_service("--artifact", str(broken_copy(artifact, tmp_path, how)))
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_nothing_to_serve() -> None:
+    result = run_service()
+    assert result.returncode == 2 and "nothing to serve" in result.stderr
+
+
+def test_service_never_imports_torch() -> None:
+    """Import every service module with torch made unimportable."""
+    code = (
+        "import sys, pkgutil, importlib\n"
+        "sys.modules['torch'] = None\n"
+        "import service\n"
+        "for m in pkgutil.walk_packages(service.__path__, 'service.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "assert 'trainer' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

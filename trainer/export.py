@@ -1,0 +1,202 @@
+"""`export`: turn a run directory into a versioned, self-describing artifact for the service.
+
+The scorer becomes one ONNX graph ``(history (B, L) rows, nodes (B, C) rows) -> logits (B, C)``
+that computes the user part (window pooling, a_u and M_u) once per row and applies it to all C
+candidates of that row, so one call per beam-search level is the serving cost. With the
+hierarchical representation the service maps behaviours to level-l ancestors (numpy, from the
+tree in the same artifact) before the call, exactly as training did.
+
+Parity is checked before the artifact is written: ONNX vs PyTorch logits on random inputs
+(max abs difference, must be <= 1e-4), and the service's beam search over ONNX scores vs the
+offline evaluator's over PyTorch scores on the run's test users (identical top-k lists).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from service.core.artifact import ARTIFACT_FORMAT_VERSION, file_entries, version_id, write_manifest
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.errors import DataError
+from trainer.model import TreeScorer
+
+log = logging.getLogger(__name__)
+
+ONNX_OPSET = 17
+PARITY_TOLERANCE = 1e-4
+
+
+class _ScorerGraph(torch.nn.Module):
+    def __init__(self, model: TreeScorer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        return self.model(history, nodes)
+
+
+def export_onnx(model: TreeScorer, path: Path) -> dict:
+    """Write the scorer as ONNX with dynamic batch and candidate axes; return its I/O spec."""
+    if model.config.attention:
+        raise DataError("the attention variant cannot be exported: it has no user/node split")
+    model = model.cpu().eval()
+    history = torch.full((2, model.config.max_history), -1, dtype=torch.long)
+    history[:, :3] = torch.arange(3)
+    nodes = torch.arange(6, dtype=torch.long).reshape(2, 3) % model.n_rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            _ScorerGraph(model), (history, nodes), str(path), input_names=["history", "nodes"],
+            output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
+            dynamic_axes={"history": {0: "batch"}, "nodes": {0: "batch", 1: "candidates"},
+                          "logits": {0: "batch", 1: "candidates"}},
+        )
+    return {
+        "file": "scorer.onnx", "opset": ONNX_OPSET,
+        "inputs": [{"name": "history", "dtype": "int64", "shape": ["batch", model.config.max_history],
+                    "meaning": "embedding rows of the behaviours, most recent first, -1 padded"},
+                   {"name": "nodes", "dtype": "int64", "shape": ["batch", "candidates"],
+                    "meaning": "embedding rows of candidate nodes, -1 = none"}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "candidates"]}],
+        "n_rows": model.n_rows, "max_history": model.config.max_history,
+        "hierarchical": model.config.hierarchical, "windows": [list(w) for w in model.config.windows],
+        "dim": model.config.dim, "hidden": list(model.config.hidden),
+    }
+
+
+def logits_parity(model: TreeScorer, onnx_path: Path, seed: int = 0) -> float:
+    """Max |ONNX - PyTorch| over random histories and candidates of several shapes."""
+    from service.scorer import OnnxScorer
+
+    scorer = OnnxScorer(onnx_path, threads=1)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for batch, candidates in ((1, 1), (4, 57), (32, 400)):
+        history = rng.integers(-1, model.n_rows, size=(batch, model.config.max_history))
+        nodes = rng.integers(-1, model.n_rows, size=(batch, candidates))
+        with torch.no_grad():
+            expected = model(torch.from_numpy(history), torch.from_numpy(nodes)).numpy()
+        worst = max(worst, float(np.abs(scorer.score(history, nodes) - expected).max()))
+    return worst
+
+
+def topk_parity(method: DeepRetrieval, onnx_path: Path, histories: np.ndarray, k: int, beam: int) -> dict:
+    """Offline (PyTorch) vs service (ONNX) beam search on the same users: identical lists?"""
+    from service.core.beam import beam_search
+    from service.scorer import OnnxScorer, level_score_fn
+    from trainer.scoring import retrieve
+
+    assert method.model is not None and method.tree is not None
+    offline = retrieve(method.model, histories, k, method.tree, method.config.scorer.hierarchical, beam)
+    scorer = OnnxScorer(onnx_path)
+    online = np.full_like(offline, -1)
+    for start in range(0, len(histories), 64):
+        chunk = histories[start:start + 64]
+        score = level_score_fn(scorer.score, method.tree, chunk, method.config.scorer.hierarchical)
+        online[start:start + 64] = beam_search(method.tree, score, len(chunk), k, beam).items
+    identical = int((offline == online).all(axis=1).sum())
+    overlap = float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / max((a >= 0).sum(), 1)
+                             for a, b in zip(offline, online, strict=True)]))
+    return {"users": len(histories), "identical_lists": identical, "mean_overlap": overlap, "k": k, "beam": beam}
+
+
+def export_run(run: Path, out: Path, parity_users: int = 200) -> dict:
+    """Write the artifact for `run` into `out` (which must not exist yet); return the manifest."""
+    run, out = Path(run), Path(out)
+    for name in ("config.json", "model.pt", "items.npz"):
+        if not (run / name).exists():
+            raise DataError(f"not an exportable run directory (no {name})", run)
+    config = json.loads((run / "config.json").read_text())
+    method = DeepRetrieval.load(run)
+    if method.tree is None:
+        raise DataError(f"method {config['method']!r} has no tree: only tree methods can be served", run)
+    metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else {}
+    beam = method.config.beam or config.get("m", 200)
+    k = min(config.get("m", 200), method.tree.n_items)
+    return write_artifact(
+        method, run / "items.npz", out, method_name=config["method"], metrics=metrics, k=k, beam=beam,
+        parity_histories=_parity_histories(run, method, parity_users), dataset=config.get("dataset", {}),
+    )
+
+
+def write_artifact(
+    method: DeepRetrieval, items_file: Path, out: Path, *, method_name: str, metrics: dict, k: int, beam: int,
+    parity_histories: np.ndarray, dataset: dict,
+) -> dict:
+    """Export, check parity, write files and manifest into a staging directory, then rename it
+    to `out` in one step (an artifact directory is complete or absent, never half-written)."""
+    assert method.model is not None and method.tree is not None
+    if out.exists() and any(out.iterdir()):
+        raise DataError("already exists and is not empty; artifacts are immutable, choose a new directory", out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        scorer_spec = export_onnx(method.model, staging / "scorer.onnx")
+        method.tree.save(staging / "tree.npz")
+        shutil.copyfile(items_file, staging / "items.npz")
+        max_abs = logits_parity(method.model, staging / "scorer.onnx")
+        if max_abs > PARITY_TOLERANCE:
+            raise DataError(f"ONNX and PyTorch logits differ by {max_abs:.2e} (> {PARITY_TOLERANCE})", out)
+        topk = topk_parity(method, staging / "scorer.onnx", parity_histories, k, beam)
+        files = file_entries(staging, ["scorer.onnx", "tree.npz", "items.npz"])
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest = {
+            "format_version": ARTIFACT_FORMAT_VERSION,
+            "version": version_id(created, files),
+            "created": created,
+            "method": method_name,
+            "data_fingerprint": dataset.get("fingerprint"),
+            "dataset": {key: dataset.get(key) for key in ("source", "format", "users", "items")},
+            "tree": {"file": "tree.npz", "arity": method.tree.arity, "depth": method.tree.depth,
+                     "n_items": method.tree.n_items, "n_rows": method.tree.n_rows},
+            "scorer": scorer_spec,
+            "items": {"file": "items.npz", "count": method.tree.n_items},
+            "defaults": {"k": k, "beam": beam},
+            "metrics": metrics,
+            "parity": {"onnx_vs_torch_max_abs": max_abs, "tolerance": PARITY_TOLERANCE, "topk": topk},
+            "files": files,
+        }
+        write_manifest(staging, manifest)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("artifact %s: ONNX max |diff| %.2e, top-%d identical for %d/%d users", manifest["version"], max_abs,
+             k, topk["identical_lists"], topk["users"])
+    return manifest
+
+
+def _parity_histories(run: Path, method: DeepRetrieval, count: int) -> np.ndarray:
+    """Histories of the run's test users when the data is at hand, else sampled item sequences."""
+    length = method.config.scorer.max_history
+    try:
+        from trainer.data import make_eval_set
+        from trainer.run import load_run
+
+        _, data, split, _ = load_run(run)
+        histories = make_eval_set(data, split.test).histories(length)
+        return histories[:count]
+    except DataError as exc:
+        log.warning("parity on sampled histories: the run's data is not available (%s)", exc)
+    assert method.tree is not None
+    return sampled_histories(method.tree.n_items, length, count)
+
+
+def sampled_histories(n_items: int, length: int, count: int, seed: int = 0) -> np.ndarray:
+    """Random item sequences of random lengths (PAD-filled), for parity checks without data."""
+    rng = np.random.default_rng(seed)
+    histories = rng.integers(0, n_items, size=(count, length))
+    lengths = rng.integers(1, length + 1, size=count)
+    histories[np.arange(length)[None, :] >= lengths[:, None]] = -1
+    return histories
