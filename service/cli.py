@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print("error: nothing to serve: pass --artifact DIR or --registry DIR (or set JTM_ARTIFACT)", file=sys.stderr)
         return 2
 
+    if settings.registry is not None and not settings.registry.is_dir():
+        print(f"error: {settings.registry}: registry directory does not exist", file=sys.stderr)
+        return 2
+
     import uvicorn
 
     from service.core.artifact import ArtifactError

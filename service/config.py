@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     batch_queue_rows: int = Field(2048, ge=1, description="pending rows before 503")
     batch_timeout_s: float = Field(5.0, gt=0)
 
+    # Registry following (with --registry): poll the pointer this often; pub/sub wakes it sooner.
+    registry_poll_s: float = Field(1.0, gt=0)
+
     # Admin API (reload, rollback, A/B): bearer token; admin routes are off without one.
     admin_token: SecretStr | None = None
 

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.api.admin import router as admin_router
 from service.api.routes import router
 from service.config import Settings
 from service.features import BehaviorStore, make_store
@@ -39,20 +40,28 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
                                               settings.redis_timeout_s)
         models = ModelStore()
         app.state.models = models
-        loaded = bundle
-        if loaded is None:
-            if settings.artifact is None:
-                raise RuntimeError("no artifact configured (JTM_ARTIFACT or --artifact)")
-            loaded = await run_in_threadpool(load_bundle, settings.artifact, settings, metrics)
-        models.swap(loaded)
-        metrics.model_info.labels(loaded.version, "serving").set(1)
-        metrics.reloads.labels("ok").inc()
+        app.state.follower = None
+        if settings.registry is not None:
+            app.state.follower = _follow_registry(app, settings, models, metrics)
+            await run_in_threadpool(app.state.follower.sync)  # serve the current version before going live
+            app.state.follower.start()
+        else:
+            loaded = bundle
+            if loaded is None:
+                if settings.artifact is None:
+                    raise RuntimeError("no artifact configured (JTM_ARTIFACT or --artifact)")
+                loaded = await run_in_threadpool(load_bundle, settings.artifact, settings, metrics)
+            models.swap(loaded)
+            metrics.model_info.labels(loaded.version, "current").set(1)
+            metrics.reloads.labels("ok").inc()
+            log.info("serving %s (%d items) from %s", loaded.version, loaded.tree.n_items, loaded.path)
         app.state.ready = True
-        log.info("serving %s (%d items) from %s", loaded.version, loaded.tree.n_items, loaded.path)
         try:
             yield
         finally:
             app.state.ready = False
+            if app.state.follower is not None:
+                app.state.follower.stop()
             models.close()
             app.state.store.close()
 
@@ -61,12 +70,27 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     app.state.metrics = metrics
     app.state.ready = False
     app.include_router(router)
+    app.include_router(admin_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(RequestContext, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def _follow_registry(app: FastAPI, settings: Settings, models: ModelStore, metrics: Metrics):
+    from service.core.registry import Registry
+    from service.reloader import RegistryFollower
+
+    redis_client = None
+    if settings.redis_url:
+        import redis
+
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=settings.redis_timeout_s,
+                                            socket_connect_timeout=settings.redis_timeout_s)
+    registry = Registry(settings.registry, redis_client, settings.redis_prefix)
+    return RegistryFollower(registry, models, settings, metrics, redis_client)
 
 
 # ----------------------------------------------------------------------------- errors

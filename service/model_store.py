@@ -12,9 +12,12 @@ runs a warm-up search before the bundle is handed out.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +90,10 @@ def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = 
     catalog = ItemCatalog.load(path / manifest["items"].get("file", "items.npz"), tree.n_items)
     scorer = OnnxScorer(path / scorer_spec.get("file", "scorer.onnx"), threads=settings.ort_threads,
                         device=settings.device)
+    tree_hash = manifest["files"].get(tree_spec.get("file", "tree.npz"), {}).get("sha256")
+    if scorer.tree_sha256 != tree_hash:
+        raise ArtifactError(f"{path / 'scorer.onnx'}: trained with tree {str(scorer.tree_sha256)[:12]}, the artifact's "
+                            f"tree is {str(tree_hash)[:12]}: tree and scorer do not belong together")
     history_length = int(scorer_spec.get("max_history", 0))
     if scorer.history_length != history_length:
         raise ArtifactError(f"{path / 'scorer.onnx'}: history length {scorer.history_length}, manifest says "
@@ -133,24 +140,105 @@ def _warm_up(bundle: ModelBundle) -> None:
 
 
 class ModelStore:
-    """The bundle being served (one reference, swapped atomically) and its history."""
+    """The bundles being served: the current one and, during an A/B test, a candidate.
+
+    Requests take a bundle with `use(user_id)`, which counts them in flight; a swapped-out
+    bundle is closed only when its last request has finished, so requests always complete on
+    the bundle they started with. The A/B split is a stable hash of user_id.
+    """
 
     def __init__(self) -> None:
         self._current: ModelBundle | None = None
+        self._candidate: ModelBundle | None = None
+        self.share = 0.0
         self._lock = threading.Lock()
+        self._inflight: dict[int, int] = {}
+        self._retired: dict[int, ModelBundle] = {}
         self.last_error: str | None = None
+        self.loaded: list[dict] = []  # recent load events, newest last
 
     @property
     def current(self) -> ModelBundle | None:
         return self._current
 
+    @property
+    def candidate(self) -> ModelBundle | None:
+        return self._candidate
+
+    def bundle_for(self, user_id: object) -> ModelBundle | None:
+        candidate, current = self._candidate, self._current
+        if candidate is not None and user_id is not None and ab_bucket(user_id) < self.share:
+            return candidate
+        return current
+
+    @contextmanager
+    def use(self, user_id: object) -> Iterator[ModelBundle | None]:
+        with self._lock:
+            bundle = self.bundle_for(user_id)
+            if bundle is not None:
+                self._inflight[id(bundle)] = self._inflight.get(id(bundle), 0) + 1
+        try:
+            yield bundle
+        finally:
+            if bundle is not None:
+                self._release(bundle)
+
+    def _release(self, bundle: ModelBundle) -> None:
+        to_close = None
+        with self._lock:
+            left = self._inflight.get(id(bundle), 1) - 1
+            if left:
+                self._inflight[id(bundle)] = left
+            else:
+                self._inflight.pop(id(bundle), None)
+                to_close = self._retired.pop(id(bundle), None)
+        if to_close is not None:
+            to_close.close()
+
+    def _retire(self, bundle: ModelBundle | None) -> None:
+        """Close `bundle` now if idle, else when its last request finishes (caller holds the lock)."""
+        if bundle is None or bundle is self._current or bundle is self._candidate:
+            return
+        if self._inflight.get(id(bundle)):
+            self._retired[id(bundle)] = bundle
+        else:
+            threading.Thread(target=bundle.close, daemon=True).start()
+
     def swap(self, bundle: ModelBundle) -> ModelBundle | None:
+        """Serve `bundle` as the current version; returns the one it replaced."""
         with self._lock:
             previous, self._current = self._current, bundle
+            if self._candidate is not None and self._candidate.version == bundle.version:
+                self._candidate, self.share = None, 0.0  # the candidate was promoted
+            self._retire(previous)
+        self.loaded.append({"version": bundle.version, "role": "current", "at": time.time()})
+        del self.loaded[:-20]
         return previous
+
+    def set_candidate(self, bundle: ModelBundle | None, share: float) -> None:
+        with self._lock:
+            previous, self._candidate = self._candidate, bundle
+            self.share = share if bundle is not None else 0.0
+            self._retire(previous)
+        if bundle is not None:
+            self.loaded.append({"version": bundle.version, "role": "candidate", "at": time.time()})
+
+    def describe(self) -> dict:
+        candidate = self._candidate
+        return {
+            "ab": None if candidate is None else {"candidate": candidate.version, "share": self.share},
+            "recent_loads": list(self.loaded),
+        }
 
     def close(self) -> None:
         with self._lock:
-            bundle, self._current = self._current, None
-        if bundle is not None:
+            bundles = [b for b in (self._current, self._candidate) if b is not None]
+            self._current = self._candidate = None
+        for bundle in bundles:
             bundle.close()
+
+
+def ab_bucket(user_id: object) -> float:
+    """A stable, uniform number in [0, 1) per user id (same on every replica and restart)."""
+    digest = hashlib.blake2b(str(user_id).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64

@@ -47,6 +47,8 @@ class OnnxScorer:
             raise ArtifactError(f"{path}: expected inputs history, nodes and output logits")
         self.history_length = inputs["history"].shape[1]
         self.providers = self.session.get_providers()
+        # sha256 of the tree the scorer was trained with (written by the exporter).
+        self.tree_sha256 = self.session.get_modelmeta().custom_metadata_map.get("tree_sha256")
 
     def score(self, history: np.ndarray, nodes: np.ndarray) -> np.ndarray:
         """history (B, L) int64 rows, nodes (B, C) int64 rows -> (B, C) float32 logits."""

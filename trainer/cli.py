@@ -114,12 +114,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     metrics = train_run(spec, Path(args.out), _method_options(args))
     print(_metrics_line(metrics))
     print(f"wrote run to {args.out}")
-    if args.export:
-        _export(Path(args.out), Path(args.export))
+    if args.export or args.publish:
+        artifact = Path(args.export) if args.export else Path(args.out) / "artifact"
+        _export(Path(args.out), artifact)
+        if args.publish:
+            _publish(artifact, Path(args.publish), args.redis_url)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     _export(Path(args.run), Path(args.out))
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    _publish(Path(args.artifact), Path(args.registry), args.redis_url)
 
 
 def _export(run: Path, out: Path) -> None:
@@ -130,6 +137,13 @@ def _export(run: Path, out: Path) -> None:
     print(f"artifact {manifest['version']} written to {out}: ONNX vs PyTorch max |diff| "
           f"{parity['onnx_vs_torch_max_abs']:.1e}; top-{parity['topk']['k']} identical for "
           f"{parity['topk']['identical_lists']}/{parity['topk']['users']} users")
+
+
+def _publish(artifact: Path, registry: Path, redis_url: str | None) -> None:
+    from trainer.publish import publish
+
+    version = publish(artifact, registry, redis_url)
+    print(f"published {version}: now current in {registry}" + (f" (announced on {redis_url})" if redis_url else ""))
 
 
 def cmd_figure2(args: argparse.Namespace) -> None:
@@ -211,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--test-fraction", type=float, default=0.1)
     train.add_argument("--max-history", type=int, default=69)
     train.add_argument("--export", default=None, metavar="ARTIFACT_DIR", help="also export an artifact here")
+    train.add_argument("--publish", default=None, metavar="REGISTRY", help="also publish it to this registry")
+    train.add_argument("--redis-url", default=None, help="announce the published version on this Redis")
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
 
@@ -218,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--run", required=True)
     export.add_argument("--out", required=True, help="artifact directory to create (must not exist)")
     export.set_defaults(func=cmd_export)
+
+    publish = sub.add_parser("publish", help="copy an artifact into a registry and make it current")
+    publish.add_argument("--artifact", required=True)
+    publish.add_argument("--registry", required=True)
+    publish.add_argument("--redis-url", default=None, help="also set the Redis key and announce on pub/sub")
+    publish.set_defaults(func=cmd_publish)
 
     figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
     _add_data_arguments(figure2)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.core.artifact import ARTIFACT_FORMAT_VERSION, file_entries, version_id, write_manifest
+from service.core.artifact import ARTIFACT_FORMAT_VERSION, file_entries, sha256_file, version_id, write_manifest
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 from trainer.model import TreeScorer
@@ -71,6 +71,17 @@ def export_onnx(model: TreeScorer, path: Path) -> dict:
         "hierarchical": model.config.hierarchical, "windows": [list(w) for w in model.config.windows],
         "dim": model.config.dim, "hidden": list(model.config.hidden),
     }
+
+
+def bind_tree(onnx_path: Path, tree_sha256: str) -> None:
+    """Record the tree's sha256 in the ONNX model's metadata: the scorer was trained with that
+    tree (its node rows mean that tree's nodes), and the service refuses any other tree."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "tree_sha256", tree_sha256
+    onnx.save(model, str(onnx_path))
 
 
 def logits_parity(model: TreeScorer, onnx_path: Path, seed: int = 0) -> float:
@@ -140,8 +151,9 @@ def write_artifact(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
-        scorer_spec = export_onnx(method.model, staging / "scorer.onnx")
         method.tree.save(staging / "tree.npz")
+        scorer_spec = export_onnx(method.model, staging / "scorer.onnx")
+        bind_tree(staging / "scorer.onnx", sha256_file(staging / "tree.npz"))
         shutil.copyfile(items_file, staging / "items.npz")
         max_abs = logits_parity(method.model, staging / "scorer.onnx")
         if max_abs > PARITY_TOLERANCE:

@@ -24,17 +24,16 @@ def unavailable(message: str) -> HTTPException:
     return HTTPException(status_code=503, detail=message, headers=RETRY_AFTER)
 
 
-def choose_bundle(request: Request, user_id: object) -> ModelBundle:
-    """The bundle this request is served by (read once: it finishes on it even across a swap)."""
-    router_ = request.app.state.models
-    bundle = router_.bundle_for(user_id) if hasattr(router_, "bundle_for") else router_.current
-    if bundle is None:
-        raise unavailable("no model loaded yet")
-    return bundle
-
-
 @router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False)
 def recommend(body: RecommendRequest, request: Request, response: Response) -> RecommendResponse:
+    """The request is served by one bundle from start to end, even if a new one is swapped in."""
+    with request.app.state.models.use(body.user_id) as bundle:
+        if bundle is None:
+            raise unavailable("no model loaded yet")
+        return _recommend(body, request, response, bundle)
+
+
+def _recommend(body: RecommendRequest, request: Request, response: Response, bundle: ModelBundle) -> RecommendResponse:
     state = request.app.state
     settings, metrics = state.settings, state.metrics
     if body.k > settings.max_k:
@@ -45,7 +44,6 @@ def recommend(body: RecommendRequest, request: Request, response: Response) -> R
         raise HTTPException(422, f"beam: at most {settings.max_beam}")
     if body.categories is not None and len(body.categories) > settings.max_history:
         raise HTTPException(422, f"categories: at most {settings.max_history}")
-    bundle = choose_bundle(request, body.user_id)
 
     source, reason = "none", "no_history"
     ids: list = []

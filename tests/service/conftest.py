@@ -15,7 +15,7 @@ from trainer.run import RunSpec, train_run
 from trainer.synth import SynthConfig, generate, write
 
 
-def _train_and_export(root: Path, method: str, seed: int) -> tuple[Path, Path]:
+def _train_and_export(root: Path, method: str, seed: int, tree_init: str) -> tuple[Path, Path]:
     from trainer.data import DataConfig
     from trainer.export import export_run
 
@@ -24,7 +24,7 @@ def _train_and_export(root: Path, method: str, seed: int) -> tuple[Path, Path]:
         write(generate(SynthConfig(n_items=500, n_users=400, seed=seed)), data)
     run = root / f"run-{method}"
     train_run(RunSpec(data=DataConfig(path=str(data)), method=method, seed=seed, m=50), run,
-              MethodOptions(epochs=1))
+              MethodOptions(epochs=1, tree_init=tree_init))
     artifact = root / f"artifact-{method}"
     export_run(run, artifact)
     return run, artifact
@@ -32,9 +32,11 @@ def _train_and_export(root: Path, method: str, seed: int) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
-    """{method: (run dir, artifact dir)} for a plain (tdm) and a hierarchical (jtm-h) model."""
+    """{method: (run dir, artifact dir)}: a plain model on the category tree (tdm) and a
+    hierarchical one on a random tree (jtm-h), so the two artifacts have different trees."""
     root = tmp_path_factory.mktemp("artifacts")
-    return {method: _train_and_export(root, method, seed=0) for method in ("tdm", "jtm-h")}
+    return {method: _train_and_export(root, method, seed=0, tree_init=init)
+            for method, init in (("tdm", "category"), ("jtm-h", "random"))}
 
 
 @pytest.fixture(scope="session")

@@ -17,15 +17,21 @@ from tests.conftest import ROOT
 from tests.service.conftest import free_port, item_ids
 
 
-def start_service(*args: str) -> tuple[subprocess.Popen, str]:
+def start_service(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    import os
+    import tempfile
+
     port = free_port()
+    # Logs go to a file: an unread pipe would fill up and block the server under load.
+    log = tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False)
     process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args], cwd=ROOT,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    process.log_path = log.name  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"service exited: {process.stdout.read()}")
+            raise AssertionError(f"service exited: {Path(log.name).read_text()}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
                 return process, url
@@ -45,10 +51,10 @@ def test_real_uvicorn_process(artifact: Path) -> None:
         assert httpx.get(f"{url}/v1/model").json()["serving"]["version"] == r.json()["model_version"]
     finally:
         process.terminate()
-        output, _ = process.communicate(timeout=20)
+        process.wait(timeout=20)
     # uvicorn shuts down gracefully on SIGTERM and then re-raises it (exit status -15).
     assert process.returncode in (0, -15)
-    assert "Application shutdown complete" in output
+    assert "Application shutdown complete" in Path(process.log_path).read_text()
 
 
 def run_service(*args: str) -> subprocess.CompletedProcess:
