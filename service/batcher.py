@@ -6,6 +6,10 @@ ONNX call: it takes what is queued, waits at most `max_wait_s` for more while un
 `max_rows`, pads the candidate axis to the widest job, runs the scorer once, and hands every
 job its own slice. An error is delivered to every job of the failed call.
 
+The wait is adaptive: searches register while they run (`active()`), and the batcher stops
+waiting as soon as every running search has a job queued, since nobody else can add rows. A
+single stream therefore never waits; concurrent ones batch without a fixed delay.
+
 Bounded: when more than `max_queue_rows` rows wait, `submit` raises `Overloaded` at once
 (the API turns it into 503 with Retry-After) instead of letting latency grow without bound.
 Deadlines use time.monotonic(). Settings are checked at construction.
@@ -16,7 +20,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +71,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._queue: deque[_Job] = deque()
         self._queued_rows = 0
+        self._active = 0  # searches in progress that may still submit rows
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="scorer-batcher", daemon=True)
@@ -94,6 +100,18 @@ class MicroBatcher:
         assert job.result is not None
         return job.result
 
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Mark a search as running for the duration of the block (see the adaptive wait)."""
+        with self._cond:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                self._cond.notify()
+
     def close(self) -> None:
         """Stop the thread after the queued jobs are served."""
         with self._cond:
@@ -110,7 +128,7 @@ class MicroBatcher:
             if not self._queue:
                 return None  # closed and drained
             deadline = time.monotonic() + self.max_wait_s
-            while self._queued_rows < self.max_rows and not self._closed:
+            while self._queued_rows < self.max_rows and not self._closed and len(self._queue) < self._active:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     redis_prefix: str = "jtm"
     redis_timeout_s: float = Field(0.5, gt=0)
     stored_history: int = Field(200, ge=1, le=100_000, description="behaviours kept per user")
+    dedupe_ttl_s: float = Field(86_400, gt=0, description="how long an event_id is remembered")
 
     # Request limits.
     max_k: int = Field(1000, ge=1)

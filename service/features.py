@@ -1,26 +1,43 @@
 """User behaviour stores: the only module that talks to Redis.
 
-Each user's recent item ids (original ids, most recent first) live in a capped list. Redis:
-LPUSH + LTRIM in one MULTI/EXEC pipeline per call, so a batch of events is stored atomically
-and the cap holds. In-process: a dict of deques, the embedded default that needs nothing
-running. Both implement the same protocol and are tested against each other.
+Each user's recent item ids (original ids, most recent first) live in a capped list. One call
+stores a batch of events atomically, in order, capped: in Redis a single Lua script does, per
+event, the idempotency check, LPUSH and LTRIM, so concurrent calls interleave only between
+batches and a failure stores nothing. In-process: a dict of deques under a lock, the embedded
+default that needs nothing running. Both implement the same protocol and are tested against
+each other.
+
+Idempotency: an event may carry an `event_id`. The first time a (user, event_id) pair is seen
+within `dedupe_ttl_s` it is stored; repeats (client retries, duplicate deliveries) are
+acknowledged as duplicates and not stored again. Events without an id are always stored.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import defaultdict, deque
+import time
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 
 class StoreUnavailable(Exception):
-    """The behaviour store cannot be reached right now."""
+    """The behaviour store cannot be reached right now; nothing of the call was stored."""
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    user_id: str
+    item_id: str
+    event_id: str | None = None
 
 
 class BehaviorStore(Protocol):
-    def append(self, events: Sequence[tuple[str, str]]) -> None:
-        """Store (user_id, item_id) events in arrival order."""
+    kind: str
+
+    def append(self, events: Sequence[StoredEvent]) -> int:
+        """Store events in order; return how many were new (the rest were duplicates)."""
 
     def recent(self, user_id: str, limit: int) -> list[str]:
         """Up to `limit` item ids of the user, most recent first."""
@@ -29,22 +46,35 @@ class BehaviorStore(Protocol):
 
     def close(self) -> None: ...
 
-    @property
-    def kind(self) -> str: ...
-
 
 class MemoryStore:
     kind = "memory"
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, dedupe_ttl_s: float = 86_400, max_event_ids: int = 1_000_000) -> None:
         self.capacity = capacity
+        self.dedupe_ttl_s = dedupe_ttl_s
+        self.max_event_ids = max_event_ids
         self._lists: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=capacity))
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
-    def append(self, events: Sequence[tuple[str, str]]) -> None:
+    def append(self, events: Sequence[StoredEvent]) -> int:
+        stored = 0
+        now = time.monotonic()
         with self._lock:
-            for user, item in events:
-                self._lists[user].appendleft(item)
+            while self._seen and next(iter(self._seen.values())) < now:
+                self._seen.popitem(last=False)
+            for event in events:
+                if event.event_id is not None:
+                    key = (event.user_id, event.event_id)
+                    if key in self._seen:
+                        continue
+                    self._seen[key] = now + self.dedupe_ttl_s
+                    if len(self._seen) > self.max_event_ids:
+                        self._seen.popitem(last=False)
+                self._lists[event.user_id].appendleft(event.item_id)
+                stored += 1
+        return stored
 
     def recent(self, user_id: str, limit: int) -> list[str]:
         with self._lock:
@@ -58,31 +88,58 @@ class MemoryStore:
         pass
 
 
+# KEYS: for event i, KEYS[2i-1] = the user's list, KEYS[2i] = its dedupe key (= the list key
+# when the event has no id). ARGV: item ids, then ttl seconds, then the cap.
+_APPEND = """
+local n = #ARGV - 2
+local ttl = tonumber(ARGV[n + 1])
+local cap = tonumber(ARGV[n + 2])
+local stored = 0
+for i = 1, n do
+  local list, dedupe = KEYS[2 * i - 1], KEYS[2 * i]
+  local fresh = true
+  if dedupe ~= list then
+    fresh = redis.call('SET', dedupe, '1', 'NX', 'EX', ttl)
+  end
+  if fresh then
+    redis.call('LPUSH', list, ARGV[i])
+    redis.call('LTRIM', list, 0, cap - 1)
+    stored = stored + 1
+  end
+end
+return stored
+"""
+
+
 class RedisStore:
     kind = "redis"
 
-    def __init__(self, url: str, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5,
+                 dedupe_ttl_s: float = 86_400) -> None:
         import redis
 
         self._redis_errors = (redis.RedisError, OSError)
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                           decode_responses=True, health_check_interval=30)
+                                           decode_responses=True, health_check_interval=30, retry_on_timeout=False)
         self.capacity = capacity
         self.prefix = prefix
+        self.dedupe_ttl_s = int(dedupe_ttl_s)
+        self._append = self.client.register_script(_APPEND)
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:hist:{user_id}"
 
-    def append(self, events: Sequence[tuple[str, str]]) -> None:
-        by_user: dict[str, list[str]] = defaultdict(list)
-        for user, item in events:
-            by_user[user].append(item)
+    def append(self, events: Sequence[StoredEvent]) -> int:
+        if not events:
+            return 0
+        keys: list[str] = []
+        for event in events:
+            key = self.key(event.user_id)
+            dedupe = key if event.event_id is None else f"{self.prefix}:evt:{event.user_id}:{event.event_id}"
+            keys += [key, dedupe]
         try:
-            pipe = self.client.pipeline(transaction=True)
-            for user, items in by_user.items():
-                pipe.lpush(self.key(user), *items)
-                pipe.ltrim(self.key(user), 0, self.capacity - 1)
-            pipe.execute()
+            return int(self._append(keys=keys, args=[e.item_id for e in events] + [self.dedupe_ttl_s,
+                                                                                      self.capacity]))
         except self._redis_errors as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -102,7 +159,8 @@ class RedisStore:
         self.client.close()
 
 
-def make_store(redis_url: str | None, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5) -> BehaviorStore:
+def make_store(redis_url: str | None, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5,
+               dedupe_ttl_s: float = 86_400) -> BehaviorStore:
     if redis_url:
-        return RedisStore(redis_url, capacity, prefix, timeout_s)
-    return MemoryStore(capacity)
+        return RedisStore(redis_url, capacity, prefix, timeout_s, dedupe_ttl_s)
+    return MemoryStore(capacity, dedupe_ttl_s)

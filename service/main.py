@@ -37,7 +37,7 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
         app.state.store = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
-                                              settings.redis_timeout_s)
+                                              settings.redis_timeout_s, settings.dedupe_ttl_s)
         models = ModelStore()
         app.state.models = models
         app.state.follower = None

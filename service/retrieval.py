@@ -56,7 +56,11 @@ def search(
             on_level(level, time.perf_counter() - started)
             return result
 
-    result = beam_search(bundle.tree, score, 1, k, beam, allowed)
+    if bundle.batcher is not None:
+        with bundle.batcher.active():
+            result = beam_search(bundle.tree, score, 1, k, beam, allowed)
+    else:
+        result = beam_search(bundle.tree, score, 1, k, beam, allowed)
     keep = result.items[0] >= 0
     return Retrieved(items=result.items[0][keep], scores=result.scores[0][keep], fallback=None)
 

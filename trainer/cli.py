@@ -86,6 +86,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     joint.add_argument("--gap", type=int, default=None, help="tree learning gap d (default 7)")
     joint.add_argument("--max-samples-per-item", type=int, default=None, help="tree learning cap (default 50)")
     joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
+    joint.add_argument("--tree-guard", default=None, choices=["on", "off"],
+                       help="keep the old tree when the learnt one scores worse with the model fixed (default on)")
 
 
 def _method_options(args: argparse.Namespace):
@@ -102,6 +104,7 @@ def _method_options(args: argparse.Namespace):
         leaf_negatives=args.leaf_negatives, beam=args.beam, iterations=args.iterations,
         retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
         max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
+        guard=None if args.tree_guard is None else args.tree_guard == "on",
     )
 
 
@@ -110,8 +113,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     spec = RunSpec(data=_data_config(args), method=args.method, seed=args.seed,
                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-                   max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen)
+                   max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen,
+                   start_from=args.start_from)
     metrics = train_run(spec, Path(args.out), _method_options(args))
+    if not metrics:  # a torch.distributed worker rank: rank 0 reports and writes
+        return
     print(_metrics_line(metrics))
     print(f"wrote run to {args.out}")
     if args.export or args.publish:
@@ -226,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-history", type=int, default=69)
     train.add_argument("--export", default=None, metavar="ARTIFACT_DIR", help="also export an artifact here")
     train.add_argument("--publish", default=None, metavar="REGISTRY", help="also publish it to this registry")
+    train.add_argument("--start-from", default=None, metavar="RUN",
+                       help="jtm/jtm-j: continue the joint loop from this tdm/jtm-h run (its iteration 0)")
     train.add_argument("--redis-url", default=None, help="announce the published version on this Redis")
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
@@ -270,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    from trainer import distributed
+
     try:
         args.func(args)
     except DataError as exc:
@@ -278,4 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
     return 0

@@ -17,6 +17,7 @@ what `train`, `evaluate` and `export` exchange.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
@@ -111,21 +112,45 @@ class DeepRetrieval:
 
     # ----------------------------------------------------------------- fit
 
-    def fit(self, ctx: FitContext) -> None:
+    def fit(self, ctx: FitContext, start_from: DeepRetrieval | None = None) -> None:
+        """Train (and for jtm variants run Algorithm 1).
+
+        `start_from`: a fitted fixed-tree method with the same features on the same context
+        (tdm for jtm-j, jtm-h for jtm and jtm-cluster). Its model is exactly iteration 0 of the
+        joint loop, so the loop continues from a copy instead of training it again.
+        """
         cfg = self.config
         seed_everything(ctx.seed)
         self.n_items = ctx.data.n_items
+        if start_from is not None:
+            if not self.can_start_from(start_from):
+                raise ValueError(f"{self.name} cannot continue from {start_from.name}")
+            self.tree = start_from.tree
+            self.model = copy.deepcopy(start_from.model)
+            self.history = start_from.history
+            joint = replace(cfg.joint, tree_learning=cfg.tree_learning)
+            self.joint_history = joint_fit(self, ctx, joint, train_initial=False)
+            return
         if cfg.uses_tree:
             self.tree = initial_tree(ctx.data, ctx.split.train, cfg.tree_init, ctx.seed, cfg.arity)
             n_rows = self.tree.n_rows
         else:
             n_rows = ctx.data.n_items
-        self.model = TreeScorer(n_rows, cfg.scorer)
+        from trainer import distributed
+
+        self.model = TreeScorer(n_rows, cfg.scorer, sparse=distributed.context() is None)
         if cfg.tree_learning == "none":
             self.history = self.train_model(ctx, self.make_sampler(), cfg.train)
         else:
             joint = replace(cfg.joint, tree_learning=cfg.tree_learning)
             self.joint_history = joint_fit(self, ctx, joint)
+
+    def can_start_from(self, other: DeepRetrieval) -> bool:
+        """Is `other` this joint method's iteration 0 (same model, tree and training setup)?"""
+        mine, theirs = self.config, other.config
+        return (mine.tree_learning != "none" and theirs.tree_learning == "none" and theirs.uses_tree
+                and other.model is not None and mine.scorer == theirs.scorer
+                and (mine.arity, mine.leaf_negatives) == (theirs.arity, theirs.leaf_negatives))
 
     def make_sampler(self) -> LayerwiseSampler | UniformItemSampler:
         """Layer-wise samples of the current tree, or the DNN's uniform leaf samples."""

@@ -30,6 +30,7 @@ class MethodOptions:
     max_samples_per_item: int | None = None
     workers: int | None = None
     precision: str | None = None
+    guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -69,7 +70,7 @@ def deep_config(method: str, options: MethodOptions):
                     **_overrides(options, "epochs", "batch_size", "lr", "precision"))
     scorer = replace(ScorerConfig(max_history=options.max_history, hierarchical=variant["hierarchical"]),
                      **_overrides(options, "dim"))
-    learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers"))
+    learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers", "guard"))
     joint = replace(JointConfig(learning=learning),
                     **_overrides(options, "iterations", "retrain_epochs", "internal_init"))
     return replace(DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"],

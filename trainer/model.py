@@ -73,16 +73,17 @@ class UserState:
 class TreeScorer(nn.Module):
     """p(node | user) as a logit. `n_rows` embedding rows: items, then internal tree nodes."""
 
-    def __init__(self, n_rows: int, config: ScorerConfig) -> None:
+    def __init__(self, n_rows: int, config: ScorerConfig, sparse: bool = True) -> None:
         super().__init__()
         if not config.hidden:
             raise ValueError("the scorer needs at least one hidden layer")
         self.config = config
         self.n_rows = n_rows
         d, n_windows = config.dim, len(config.windows)
-        # Sparse gradients: a batch touches few rows of a table that may hold millions.
-        self.embedding = nn.Embedding(n_rows + 1, d, padding_idx=n_rows, sparse=True)  # last row: padding
-        self.bias = nn.Embedding(n_rows + 1, 1, padding_idx=n_rows, sparse=True)
+        # Sparse gradients: a batch touches few rows of a table that may hold millions. (Dense
+        # under DistributedDataParallel, whose gradient all-reduce wants dense tensors.)
+        self.embedding = nn.Embedding(n_rows + 1, d, padding_idx=n_rows, sparse=sparse)  # last row: padding
+        self.bias = nn.Embedding(n_rows + 1, 1, padding_idx=n_rows, sparse=sparse)
         self.pool = WindowPooling(config.windows, config.max_history)
         self.first = nn.Linear((2 * n_windows + 1) * d, config.hidden[0])
         layers: list[nn.Module] = [PReLU(config.hidden[0])]

@@ -53,6 +53,7 @@ class RunSpec:
     max_history: int = 69
     m: int = 200
     exclude_seen: bool = False
+    start_from: str | None = None  # a fixed-tree run (tdm / jtm-h) whose model is iteration 0
 
 
 def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
@@ -90,6 +91,9 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     """Load data, split, fit, evaluate on test users, and write the run directory."""
     if spec.method not in TRAINABLE:
         raise DataError(f"train supports {', '.join(TRAINABLE)}; use compare for {spec.method!r}")
+    from trainer import distributed
+
+    dist_ctx = distributed.init_from_env(options.device)
     data = load_interactions(spec.data)
     log.info("data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
     split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
@@ -99,8 +103,15 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     method = build_method(spec.method, options)
     assert isinstance(method, DeepRetrieval)
     started = time.perf_counter()
-    method.fit(ctx)
+    if spec.start_from:
+        base = _start_from(Path(spec.start_from), data, spec, method)
+        method.fit(ctx, start_from=base)
+    else:
+        method.fit(ctx)
     fit_seconds = time.perf_counter() - started
+    if dist_ctx is not None and not dist_ctx.is_main:
+        distributed.barrier()  # rank 0 evaluates and writes the run directory
+        return {}
     metrics = evaluate_method(method, make_eval_set(data, split.test), spec.m, spec.exclude_seen, fidelity=True)
     metrics["fit_seconds"] = fit_seconds
     out.mkdir(parents=True, exist_ok=True)
@@ -110,6 +121,9 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         from trainer.joint import plot_joint
 
         plot_joint({spec.method: method.joint_history}, out / "joint.png", spec.m)
+    if dist_ctx is not None:
+        metrics["world_size"] = dist_ctx.world_size
+        distributed.barrier()
     split.save(out / "split.npz", data)
     (out / "config.json").write_text(json.dumps(_config_json(spec, method, data), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -139,6 +153,21 @@ def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tupl
     result = {name: h.to_json() for name, h in histories.items()}
     (out / "figure2.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _start_from(run: Path, data: Interactions, spec: RunSpec, method: DeepRetrieval) -> DeepRetrieval:
+    """Load a fixed-tree run as the joint loop's iteration 0, after checking it fits."""
+    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else None
+    if config is None:
+        raise DataError("not a run directory (no config.json)", run)
+    if config["dataset"]["fingerprint"] != data.fingerprint() or config["seed"] != spec.seed:
+        raise DataError("--start-from run used other data or another seed", run)
+    base = DeepRetrieval.load(run)
+    if base.config.scorer != method.config.scorer or base.config.tree_learning != "none" or base.tree is None:
+        raise DataError(f"--start-from needs a fixed-tree run with the same scorer ({base.config.method} "
+                        f"cannot start {method.config.method})", run)
+    base.history = None
+    return base
 
 
 def item_catalog(data: Interactions, split: UserSplit):

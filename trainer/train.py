@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from service.core.tree import Tree
+from trainer import distributed
 from trainer.data import SampleSet
 from trainer.model import TreeScorer
 from trainer.sampler import LayerwiseSampler, UniformItemSampler
@@ -53,8 +54,25 @@ def resolve_precision(precision: str, device: str) -> torch.dtype | None:
     return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
 
 
+class TrainingForward(torch.nn.Module):
+    """The training computation as one `forward`, so DistributedDataParallel can wrap it.
+
+    forward(history (B, L), nodes (B, C)) for plain features; forward(histories (V, B, L),
+    nodes, group (C,)) for hierarchical ones (column c uses mapping group[c]).
+    """
+
+    def __init__(self, model: TreeScorer) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, nodes: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
+        if group is None:
+            return self.model(history, nodes)
+        return self.model.concat_logits(history, nodes, group)
+
+
 def batch_logits(
-    model: TreeScorer,
+    forward: torch.nn.Module,
     histories: np.ndarray,
     nodes: np.ndarray,
     tree: Tree | None,
@@ -65,15 +83,17 @@ def batch_logits(
     """(B, C) logits for sampled nodes. histories: (B, L) item ids; nodes: (B, C) rows.
 
     With the hierarchical representation the behaviours are mapped to their ancestors at each
-    level (JTM 2.3) and the user state is computed per level; `level_slices` says which columns
-    belong to which level.
+    level (JTM 2.3); `level_slices` says which columns belong to which level.
     """
     nodes_t = torch.from_numpy(nodes).to(device)
     if not hierarchical:
-        return model(torch.from_numpy(histories.astype(np.int64)).to(device), nodes_t)
+        return forward(torch.from_numpy(histories.astype(np.int64)).to(device), nodes_t)
     assert tree is not None and level_slices is not None
     mapped = np.stack([tree.ancestor_ids(histories, level) for level in level_slices])  # (V, B, L)
-    return model.score_by_level(torch.from_numpy(mapped).to(device), nodes_t, list(level_slices.values()))
+    group = torch.zeros(nodes.shape[1], dtype=torch.long)
+    for v, columns in enumerate(level_slices.values()):
+        group[columns] = v
+    return forward(torch.from_numpy(mapped).to(device), nodes_t, group.to(device))
 
 
 def make_step(
@@ -91,11 +111,16 @@ def make_step(
     label = torch.from_numpy(sampler.label).to(device)
     slices = sampler.level_slices() if isinstance(sampler, LayerwiseSampler) else None
     device_type = "cuda" if device.startswith("cuda") else "cpu"
+    forward: torch.nn.Module = TrainingForward(model)
+    if distributed.context() is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(forward, device_ids=[device] if device.startswith("cuda") else None)
 
     def step(batch: np.ndarray) -> torch.Tensor:
         nodes = sampler.sample(targets[batch], rng)
         with torch.autocast(device_type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            logits = batch_logits(model, samples.histories(batch), nodes, tree, hierarchical, slices, device)
+            logits = batch_logits(forward, samples.histories(batch), nodes, tree, hierarchical, slices, device)
         return F.binary_cross_entropy_with_logits(logits.float(), label.expand_as(logits))
 
     return step

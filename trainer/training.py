@@ -89,8 +89,13 @@ def train_epochs(
     """Run up to `epochs` epochs of `step(batch_indices) -> loss` and keep the best weights.
 
     `step` computes the loss of one batch (forward only); this function does backward and the
-    optimizer step, so every method trains the same way.
+    optimizer step, so every method trains the same way. Under torch.distributed every rank
+    walks the same order and takes every world-th batch (the same number on each rank), and
+    rank 0's validation score decides for all.
     """
+    from trainer import distributed
+
+    dist_ctx = distributed.context()
     history = TrainHistory()
     best_state = None
     stale = 0
@@ -99,9 +104,13 @@ def train_epochs(
         order = rng.permutation(n_samples)
         started = time.perf_counter()
         total, seen = 0.0, 0
+        starts = list(range(0, n_samples, batch_size))
+        if dist_ctx is not None:
+            starts = starts[: len(starts) - len(starts) % dist_ctx.world_size][dist_ctx.rank::dist_ctx.world_size]
         bar = tqdm(
-            range(0, n_samples, batch_size), desc=f"{description} epoch {epoch}/{epochs}",
-            unit="batch", leave=False, disable=None if progress else True, mininterval=1.0,
+            starts, desc=f"{description} epoch {epoch}/{epochs}",
+            unit="batch", leave=False, disable=None if progress and (dist_ctx is None or dist_ctx.is_main) else True,
+            mininterval=1.0,
         )
         for start in bar:
             batch = order[start:start + batch_size]
@@ -119,8 +128,11 @@ def train_epochs(
         score = None
         if validate is not None:
             model.eval()
-            with torch.no_grad():
-                score = float(validate())
+            if dist_ctx is None or dist_ctx.is_main:
+                with torch.no_grad():
+                    score = float(validate())
+            if dist_ctx is not None:
+                score = distributed.broadcast_float(score)
         record = EpochRecord(epoch, total / max(seen, 1), seen / max(seconds, 1e-9), score, seconds)
         history.epochs.append(record)
         log.info(

@@ -352,9 +352,14 @@ def tree_objective(
     """L(theta, pi) of equation (2) on samples[index]: -sum over samples and levels 1..depth of
     log p(b_j(pi(c)) | u). `feature_tree` gives the hierarchical behaviour mapping (the tree the
     model was trained with); `tree` gives the target paths being scored."""
+    from trainer import distributed
+
     model.eval()
     total = 0.0
     targets = samples.targets
+    ctx = distributed.context()
+    if ctx is not None:  # each rank sums its share; all-reduced below
+        index = index[ctx.rank::ctx.world_size]
     with torch.no_grad():
         for start in range(0, len(index), batch_size):
             batch = index[start:start + batch_size]
@@ -365,6 +370,8 @@ def tree_objective(
                 if hierarchical:
                     state = model.user_state(torch.from_numpy(feature_tree.ancestor_ids(hist, level)))
                 total -= float(F.logsigmoid(model.score(state, torch.from_numpy(nodes))).sum())
+    if ctx is not None:
+        total = float(distributed.sum_array(np.array([total]))[0])
     return total
 
 
@@ -394,7 +401,24 @@ def _worker_weights(job: WeightJob, items: np.ndarray, top: np.ndarray, sample_r
 
 
 def _weights(model, job, items, top, sample_row, histories, workers, pool) -> tuple[np.ndarray, int]:
-    """Node-score sums for all items: in process, or sharded by items over the pool."""
+    """Node-score sums for all items. Under torch.distributed each rank scores every
+    world-th item and the sums are all-reduced, so every rank ends with the full matrix."""
+    from trainer import distributed
+
+    ctx = distributed.context()
+    if ctx is None:
+        return _local_weights(model, job, items, top, sample_row, histories, workers, pool)
+    mine = np.arange(len(top))[ctx.rank::ctx.world_size]
+    in_mine = np.isin(sample_row, mine)
+    part, count = _local_weights(model, job, items[mine], top[mine], np.searchsorted(mine, sample_row[in_mine]),
+                                 histories[in_mine], workers, pool)
+    full = np.zeros((len(top), part.shape[1]))
+    full[mine] = part
+    return distributed.sum_array(full), distributed.sum_int(count)
+
+
+def _local_weights(model, job, items, top, sample_row, histories, workers, pool) -> tuple[np.ndarray, int]:
+    """Node-score sums in this process: directly, or sharded by items over the pool."""
     if pool is None:
         return weights_for_items(model, job, items, top, sample_row, histories)
     n_items = len(top)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.schemas import Event, EventBatch, EventsAccepted, RecommendRequest, RecommendResponse, ScoredItem
+from service.api.schemas import Event, EventBatch, EventsAccepted, RecommendRequest, RecommendResponse
 from service.batcher import Overloaded
-from service.features import StoreUnavailable
+from service.features import StoredEvent, StoreUnavailable
 from service.model_store import ModelBundle
 from service.retrieval import Retrieved, item_filter, popular, search
 
@@ -25,7 +26,7 @@ def unavailable(message: str) -> HTTPException:
 
 
 @router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False)
-def recommend(body: RecommendRequest, request: Request, response: Response) -> RecommendResponse:
+def recommend(body: RecommendRequest, request: Request, response: Response) -> Response:
     """The request is served by one bundle from start to end, even if a new one is swapped in."""
     with request.app.state.models.use(body.user_id) as bundle:
         if bundle is None:
@@ -33,7 +34,7 @@ def recommend(body: RecommendRequest, request: Request, response: Response) -> R
         return _recommend(body, request, response, bundle)
 
 
-def _recommend(body: RecommendRequest, request: Request, response: Response, bundle: ModelBundle) -> RecommendResponse:
+def _recommend(body: RecommendRequest, request: Request, response: Response, bundle: ModelBundle) -> Response:
     state = request.app.state
     settings, metrics = state.settings, state.metrics
     if body.k > settings.max_k:
@@ -81,15 +82,17 @@ def _recommend(body: RecommendRequest, request: Request, response: Response, bun
         metrics.rejected.labels("overloaded").inc()
         raise unavailable(f"overloaded: {exc}") from exc
     metrics.version_requests.labels(bundle.version).inc()
-    response.headers["X-Model-Version"] = bundle.version
     originals = bundle.catalog.items.original(result.items)
     scores = [None] * len(originals) if result.scores is None else np.asarray(result.scores, dtype=float).tolist()
-    return RecommendResponse(
-        items=[ScoredItem(item_id=i, score=s) for i, s in zip(originals, scores, strict=True)],
-        model_version=bundle.version, fallback=result.fallback, history_used=int(min(len(internal),
-                                                                                   bundle.history_length)),
-        unknown_items=unknown, history_source=source,
-    )
+    # Serialised directly (orjson): the schema above documents it; building 200 pydantic
+    # objects per response cost more than the last beam-search level.
+    body = {
+        "items": [{"item_id": i, "score": s} for i, s in zip(originals, scores, strict=True)],
+        "model_version": bundle.version, "fallback": result.fallback,
+        "history_used": int(min(len(internal), bundle.history_length)), "unknown_items": unknown,
+        "history_source": source,
+    }
+    return Response(orjson.dumps(body), media_type="application/json", headers={"X-Model-Version": bundle.version})
 
 
 @router.post("/v1/events", status_code=202, response_model=EventsAccepted)
@@ -99,12 +102,12 @@ def events(body: Event | EventBatch, request: Request) -> EventsAccepted:
     if len(batch) > state.settings.max_events:
         raise HTTPException(413, f"events: {len(batch)} in one call, at most {state.settings.max_events}")
     try:
-        state.store.append([(str(e.user_id), str(e.item_id)) for e in batch])
+        stored = state.store.append([StoredEvent(str(e.user_id), str(e.item_id), e.event_id) for e in batch])
     except StoreUnavailable as exc:
         state.metrics.store_errors.labels("write").inc()
-        raise unavailable("behaviour store unavailable; events not stored, retry") from exc
-    state.metrics.events.inc(len(batch))
-    return EventsAccepted(accepted=len(batch), store=state.store.kind)
+        raise unavailable("behaviour store unavailable; no event of this call was stored, retry") from exc
+    state.metrics.events.inc(stored)
+    return EventsAccepted(accepted=len(batch), stored=stored, duplicates=len(batch) - stored, store=state.store.kind)
 
 
 @router.get("/v1/model")

@@ -42,6 +42,9 @@ class Event(Strict):
     user_id: Id
     item_id: Id
     timestamp: StrictInt | StrictFloat | None = None
+    event_id: StrictStr | None = Field(
+        None, min_length=1, max_length=128,
+        description="idempotency key: a repeat of (user_id, event_id) is not stored again")
 
 
 class EventBatch(Strict):
@@ -49,7 +52,9 @@ class EventBatch(Strict):
 
 
 class EventsAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="events processed (stored + duplicates)")
+    stored: int = Field(description="events appended to histories")
+    duplicates: int = Field(description="events whose (user_id, event_id) was already stored")
     store: str
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.features import MemoryStore, RedisStore, StoreUnavailable
+from service.features import MemoryStore, RedisStore, StoredEvent, StoreUnavailable
 from tests.service.conftest import redis_url
 
 
@@ -15,9 +15,9 @@ def stores(prefix: str, capacity: int):
 def test_same_behaviour(redis_prefix: str) -> None:
     results = []
     for store in stores(redis_prefix, capacity=5):
-        store.append([("u1", "a"), ("u1", "b"), ("u2", "x")])
-        store.append([("u1", "c")])
-        store.append([("u1", str(i)) for i in range(4)])  # over capacity: oldest dropped
+        store.append([StoredEvent("u1", "a"), StoredEvent("u1", "b"), StoredEvent("u2", "x")])
+        store.append([StoredEvent("u1", "c")])
+        store.append([StoredEvent("u1", str(i)) for i in range(4)])  # over capacity: oldest dropped
         results.append((store.recent("u1", 100), store.recent("u1", 2), store.recent("u2", 10),
                         store.recent("nobody", 10), store.ping()))
         store.close()
@@ -31,6 +31,16 @@ def test_unreachable_redis_raises_store_unavailable() -> None:
     store = RedisStore("redis://127.0.0.1:1/0", capacity=5, timeout_s=0.2)
     assert store.ping() is False
     with pytest.raises(StoreUnavailable):
-        store.append([("u", "i")])
+        store.append([StoredEvent("u", "i")])
     with pytest.raises(StoreUnavailable):
         store.recent("u", 5)
+
+
+def test_event_ids_make_retries_idempotent(redis_prefix: str) -> None:
+    for store in stores(redis_prefix, capacity=10):
+        assert store.append([StoredEvent("u", "a", "e1"), StoredEvent("u", "b", "e2")]) == 2
+        assert store.append([StoredEvent("u", "a", "e1"), StoredEvent("u", "c", "e3")]) == 1  # e1 is a retry
+        assert store.append([StoredEvent("v", "a", "e1")]) == 1  # ids are per user
+        assert store.append([StoredEvent("u", "d"), StoredEvent("u", "d")]) == 2  # no id: always stored
+        assert store.recent("u", 10) == ["d", "d", "c", "b", "a"]
+        store.close()

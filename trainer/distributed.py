@@ -1,0 +1,92 @@
+"""torch.distributed plumbing: `torchrun --nproc_per_node N -m trainer train ...`.
+
+Single-process training stays the default; with torchrun's environment (WORLD_SIZE > 1) the
+trainer joins a process group (gloo on CPU, nccl on GPU):
+
+- model training is DistributedDataParallel: every rank walks the same shuffled order and takes
+  every N-th batch; gradients are averaged by DDP; validation runs on rank 0 and its score is
+  broadcast so all ranks stop at the same epoch;
+- tree learning gives each rank every N-th item of a segment; the per-item weights are summed
+  across ranks (all_reduce), and every rank then runs the same deterministic assignment, so
+  all ranks hold the same tree without a broadcast;
+- only rank 0 writes the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_CONTEXT: DistContext | None = None
+
+
+def init_from_env(device: str = "cpu") -> DistContext | None:
+    """Join the process group torchrun describes; None when not launched by torchrun."""
+    global _CONTEXT
+    if _CONTEXT is not None:
+        return _CONTEXT
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+    _CONTEXT = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                           backend=backend)
+    return _CONTEXT
+
+
+def context() -> DistContext | None:
+    return _CONTEXT
+
+
+def broadcast_float(value: float | None) -> float:
+    """Rank 0's value on every rank."""
+    tensor = torch.tensor([float("nan") if value is None else value], dtype=torch.float64)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def sum_array(array: np.ndarray) -> np.ndarray:
+    """Element-wise sum of `array` over all ranks (float64)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy()
+
+
+def sum_int(value: int) -> int:
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return int(tensor.item())
+
+
+def barrier() -> None:
+    if _CONTEXT is not None:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    global _CONTEXT
+    if _CONTEXT is not None and dist.is_initialized():
+        dist.destroy_process_group()
+    _CONTEXT = None
