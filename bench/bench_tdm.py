@@ -35,7 +35,7 @@ from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.sampler import LayerwiseSampler  # noqa: E402
 from trainer.scoring import TorchScoreFn  # noqa: E402
 from trainer.synth import SynthConfig, generate  # noqa: E402
-from trainer.train import make_step  # noqa: E402
+from trainer.train import make_step, resolve_precision  # noqa: E402
 from trainer.training import AdamWithSparseEmbeddings  # noqa: E402
 from trainer.tree_build import category_tree  # noqa: E402
 
@@ -65,7 +65,7 @@ def bench_size(n_items: int, train_batches: int, requests: int, k: int, beam: in
     model = TreeScorer(tree.n_rows, ScorerConfig())
     sampler = LayerwiseSampler.create(tree)
     rng = np.random.default_rng(seed)
-    step = make_step(model, samples, sampler, tree, False, rng)
+    step = make_step(model, samples, sampler, tree, False, rng, autocast=resolve_precision("auto", "cpu"))
     optimizer = AdamWithSparseEmbeddings(model, lr=1e-3)
     batch_size = 256
     for i in range(train_batches + 3):

@@ -7,6 +7,7 @@ process with one line naming the file and the problem, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pydantic import ValidationError
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ort-threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--workers", type=int, default=1,
+                        help="server processes, each with its own copy of the model (default 1)")
     return parser
 
 
@@ -56,12 +59,23 @@ def main(argv: list[str] | None = None) -> int:
     from service.model_store import load_bundle
     from service.telemetry import Metrics
 
+    metrics = Metrics()
     try:
-        bundle = load_bundle(settings.artifact, settings, Metrics()) if settings.artifact else None
+        bundle = load_bundle(settings.artifact, settings, metrics) if settings.artifact else None
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, bundle=bundle)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False,
-                timeout_graceful_shutdown=10)
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False,
+              "timeout_graceful_shutdown": 10, "timeout_keep_alive": 30}
+    if args.workers > 1:
+        # Each worker process builds its app from the environment and loads the model itself
+        # (the one loaded above only validated it): processes sidestep the GIL on the beam
+        # search's numpy work, so throughput scales with cores.
+        if bundle is not None:
+            bundle.close()
+        for key, value in overrides.items():
+            os.environ[f"JTM_{key.upper()}"] = str(value)
+        uvicorn.run("service.main:create_app_from_env", factory=True, workers=args.workers, **common)
+        return 0
+    uvicorn.run(create_app(settings, bundle=bundle, metrics=metrics), **common)
     return 0

@@ -111,6 +111,45 @@ return stored
 """
 
 
+class CircuitBreaker:
+    """Fail fast while a dependency is down, instead of waiting a timeout on every request.
+
+    After `threshold` consecutive failures the breaker opens for `open_s` seconds: calls fail
+    at once. Then one call is let through (half-open); its success closes the breaker.
+    """
+
+    def __init__(self, threshold: int = 2, open_s: float = 1.0) -> None:
+        self.threshold = threshold
+        self.open_s = open_s
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def is_open(self) -> bool:
+        with self._lock:
+            return self.opened_at is not None and time.monotonic() - self.opened_at < self.open_s
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self.opened_at is None:
+                return True
+            if time.monotonic() - self.opened_at >= self.open_s:
+                self.opened_at = time.monotonic()  # half-open: one probe per period
+                return True
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures, self.opened_at = 0, None
+
+    def failure(self) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.failures >= self.threshold:
+                self.opened_at = time.monotonic()
+
+
 class RedisStore:
     kind = "redis"
 
@@ -125,6 +164,18 @@ class RedisStore:
         self.prefix = prefix
         self.dedupe_ttl_s = int(dedupe_ttl_s)
         self._append = self.client.register_script(_APPEND)
+        self.breaker = CircuitBreaker()
+
+    def _call(self, operation, *args, **kwargs):
+        if not self.breaker.allow():
+            raise StoreUnavailable("behaviour store circuit open (recent failures)")
+        try:
+            result = operation(*args, **kwargs)
+        except self._redis_errors as exc:
+            self.breaker.failure()
+            raise StoreUnavailable(str(exc)) from exc
+        self.breaker.success()
+        return result
 
     def key(self, user_id: str) -> str:
         return f"{self.prefix}:hist:{user_id}"
@@ -137,22 +188,16 @@ class RedisStore:
             key = self.key(event.user_id)
             dedupe = key if event.event_id is None else f"{self.prefix}:evt:{event.user_id}:{event.event_id}"
             keys += [key, dedupe]
-        try:
-            return int(self._append(keys=keys, args=[e.item_id for e in events] + [self.dedupe_ttl_s,
-                                                                                      self.capacity]))
-        except self._redis_errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return int(self._call(self._append, keys=keys,
+                              args=[e.item_id for e in events] + [self.dedupe_ttl_s, self.capacity]))
 
     def recent(self, user_id: str, limit: int) -> list[str]:
-        try:
-            return self.client.lrange(self.key(user_id), 0, min(limit, self.capacity) - 1)
-        except self._redis_errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return self._call(self.client.lrange, self.key(user_id), 0, min(limit, self.capacity) - 1)
 
     def ping(self) -> bool:
         try:
-            return bool(self.client.ping())
-        except self._redis_errors:
+            return bool(self._call(self.client.ping))
+        except StoreUnavailable:
             return False
 
     def close(self) -> None:

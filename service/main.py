@@ -7,6 +7,7 @@ once a warmed bundle is being served.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -29,13 +30,18 @@ from service.telemetry import Metrics, configure_logging, request_id
 log = logging.getLogger("service")
 
 
-def create_app(settings: Settings, bundle: ModelBundle | None = None, store: BehaviorStore | None = None) -> FastAPI:
-    """Build the app. `bundle` may be preloaded (the CLI validates before binding a port)."""
-    metrics = Metrics()
+def create_app(settings: Settings, bundle: ModelBundle | None = None, store: BehaviorStore | None = None,
+               metrics: Metrics | None = None) -> FastAPI:
+    """Build the app. `bundle` may be preloaded (the CLI validates before binding a port); it
+    must then have been loaded with this app's `metrics`."""
+    metrics = metrics or Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         configure_logging(settings.log_level)
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         app.state.store = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
                                               settings.redis_timeout_s, settings.dedupe_ttl_s)
         models = ModelStore()
@@ -74,9 +80,14 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(RequestContext, metrics=metrics, max_inflight=settings.max_inflight)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for `uvicorn --factory` and multi-worker serving: settings from JTM_* env."""
+    return create_app(Settings())
 
 
 def _follow_registry(app: FastAPI, settings: Settings, models: ModelStore, metrics: Metrics):
@@ -126,16 +137,37 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 class RequestContext:
-    """Request id (X-Request-ID in and out), latency histogram per route, one access-log line."""
+    """Request id (X-Request-ID in and out), latency histogram per route, one access-log line,
+    and admission control: beyond `max_inflight` recommend requests in progress, new ones get
+    503 with Retry-After at once (bounded work and memory instead of a growing queue)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_inflight: int) -> None:
         self.app = app
         self.metrics = metrics
+        self.max_inflight = max_inflight
+        self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope["jtm_arrival"] = time.monotonic()
+        if scope["path"] == "/v1/recommend":
+            if self.inflight >= self.max_inflight:
+                self.metrics.rejected.labels("inflight_limit").inc()
+                await _json_response(send, 503, {"error": "unavailable",
+                                                 "message": f"overloaded: {self.inflight} requests in progress"},
+                                     [(b"retry-after", b"1")])
+                return
+            self.inflight += 1
+            try:
+                await self._serve(scope, receive, send)
+            finally:
+                self.inflight -= 1
+            return
+        await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:64]
         rid = incoming or uuid.uuid4().hex[:16]
         token = request_id.set(rid)
@@ -200,7 +232,12 @@ class _BodyTooLarge(Exception):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = f'{{"error":"too_large","message":"request body over {limit} bytes"}}'.encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await _json_response(send, 413, {"error": "too_large", "message": f"request body over {limit} bytes"})
+
+
+async def _json_response(send: Send, status: int, content: dict, headers: list | None = None) -> None:
+    body = json.dumps(content).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": body})

@@ -129,14 +129,19 @@ def _probe(bundle: ModelBundle) -> None:
         raise ArtifactError(f"{bundle.path / 'scorer.onnx'}: probe returned {logits.shape} / non-finite scores")
 
 
-def _warm_up(bundle: ModelBundle) -> None:
-    """One real search (popular items as history), so the first request pays no lazy set-up."""
+def _warm_up(bundle: ModelBundle, searches: int = 20) -> None:
+    """Real searches (histories from the popular items) before serving, so the first requests
+    pay no lazy set-up: the first few of a fresh process were 5-10x slower than later ones."""
     from service.retrieval import search
 
-    history = bundle.catalog.popular[: bundle.history_length].astype(np.int64)
+    popular = bundle.catalog.popular.astype(np.int64)
+    k = min(bundle.default_k, bundle.tree.n_items)
     started = time.perf_counter()
-    search(bundle, history, k=min(bundle.default_k, bundle.tree.n_items), beam=bundle.default_beam)
-    log.info("warm-up search for %s took %.1f ms", bundle.version, 1000 * (time.perf_counter() - started))
+    for i in range(searches):
+        history = np.roll(popular, -7 * i)[: max(1, bundle.history_length - i)]
+        search(bundle, history, k=k, beam=bundle.default_beam)
+    log.info("warm-up: %d searches for %s took %.1f ms", searches, bundle.version,
+             1000 * (time.perf_counter() - started))
 
 
 class ModelStore:

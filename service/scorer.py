@@ -8,7 +8,6 @@ behaviours to their ancestors at `level` (the same numpy mapping training used).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,9 +29,9 @@ def available_providers(device: str) -> list[str]:
 
 
 class OnnxScorer:
-    def __init__(self, path: str | Path, threads: int | None = None, device: str = "cpu") -> None:
+    def __init__(self, path: str | Path, threads: int = 1, device: str = "cpu") -> None:
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

@@ -37,6 +37,7 @@ class Metrics:
         self.fallbacks = Counter("jtm_fallback_total", "Popular-items fallbacks", ["reason"], registry=r)
         self.unknown_items = Counter("jtm_unknown_history_items_total", "History ids not in the model", registry=r)
         self.events = Counter("jtm_events_accepted_total", "Behaviour events stored", registry=r)
+        self.store_up = Gauge("jtm_behavior_store_up", "Behaviour store reachable at the last check", registry=r)
         self.store_errors = Counter("jtm_behavior_store_errors_total", "Behaviour store failures", ["op"],
                                     registry=r)
         self.model_info = Gauge("jtm_model_info", "Loaded model versions (1 = serving)", ["version", "role"],

@@ -27,3 +27,40 @@ def movielens_path() -> Path:
 @pytest.fixture
 def ciao_path() -> Path:
     return real_file("ciao/ciao_ratings.csv.gz")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """{method: (run dir, artifact dir)}: a plain model on the category tree (tdm) and a
+    hierarchical one on a random tree (jtm-h), so the two artifacts have different trees."""
+    from tests.helpers import train_and_export
+
+    root = tmp_path_factory.mktemp("artifacts")
+    return {method: train_and_export(root, method, seed=0, tree_init=init)
+            for method, init in (("tdm", "category"), ("jtm-h", "random"))}
+
+
+@pytest.fixture(scope="session")
+def artifact(trained) -> Path:
+    return trained["jtm-h"][1]
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    """A unique Redis key prefix per test (real Redis at 127.0.0.1:6379); keys deleted after."""
+    import uuid
+
+    import redis
+
+    from tests.helpers import redis_url
+
+    client = redis.Redis.from_url(redis_url())
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.fail("Redis is not running on 127.0.0.1:6379 (make test starts one)")
+    prefix = f"jtmtest-{uuid.uuid4().hex[:8]}"
+    yield prefix
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    client.close()

@@ -132,7 +132,7 @@ class TreeScorer(nn.Module):
         pooled = self.pool(embedded, mask)  # (B, W, d)
         a_w, b_w, c_w = self.first_layer_blocks()
         a = pooled.flatten(1) @ a_w.T + self.first.bias  # (B, H1)
-        m = torch.einsum("hwd,bwd->bhd", c_w, pooled) + b_w  # (B, H1, d)
+        m = (pooled[:, None] * c_w[None]).sum(2) + b_w  # (B, H1, W, d) summed over W -> (B, H1, d)
         return UserState(a=a, m=m)
 
     def score(self, state: UserState, nodes: torch.Tensor) -> torch.Tensor:
@@ -145,7 +145,12 @@ class TreeScorer(nn.Module):
             assert state.a is not None and state.m is not None
             # a_u + M_u t for every candidate in one fused batched matmul: (B, C, H1).
             hidden = torch.baddbmm(state.a[:, None, :], target, state.m.transpose(1, 2))
-        return self.rest(hidden).squeeze(-1) + self.bias(rows).squeeze(-1)
+        return self._mlp(hidden) + self.bias(rows).squeeze(-1)
+
+    def _mlp(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The layers after the first, on (..., H1) -> (...). Run on a 2-D view: onnxruntime
+        then fuses each MatMul + Add into one Gemm."""
+        return self.rest(hidden.reshape(-1, hidden.shape[-1])).reshape(hidden.shape[:-1])
 
     def forward(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
         return self.score(self.user_state(history), nodes)

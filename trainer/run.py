@@ -141,11 +141,14 @@ def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tupl
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
                      valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
                      seed=spec.seed, device=options.device)
+    base = build_method("jtm-h", options)  # iteration 0 of both loops: trained once
+    assert isinstance(base, DeepRetrieval)
+    base.fit(ctx)
     histories = {}
     for name in learners:
         method = build_method(name, options)
         assert isinstance(method, DeepRetrieval)
-        method.fit(ctx)
+        method.fit(ctx, start_from=base)
         assert method.joint_history is not None
         histories[name] = method.joint_history
     out.mkdir(parents=True, exist_ok=True)

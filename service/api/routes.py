@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import orjson
@@ -37,6 +38,10 @@ def recommend(body: RecommendRequest, request: Request, response: Response) -> R
 def _recommend(body: RecommendRequest, request: Request, response: Response, bundle: ModelBundle) -> Response:
     state = request.app.state
     settings, metrics = state.settings, state.metrics
+    waited = time.monotonic() - request.scope.get("jtm_arrival", time.monotonic())
+    if waited * 1000 > settings.queue_budget_ms:  # would be served late: shed it, quickly
+        metrics.rejected.labels("queue_budget").inc()
+        raise unavailable(f"overloaded: waited {1000 * waited:.0f} ms for a worker")
     if body.k > settings.max_k:
         raise HTTPException(422, f"k: at most {settings.max_k}")
     if body.history is not None and len(body.history) > settings.max_history:
@@ -90,7 +95,7 @@ def _recommend(body: RecommendRequest, request: Request, response: Response, bun
         "items": [{"item_id": i, "score": s} for i, s in zip(originals, scores, strict=True)],
         "model_version": bundle.version, "fallback": result.fallback,
         "history_used": int(min(len(internal), bundle.history_length)), "unknown_items": unknown,
-        "history_source": source,
+        "history_source": source, "fallback_reason": reason if result.fallback else None,
     }
     return Response(orjson.dumps(body), media_type="application/json", headers={"X-Model-Version": bundle.version})
 
@@ -129,11 +134,17 @@ def healthz() -> dict:
 
 @router.get("/readyz")
 def readyz(request: Request, response: Response) -> dict:
-    bundle = request.app.state.models.current
-    if bundle is None or not request.app.state.ready:
+    """Ready = a warmed model is served. A behaviour store outage does not make the replica
+    unready (recommendations still work: request histories, popular fallback); it is reported
+    as `degraded` and in the jtm_behavior_store_up metric."""
+    state = request.app.state
+    bundle = state.models.current
+    if bundle is None or not state.ready:
         response.status_code = 503
-        return {"status": "loading"}
-    return {"status": "ready", "version": bundle.version}
+        return {"status": "loading", "last_error": state.models.last_error}
+    store_up = state.store.ping()
+    state.metrics.store_up.set(1 if store_up else 0)
+    return {"status": "ready", "version": bundle.version, "degraded": [] if store_up else ["behavior_store"]}
 
 
 @router.get("/metrics")

@@ -36,6 +36,7 @@ class RecommendResponse(BaseModel):
     history_used: int = Field(description="behaviours the model saw")
     unknown_items: int = Field(description="history ids the model does not know (ignored)")
     history_source: Literal["request", "store", "none"]
+    fallback_reason: Literal["no_history", "store_unavailable"] | None = None
 
 
 class Event(Strict):

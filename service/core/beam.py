@@ -18,7 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from service.core.filters import ItemFilter
-from service.core.topk import top_k
+from service.core.topk import gather, top_k
 from service.core.tree import Tree
 
 
@@ -64,7 +64,7 @@ def beam_search(
     """
     if k < 1 or beam < 1:
         raise ValueError(f"k and beam must be positive, got k={k}, beam={beam}")
-    widest = max(len(tree.nonempty_positions(level)) for level in range(tree.depth + 1))
+    widest = tree.widest_level()
     levels_scored = scored = 0
     while True:
         result = _search(tree, score, n_users, k, beam, allowed)
@@ -91,7 +91,7 @@ def _search(tree: Tree, score: ScoreFn, n_users: int, k: int, beam: int, allowed
         scored += int(valid.sum())
         if level == tree.depth:
             index, values = top_k(scores, k)
-            items = np.where(index >= 0, np.take_along_axis(ids, np.maximum(index, 0), axis=1), -1)
+            items = np.where(index >= 0, gather(ids, np.maximum(index, 0)), -1)
             return SearchResult(items=items, scores=values, levels_scored=levels_scored, candidates_scored=scored)
         kept = _keep(tree, level, candidates, scores, beam, k, allowed)
         children = tree.children(kept).reshape(n_users, -1)
@@ -124,7 +124,7 @@ def brute_force(
         merged_ids = np.concatenate([best_items, ids], axis=1)
         merged_scores = np.concatenate([best_scores, scores], axis=1)
         index, best_scores = top_k(merged_scores, k)
-        best_items = np.where(index >= 0, np.take_along_axis(merged_ids, np.maximum(index, 0), axis=1), -1)
+        best_items = np.where(index >= 0, gather(merged_ids, np.maximum(index, 0)), -1)
     return SearchResult(items=best_items, scores=best_scores, levels_scored=1, candidates_scored=n_items * n_users)
 
 
@@ -147,17 +147,17 @@ def _keep(
     """
     if candidates.shape[1] <= beam:
         return np.where(np.isfinite(scores), candidates, -1)
+    # Fast path (the usual case): the `beam` best nodes already hold >= k usable items, so
+    # an unordered top-beam (argpartition, O(C)) is enough; no full sort.
+    top = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
+    kept = gather(candidates, top)
+    kept = np.where(np.isfinite(gather(scores, top)), kept, -1)
+    if (_usable_counts(tree, level, kept, allowed).sum(axis=1) >= k).all():
+        return kept
     order = np.argsort(-scores, axis=1, kind="stable")
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    ranked_scores = np.take_along_axis(scores, order, axis=1)
-    if level == tree.depth - 1:
-        leaf_items = tree.node_ids(tree.depth, tree.children(ranked))  # (U, C, arity)
-        usable = leaf_items >= 0
-        if allowed is not None:
-            usable &= allowed(leaf_items.reshape(len(leaf_items), -1)).reshape(leaf_items.shape)
-        count = usable.sum(axis=2)
-    else:
-        count = tree.item_counts_cached(level)[np.maximum(ranked, 0)]
+    ranked = gather(candidates, order)
+    ranked_scores = gather(scores, order)
+    count = _usable_counts(tree, level, ranked, allowed)
     before = np.cumsum(count, axis=1) - count
     rank = np.arange(ranked.shape[1])[None, :]
     keep = np.isfinite(ranked_scores) & ((rank < beam) | (before < k))
@@ -165,9 +165,22 @@ def _keep(
     return np.where(keep, ranked, -1)[:, :width]
 
 
+def _usable_counts(tree: Tree, level: int, nodes: np.ndarray, allowed: ItemFilter | None) -> np.ndarray:
+    """Items under each node (-1 counts 0); at the last internal level, leaves `allowed` accepts."""
+    if level == tree.depth - 1:
+        leaf_items = tree.node_ids(tree.depth, tree.children(nodes))  # (U, C, arity)
+        usable = leaf_items >= 0
+        if allowed is not None:
+            usable &= allowed(leaf_items.reshape(len(leaf_items), -1)).reshape(leaf_items.shape)
+        return usable.sum(axis=2)
+    return np.where(nodes >= 0, tree.item_counts_cached(level)[np.maximum(nodes, 0)], 0)
+
+
 def _compact(positions: np.ndarray) -> np.ndarray:
     """Move -1 entries to the end of each row and drop all-(-1) columns."""
     valid = positions >= 0
+    if valid.all():
+        return positions
     width = int(valid.sum(axis=1).max()) if positions.size else 0
     order = np.argsort(~valid, axis=1, kind="stable")
-    return np.take_along_axis(positions, order, axis=1)[:, :max(width, 1)]
+    return gather(positions, order)[:, :max(width, 1)]

@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[r, index[r, j]] for every row r: np.take_along_axis for 2-D arrays, without its
+    per-call index-grid set-up (it was a tenth of the beam search's numpy time)."""
+    return values[np.arange(len(index))[:, None], index]
+
+
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and values of the k largest entries of each row, best first.
 
@@ -20,10 +26,10 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
     else:
         part = np.broadcast_to(np.arange(m), (n, m)).copy()
-    values = np.take_along_axis(scores, part, axis=1)
+    values = gather(scores, part)
     order = np.argsort(-values, axis=1, kind="stable")
-    indices = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    values = np.take_along_axis(values, order, axis=1)
+    indices = gather(part, order).astype(np.int64)
+    values = gather(values, order)
     if kk < k:
         indices = np.concatenate([indices, np.full((n, k - kk), -1, dtype=np.int64)], axis=1)
         values = np.concatenate([values, np.full((n, k - kk), -np.inf, dtype=values.dtype)], axis=1)

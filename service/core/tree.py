@@ -189,10 +189,20 @@ class Tree:
             self._cache[("positions", level)] = cached
         return cached
 
+    def widest_level(self) -> int:
+        """Most non-empty nodes on any level (the widest a beam can usefully be)."""
+        cached = self._cache.get(("widest", 0))
+        if cached is None:
+            cached = np.array(max(len(self.nonempty_positions(level)) for level in range(self.depth + 1)))
+            self._cache[("widest", 0)] = cached
+        return int(cached)
+
     def warm(self) -> Tree:
         """Fill the per-level caches now (the service does this at load, not on a request)."""
         for level in range(self.depth + 1):
             self.nonempty_positions(level)
+            self.item_counts_cached(level)
+        self.widest_level()
         return self
 
     def capacity(self, level: int) -> int:

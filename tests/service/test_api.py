@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
-from tests.service.conftest import item_ids, redis_url
+from tests.helpers import item_ids, redis_url
 
 
 @pytest.fixture(params=["memory", "redis"])

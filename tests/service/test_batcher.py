@@ -28,8 +28,12 @@ def test_concurrent_callers_get_their_own_results() -> None:
     jobs = [(h, np.repeat(n, len(h), axis=0)) for h, n in jobs]
     results: dict[int, np.ndarray] = {}
 
+    barrier = threading.Barrier(len(jobs))
+
     def worker(i: int) -> None:
-        results[i] = batcher.score(*jobs[i])
+        with batcher.active():  # as a search does: others are running, so rows get batched
+            barrier.wait()
+            results[i] = batcher.score(*jobs[i])
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(jobs))]
     for t in threads:
@@ -51,18 +55,23 @@ def test_overload_is_refused_immediately() -> None:
         return np.zeros(nodes.shape, dtype=np.float32)
 
     batcher = MicroBatcher(slow, max_rows=2, max_wait_s=0.0, max_queue_rows=4)
-    started = [threading.Thread(target=batcher.score, args=(np.zeros((2, 3)), np.zeros((2, 4))))
-               for _ in range(3)]
-    for t in started:
-        t.start()
-    time.sleep(0.2)
-    begun = time.perf_counter()
-    with pytest.raises(Overloaded):
-        batcher.score(np.zeros((2, 3)), np.zeros((2, 4)))
-    assert time.perf_counter() - begun < 0.1
-    release.set()
-    for t in started:
-        t.join()
+
+    def search() -> None:
+        with batcher.active():
+            batcher.score(np.zeros((2, 3)), np.zeros((2, 4)))
+
+    with batcher.active():  # a long-running search keeps the others from going alone
+        started = [threading.Thread(target=search) for _ in range(3)]
+        for t in started:
+            t.start()
+        time.sleep(0.2)
+        begun = time.perf_counter()
+        with pytest.raises(Overloaded):
+            batcher.score(np.zeros((2, 3)), np.zeros((2, 4)))
+        assert time.perf_counter() - begun < 0.1
+        release.set()
+        for t in started:
+            t.join()
     batcher.close()
 
 
@@ -75,7 +84,8 @@ def test_errors_reach_every_caller() -> None:
 
     def worker() -> None:
         try:
-            batcher.score(np.zeros((1, 3)), np.zeros((1, 2)))
+            with batcher.active():
+                batcher.score(np.zeros((1, 3)), np.zeros((1, 2)))
         except ValueError as exc:
             errors.append(str(exc))
 
@@ -91,3 +101,15 @@ def test_errors_reach_every_caller() -> None:
 def test_bad_settings_fail_at_construction() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda h, n: n, max_rows=10, max_queue_rows=5)
+
+
+def test_a_search_running_alone_skips_the_queue() -> None:
+    calls: list[int] = []
+    batcher = MicroBatcher(fake_scorer(calls), max_rows=16, max_wait_s=1.0)
+    started = time.perf_counter()
+    with batcher.active():
+        for _ in range(13):  # one request's levels
+            batcher.score(np.ones((1, 5)), np.ones((1, 400)))
+    assert time.perf_counter() - started < 0.5  # never waited max_wait_s
+    assert batcher.stats.calls == 0 and len(calls) == 13  # scored in the caller's thread
+    batcher.close()

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
 from service.loadtest import bodies_from, check_loopback, latency_percentiles, run_load
-from tests.service.conftest import free_port
+from tests.helpers import free_port
 
 
 class StubServer:

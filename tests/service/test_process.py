@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.service.conftest import free_port, item_ids
+from tests.helpers import free_port, item_ids
 
 
 def start_service(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
@@ -117,3 +117,43 @@ def test_service_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.fixture(scope="module")
+def big_artifact(tmp_path_factory) -> Path:
+    """20K items, random weights: requests heavy enough to be in flight when a signal lands."""
+    from bench.synthetic_artifact import build
+
+    path = tmp_path_factory.mktemp("big") / "artifact"
+    build(20_000, path, parity_users=4)
+    return path
+
+
+def test_sigterm_lets_in_flight_requests_finish(big_artifact: Path) -> None:
+    """Graceful shutdown: requests already being served when SIGTERM arrives complete (200)."""
+    import concurrent.futures
+    import signal
+
+    process, url = start_service("--artifact", str(big_artifact), "--no-batching")
+    history = item_ids(big_artifact)[:60].tolist()
+    body = {"history": history, "k": 1000, "beam": 4000}  # ~8K candidates per level: tens of ms
+    clients = [httpx.Client(base_url=url, timeout=30) for _ in range(24)]
+    for client in clients:
+        client.get("/healthz")  # connections open before the signal
+    def call(client: httpx.Client) -> tuple[int, float]:
+        response = client.post("/v1/recommend", json=body)
+        return response.status_code, time.monotonic()
+
+    with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(call, c) for c in clients]
+        time.sleep(0.05)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        results = [f.result() for f in futures]
+    statuses = [status for status, _ in results]
+    assert max(done for _, done in results) > signalled  # some were really in flight
+    for client in clients:
+        client.close()
+    process.wait(timeout=30)
+    assert statuses == [200] * len(clients)
+    assert "Application shutdown complete" in Path(process.log_path).read_text()

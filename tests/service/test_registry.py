@@ -18,7 +18,7 @@ from service.core.artifact import ArtifactError, verify_artifact
 from service.core.registry import Registry
 from service.main import create_app
 from service.model_store import ab_bucket
-from tests.service.conftest import item_ids, redis_url
+from tests.helpers import item_ids, redis_url
 from tests.service.test_process import start_service
 from trainer.cli import main as trainer_main
 

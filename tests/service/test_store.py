@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.features import MemoryStore, RedisStore, StoredEvent, StoreUnavailable
-from tests.service.conftest import redis_url
+from tests.helpers import redis_url
 
 
 def stores(prefix: str, capacity: int):
