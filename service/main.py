@@ -82,7 +82,38 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     app.add_exception_handler(Exception, _internal_error)
     app.add_middleware(RequestContext, metrics=metrics, max_inflight=settings.max_inflight)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _publish_limits(app, settings)
     return app
+
+
+def _publish_limits(app: FastAPI, settings: Settings) -> None:
+    """Make /openapi.json state this deployment's limits (k, beam, history, categories, events),
+    which settings may set tighter than the static schema: a request that conforms to the
+    published schema is then never rejected for size."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            models = schema["components"]["schemas"]
+            request = models["RecommendRequest"]["properties"]
+            _set_bound(request["k"], "maximum", settings.max_k)
+            _set_bound(request["beam"], "maximum", settings.max_beam)
+            _set_bound(request["history"], "maxItems", settings.max_history)
+            _set_bound(request["categories"], "maxItems", settings.max_history)
+            _set_bound(models["EventBatch"]["properties"]["events"], "maxItems", settings.max_events)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _set_bound(prop: dict, key: str, limit: int) -> None:
+    """Tighten `key` wherever it appears in a property (directly or in an anyOf branch)."""
+    for branch in [prop, *prop.get("anyOf", [])]:
+        if key in branch:
+            branch[key] = min(branch[key], limit)
 
 
 def create_app_from_env() -> FastAPI:
@@ -121,6 +152,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
             403: "forbidden", 503: "unavailable"}.get(exc.status_code, "error")
+    if exc.status_code == 400:  # the framework could not parse the body (e.g. not UTF-8): invalid JSON
+        return JSONResponse(status_code=422, content={"error": "validation",
+                                                      "message": f"malformed request body: {exc.detail}"})
     if exc.status_code == 422:
         kind = "validation"
     return JSONResponse(status_code=exc.status_code, content={"error": kind, "message": str(exc.detail)},

@@ -77,7 +77,7 @@ def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = 
     manifest = verify_artifact(path)
     tree_spec, scorer_spec = manifest["tree"], manifest["scorer"]
     try:
-        tree = Tree.load(path / tree_spec.get("file", "tree.npz"))
+        tree = Tree.load(path / tree_spec.get("file", "tree.npz"), n_items=int(tree_spec.get("n_items", -1)))
     except TreeError as exc:
         raise ArtifactError(str(exc)) from exc
     for key in ("arity", "depth", "n_items", "n_rows"):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import hmac
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import Field, StrictFloat, StrictInt, StrictStr
+from pydantic import Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 
-from service.api.schemas import Strict
+from service.api.schemas import Fraction, Strict, error_responses
 from service.core.artifact import ArtifactError
 from service.core.registry import ABSetting
 
-router = APIRouter(prefix="/v1/admin")
+router = APIRouter(prefix="/v1/admin", responses=error_responses(401, 403, 404, 409, 413, 422))
 
 
 def require_admin(request: Request) -> None:
@@ -44,7 +44,7 @@ class ReloadRequest(Strict):
 
 class ABRequest(Strict):
     candidate: StrictStr
-    share: StrictFloat | StrictInt = Field(ge=0, le=1)
+    share: Fraction = Field(description="share of users (by a stable hash of user_id) served the candidate")
 
 
 def _state(request: Request) -> dict:

@@ -11,7 +11,14 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.schemas import Event, EventBatch, EventsAccepted, RecommendRequest, RecommendResponse
+from service.api.schemas import (
+    Event,
+    EventBatch,
+    EventsAccepted,
+    RecommendRequest,
+    RecommendResponse,
+    error_responses,
+)
 from service.batcher import Overloaded
 from service.features import StoredEvent, StoreUnavailable
 from service.model_store import ModelBundle
@@ -26,7 +33,8 @@ def unavailable(message: str) -> HTTPException:
     return HTTPException(status_code=503, detail=message, headers=RETRY_AFTER)
 
 
-@router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False)
+@router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False,
+             responses=error_responses(413, 422, 503))
 def recommend(body: RecommendRequest, request: Request, response: Response) -> Response:
     """The request is served by one bundle from start to end, even if a new one is swapped in."""
     with request.app.state.models.use(body.user_id) as bundle:
@@ -100,7 +108,7 @@ def _recommend(body: RecommendRequest, request: Request, response: Response, bun
     return Response(orjson.dumps(body), media_type="application/json", headers={"X-Model-Version": bundle.version})
 
 
-@router.post("/v1/events", status_code=202, response_model=EventsAccepted)
+@router.post("/v1/events", status_code=202, response_model=EventsAccepted, responses=error_responses(413, 422, 503))
 def events(body: Event | EventBatch, request: Request) -> EventsAccepted:
     state = request.app.state
     batch = body.events if isinstance(body, EventBatch) else [body]
@@ -132,7 +140,7 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready: no warmed model yet"}})
 def readyz(request: Request, response: Response) -> dict:
     """Ready = a warmed model is served. A behaviour store outage does not make the replica
     unready (recommendations still work: request histories, popular fallback); it is reported
@@ -147,6 +155,6 @@ def readyz(request: Request, response: Response) -> dict:
     return {"status": "ready", "version": bundle.version, "degraded": [] if store_up else ["behavior_store"]}
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

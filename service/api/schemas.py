@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+
+def _number_not_text(value: object) -> object:
+    if isinstance(value, str | bool):
+        raise ValueError("must be a JSON number, not a string or boolean")
+    return value
+
+
+# JSON Schema "integers": 393 and 393.0 are both integers there, so both are accepted; 393.5,
+# "393" and true are not. The bounds sit before the validator so the published schema shows them.
+Count = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_number_not_text)]
+BeamWidth = Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_number_not_text)]
+Fraction = Annotated[float, Field(ge=0, le=1), BeforeValidator(_number_not_text)]
 Id = Annotated[StrictInt | StrictStr, Field(description="an original id, as in the training log")]
 HARD_MAX_LIST = 100_000  # schema-level cap; settings apply tighter limits per deployment
 
@@ -18,8 +30,8 @@ class RecommendRequest(Strict):
     user_id: Id | None = Field(None, description="read history from the behaviour store when none is given")
     history: list[Id] | None = Field(None, max_length=HARD_MAX_LIST,
                                      description="behaviours, most recent LAST (time order)")
-    k: StrictInt = Field(200, ge=1, le=1000)
-    beam: StrictInt | None = Field(None, ge=1, le=100_000, description="default: the artifact's beam")
+    k: Count = 200
+    beam: BeamWidth | None = Field(None, description="default: the artifact's beam")
     exclude_seen: StrictBool = False
     categories: list[Id] | None = Field(None, max_length=HARD_MAX_LIST, description="allow-list of category ids")
 
@@ -62,3 +74,12 @@ class EventsAccepted(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     message: str
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI `responses` for the error statuses a route can answer (all share ErrorBody)."""
+    meaning = {400: "malformed request", 401: "missing bearer token", 403: "admin API disabled or wrong token",
+               404: "no such version", 409: "conflicts with the serving state", 413: "request too large",
+               422: "invalid request: the message names the field", 503: "overloaded or a dependency is down; "
+               "retry after the Retry-After header"}
+    return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

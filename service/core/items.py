@@ -16,6 +16,8 @@ import numpy as np
 
 from service.core.artifact import ArtifactError
 
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+
 
 def _as_key_array(values: Sequence[object] | np.ndarray, numeric: bool) -> tuple[np.ndarray, np.ndarray]:
     """Request ids as the catalog's key type; returns (keys, ok) where ok marks convertible ids."""
@@ -25,9 +27,13 @@ def _as_key_array(values: Sequence[object] | np.ndarray, numeric: bool) -> tuple
         for i, value in enumerate(values):
             if isinstance(value, bool):
                 continue
-            if isinstance(value, (int, np.integer)):
-                keys[i], ok[i] = int(value), True
-            elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            if isinstance(value, str):
+                try:  # not str.isdigit(): "²" is a digit to it, but no int
+                    value = int(value, 10)
+                except ValueError:
+                    continue
+            # Outside int64 no catalog id can match: unknown, not an overflow.
+            if isinstance(value, (int, np.integer)) and _INT64_MIN <= value <= _INT64_MAX:
                 keys[i], ok[i] = int(value), True
         return keys, ok
     return np.array([str(v) for v in values], dtype=str), np.ones(len(values), dtype=bool)
@@ -89,9 +95,15 @@ class ItemCatalog:
     @classmethod
     def load(cls, path: Path, n_items: int) -> ItemCatalog:
         """Load and check shapes against the tree's item count before anything else uses them."""
+        from service.core.npz import NpzError, check_members
+
         try:
+            check_members(path, {"item_ids": ("iuU", (n_items,)), "category_ids": ("iuU", (None,)),
+                                 "item_category": ("iu", (n_items,)), "popular": ("iu", (None,))})
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in ("item_ids", "category_ids", "item_category", "popular")}
+        except NpzError as exc:
+            raise ArtifactError(str(exc)) from exc
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise ArtifactError(f"{path}: not a readable item catalog ({exc.__class__.__name__}: {exc})") from exc
         if len(arrays["item_ids"]) != n_items or len(arrays["item_category"]) != n_items:

@@ -222,14 +222,21 @@ class Tree:
             )
 
     @classmethod
-    def load(cls, path: str | Path) -> Tree:
+    def load(cls, path: str | Path, n_items: int | None = None) -> Tree:
+        """Load a tree file; with `n_items`, the array's shape is checked from its header
+        before it is read (a hostile file cannot make us allocate more)."""
+        from service.core.npz import NpzError, check_members
+
         path = Path(path)
+        if not path.exists():
+            raise TreeError(f"{path}: no such tree file")
         try:
+            check_members(path, {"header": ("U", ()), "item_leaf": ("iu", (n_items,))})
             with np.load(path, allow_pickle=False) as archive:
                 header = json.loads(str(archive["header"]))
                 item_leaf = archive["item_leaf"]
-        except FileNotFoundError as exc:
-            raise TreeError(f"{path}: no such tree file") from exc
+        except NpzError as exc:
+            raise TreeError(str(exc)) from exc
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             raise TreeError(f"{path}: not a readable tree file ({exc.__class__.__name__}: {exc})") from exc
         version = header.get("format_version")

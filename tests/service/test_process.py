@@ -134,7 +134,9 @@ def test_sigterm_lets_in_flight_requests_finish(big_artifact: Path) -> None:
     import concurrent.futures
     import signal
 
-    process, url = start_service("--artifact", str(big_artifact), "--no-batching")
+    # A generous queue budget: this test is about shutdown, not load shedding.
+    process, url = start_service("--artifact", str(big_artifact), "--no-batching",
+                                 env={"JTM_QUEUE_BUDGET_MS": "60000"})
     history = item_ids(big_artifact)[:60].tolist()
     body = {"history": history, "k": 1000, "beam": 4000}  # ~8K candidates per level: tens of ms
     clients = [httpx.Client(base_url=url, timeout=30) for _ in range(24)]
@@ -146,7 +148,8 @@ def test_sigterm_lets_in_flight_requests_finish(big_artifact: Path) -> None:
 
     with concurrent.futures.ThreadPoolExecutor(len(clients)) as pool:
         futures = [pool.submit(call, c) for c in clients]
-        time.sleep(0.05)
+        # Signal once the first answer is back: the others are being served at that moment.
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         results = [f.result() for f in futures]

@@ -1,0 +1,129 @@
+"""Beam search vs brute force with the same model, and exact inner-product retrieval for context.
+
+For each corpus size (synthetic artifacts, bench/.cache): per-request latency of
+- the service's beam search (ONNX scorer, k = 200, beam = 200, one request at a time),
+- brute force: the same ONNX scorer on every item (chunks of 16K candidates), then top-k,
+- exact inner-product top-k (the YouTube-DNN retrieval): one (d,) x (N, d) product + top-k.
+Also the beam width sweep (latency and overlap with brute force's top-k). Prints tables,
+writes JSON.
+
+    .venv/bin/python bench/bench_retrieval.py --sizes 10000,100000,1000000 --json bench/results/retrieval.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.bench_service import artifact_for  # noqa: E402
+from service.config import Settings  # noqa: E402
+from service.core.beam import brute_force  # noqa: E402
+from service.core.topk import top_k  # noqa: E402
+from service.model_store import load_bundle  # noqa: E402
+from service.retrieval import search  # noqa: E402
+from service.scorer import level_score_fn  # noqa: E402
+
+
+def timed(fn, repeat: int) -> tuple[list[float], object]:
+    times, result = [], None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - started)
+    return times, result
+
+
+def ms(times: list[float]) -> dict[str, float]:
+    values = np.asarray(times) * 1000
+    return {"p50": float(np.percentile(values, 50)), "p99": float(np.percentile(values, 99)),
+            "mean": float(values.mean())}
+
+
+def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: list[int]) -> dict:
+    bundle = load_bundle(artifact_for(n_items), Settings(batching=False))
+    rng = np.random.default_rng(0)
+    histories = [rng.integers(0, n_items, rng.integers(5, 70)).astype(np.int64) for _ in range(requests)]
+    for h in histories[:10]:
+        search(bundle, h, k, k)
+    beam_times = []
+    for h in histories:
+        started = time.perf_counter()
+        search(bundle, h, k, k)
+        beam_times.append(time.perf_counter() - started)
+
+    def brute(history: np.ndarray):
+        row = np.full((1, bundle.history_length), -1, dtype=np.int64)
+        row[0, :len(history[:bundle.history_length])] = history[:bundle.history_length]
+        score = level_score_fn(bundle.scorer.score, bundle.tree, row, bundle.hierarchical)
+        return brute_force(n_items, score, 1, k, bundle.tree.depth, chunk=16384)
+
+    brute_times, exact = [], []
+    for h in histories[:brute_requests]:
+        started = time.perf_counter()
+        exact.append(brute(h).items[0])
+        brute_times.append(time.perf_counter() - started)
+
+    sweep = []
+    for beam in beams:
+        overlap, times = [], []
+        for h, want in zip(histories[:brute_requests], exact, strict=False):
+            started = time.perf_counter()
+            got = search(bundle, h, k, beam).items
+            times.append(time.perf_counter() - started)
+            overlap.append(len(np.intersect1d(got, want)) / len(want))
+        sweep.append({"beam": beam, "latency_ms": ms(times), "overlap_with_brute_force": float(np.mean(overlap))})
+
+    vectors = np.random.default_rng(1).standard_normal((n_items, 32)).astype(np.float32)
+    users = np.random.default_rng(2).standard_normal((requests, 32)).astype(np.float32)
+    ip_times = []
+    for user in users:
+        started = time.perf_counter()
+        top_k((vectors @ user)[None, :], k)
+        ip_times.append(time.perf_counter() - started)
+    bundle.close()
+    beam_ms, brute_ms = ms(beam_times), ms(brute_times)
+    return {"items": n_items, "depth": bundle.tree.depth, "beam_search_ms": beam_ms, "brute_force_ms": brute_ms,
+            "brute_over_beam": brute_ms["p50"] / beam_ms["p50"], "inner_product_ms": ms(ip_times),
+            "beam_sweep": sweep}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--brute-requests", type=int, default=10)
+    parser.add_argument("--k", type=int, default=200)
+    parser.add_argument("--beams", default="100,200,400,800")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    beams = [int(b) for b in args.beams.split(",")]
+    rows = [bench_size(int(n), args.requests, args.brute_requests, args.k, beams) for n in args.sizes.split(",")]
+    print(f"\nk = {args.k}, one request at a time, ONNX scorer with 1 thread\n")
+    print("| items | depth | beam search p50 ms | p99 | brute force p50 ms | brute / beam | inner product p50 ms |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['items']:,} | {r['depth']} | {r['beam_search_ms']['p50']:.2f} | {r['beam_search_ms']['p99']:.2f} "
+              f"| {r['brute_force_ms']['p50']:.1f} | {r['brute_over_beam']:.0f}x "
+              f"| {r['inner_product_ms']['p50']:.2f} |")
+    print("\n| items | beam | p50 ms | overlap with brute-force top-k |")
+    print("|---|---|---|---|")
+    for r in rows:
+        for s in r["beam_sweep"]:
+            print(f"| {r['items']:,} | {s['beam']} | {s['latency_ms']['p50']:.2f} | "
+                  f"{100 * s['overlap_with_brute_force']:.1f}% |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "k": args.k, "results": rows},
+                                              indent=2))
+
+
+if __name__ == "__main__":
+    main()
