@@ -49,6 +49,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise DataError(f"--m must be >= 1, got {args.m}")
     if args.seeds < 1:
         raise DataError(f"--seeds must be >= 1, got {args.seeds}")
+    if args.itemcf_neighbours is not None and args.itemcf_neighbours < 1:
+        raise DataError(f"--itemcf-neighbours must be >= 1, got {args.itemcf_neighbours}")
     data = load_interactions(_data_config(args))
     logging.getLogger("trainer").info(
         "data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
@@ -105,6 +107,7 @@ def _method_options(args: argparse.Namespace):
         retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
         max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
         guard=None if args.tree_guard is None else args.tree_guard == "on",
+        itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
     )
 
 
@@ -215,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--valid-fraction", type=float, default=0.1)
     compare.add_argument("--test-fraction", type=float, default=0.1)
     compare.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
+    compare.add_argument("--itemcf-neighbours", type=int, default=None,
+                         help="Item-CF: only the K most similar items of each history item (default: all)")
     compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
     compare.add_argument("--json", default=None, help="write the results here")
     _add_model_arguments(compare)

@@ -31,6 +31,7 @@ class MethodOptions:
     workers: int | None = None
     precision: str | None = None
     guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
+    itemcf_neighbours: int | None = None  # Item-CF: K most similar items per history item (None: all)
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -42,7 +43,7 @@ def _popularity(options: MethodOptions) -> Recommender:
 def _itemcf(options: MethodOptions) -> Recommender:
     from trainer.baselines.itemcf import ItemCF
 
-    return ItemCF()
+    return ItemCF(neighbours=options.itemcf_neighbours)
 
 
 def _youtube(options: MethodOptions) -> Recommender:

@@ -57,6 +57,30 @@ def test_itemcf_matches_direct_cosine() -> None:
     np.testing.assert_allclose(got, expected, atol=1e-5)  # popularity tie-breaker is ~1e-6
 
 
+def test_itemcf_neighbourhood_matches_direct_top_k() -> None:
+    data, split = tiny()
+    test = make_eval_set(data, split.test)
+    x = np.zeros((len(split.train), data.n_items))
+    for row, u in enumerate(split.train):
+        x[row, data.item[data.user_offsets[u]:data.user_offsets[u + 1]]] = 1
+    norms = np.sqrt(x.sum(0))
+    sim = (x.T @ x) / np.outer(norms, norms)
+    np.fill_diagonal(sim, 0)
+    features = test.feature_items
+    for k in (1, 2, 4):
+        cf = ItemCF(neighbours=k)
+        cf.fit(context(data, split))
+        truncated = np.zeros_like(sim)
+        for i in range(len(sim)):  # direct: each row's k largest (ties: lower column first)
+            keep = sorted(range(len(sim)), key=lambda j, i=i: (-sim[i, j], j))[:k]
+            truncated[i, keep] = sim[i, keep]
+        expected = truncated[features].sum(0)
+        np.testing.assert_allclose(cf.scores(test, slice(0, 1))[0], expected, atol=1e-5)
+    full = ItemCF(neighbours=data.n_items)
+    full.fit(context(data, split))
+    np.testing.assert_allclose(full.scores(test, slice(0, 1))[0], sim[features].sum(0), atol=1e-5)
+
+
 def test_itemcf_and_popularity_exclude_seen() -> None:
     data, split = tiny()
     test = make_eval_set(data, split.test)
