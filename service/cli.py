@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--redis-url", help="behaviour store, e.g. redis://127.0.0.1:6379/0 (default: in-process)")
     parser.add_argument("--no-batching", action="store_true", help="score each request on its own")
-    parser.add_argument("--ort-threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument("--ort-threads", type=int, help="onnxruntime intra-op threads per scoring call "
+                        "(default 1: concurrent requests run in parallel instead)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="onnxruntime execution provider")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--workers", type=int, default=1,

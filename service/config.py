@@ -1,6 +1,8 @@
 """Service settings: environment variables (JTM_*) or CLI flags, typed and validated at start.
 
-A wrong type or an unknown JTM_ variable fails at start-up, not at the first request.
+A wrong type or value fails at start-up, not at the first request. Unknown JTM_* variables are
+ignored (the trainer image sets its own JTM_ names), so tests/test_deploy.py checks that every
+JTM_ name in the deployment files is a real setting.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Settings(BaseSettings):
     redis_prefix: str = "jtm"
     redis_timeout_s: float = Field(0.5, gt=0)
     stored_history: int = Field(200, ge=1, le=100_000, description="behaviours kept per user")
+    memory_store_max_users: int = Field(1_000_000, ge=1, description="in-process store only: histories kept "
+                                        "(least recently updated dropped first)")
     dedupe_ttl_s: float = Field(86_400, gt=0, description="how long an event_id is remembered")
 
     # Request limits.

@@ -14,9 +14,10 @@ acknowledged as duplicates and not stored again. Events without an id are always
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,13 +49,20 @@ class BehaviorStore(Protocol):
 
 
 class MemoryStore:
+    """In-process store, bounded: at most `max_users` histories (the least recently updated
+    user's history is dropped for a new one: `evicted` counts them) and `max_event_ids`
+    remembered event ids. Not durable: a restart forgets everything (use Redis for that)."""
+
     kind = "memory"
 
-    def __init__(self, capacity: int, dedupe_ttl_s: float = 86_400, max_event_ids: int = 1_000_000) -> None:
+    def __init__(self, capacity: int, dedupe_ttl_s: float = 86_400, max_event_ids: int = 1_000_000,
+                 max_users: int = 1_000_000) -> None:
         self.capacity = capacity
         self.dedupe_ttl_s = dedupe_ttl_s
         self.max_event_ids = max_event_ids
-        self._lists: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=capacity))
+        self.max_users = max_users
+        self.evicted = 0
+        self._lists: OrderedDict[str, deque[str]] = OrderedDict()
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -72,9 +80,21 @@ class MemoryStore:
                     self._seen[key] = now + self.dedupe_ttl_s
                     if len(self._seen) > self.max_event_ids:
                         self._seen.popitem(last=False)
-                self._lists[event.user_id].appendleft(event.item_id)
+                self._history(event.user_id).appendleft(event.item_id)
                 stored += 1
         return stored
+
+    def _history(self, user_id: str) -> deque[str]:
+        """The user's list, most recently updated last; evicts the stalest user when full."""
+        history = self._lists.get(user_id)
+        if history is None:
+            if len(self._lists) >= self.max_users:
+                self._lists.popitem(last=False)
+                self.evicted += 1
+            history = self._lists[user_id] = deque(maxlen=self.capacity)
+        else:
+            self._lists.move_to_end(user_id)
+        return history
 
     def recent(self, user_id: str, limit: int) -> list[str]:
         with self._lock:
@@ -162,7 +182,8 @@ class RedisStore:
                                            decode_responses=True, health_check_interval=30, retry_on_timeout=False)
         self.capacity = capacity
         self.prefix = prefix
-        self.dedupe_ttl_s = int(dedupe_ttl_s)
+        # Redis expiries are whole seconds, and EX 0 is an error: round up (0.5 s -> 1 s).
+        self.dedupe_ttl_s = max(1, math.ceil(dedupe_ttl_s))
         self._append = self.client.register_script(_APPEND)
         self.breaker = CircuitBreaker()
 
@@ -205,7 +226,7 @@ class RedisStore:
 
 
 def make_store(redis_url: str | None, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5,
-               dedupe_ttl_s: float = 86_400) -> BehaviorStore:
+               dedupe_ttl_s: float = 86_400, memory_max_users: int = 1_000_000) -> BehaviorStore:
     if redis_url:
         return RedisStore(redis_url, capacity, prefix, timeout_s, dedupe_ttl_s)
-    return MemoryStore(capacity, dedupe_ttl_s)
+    return MemoryStore(capacity, dedupe_ttl_s, max_users=memory_max_users)

@@ -190,7 +190,10 @@ async def run_load(url: str, bodies: list[dict], rate: float, duration: float, m
 def bodies_from(data: Path, count: int, k: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     if data.is_dir():
-        with np.load(data / "items.npz") as archive:
+        from service.core.npz import check_members
+
+        check_members(data / "items.npz", {"item_ids": ("iuU", (None,))})  # an artifact's catalog, checked
+        with np.load(data / "items.npz", allow_pickle=False) as archive:
             ids = archive["item_ids"].tolist()
         return [{"history": rng.sample(ids, rng.randint(1, min(69, len(ids)))), "k": k} for _ in range(count)]
     name = data.name.lower()

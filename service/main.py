@@ -43,7 +43,8 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         app.state.store = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
-                                              settings.redis_timeout_s, settings.dedupe_ttl_s)
+                                              settings.redis_timeout_s, settings.dedupe_ttl_s,
+                                              settings.memory_store_max_users)
         models = ModelStore()
         app.state.models = models
         app.state.follower = None
@@ -252,7 +253,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise _BodyTooLarge(self.max_bytes)
             return message
 
         try:
@@ -261,8 +262,13 @@ class BodyLimit:
             await _too_large(send, self.max_bytes)
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(StarletteHTTPException):
+    """Raised from receive() once a body without Content-Length (chunked) passes the limit. An
+    HTTPException, because FastAPI's body parser re-raises those but turns any other error into
+    400 (which answered a chunked oversize 422, "malformed body", instead of 413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body over {limit} bytes")
 
 
 async def _too_large(send: Send, limit: int) -> None:

@@ -82,7 +82,9 @@ class RegistryFollower:
         started = time.perf_counter()
         try:
             bundle = load_bundle(self.registry.path(version), self.settings, self.metrics)
-        except (ArtifactError, OSError, ValueError) as exc:
+        except Exception as exc:  # any failure: keep serving the old version, remember it, report it
+            if not isinstance(exc, ArtifactError | OSError | ValueError):
+                log.exception("unexpected error loading %s", version)
             message = f"version {version} failed to load: {exc}"
             self.failed[version] = str(exc)
             self.models.last_error = message

@@ -45,6 +45,17 @@ def artifact(trained) -> Path:
     return trained["jtm-h"][1]
 
 
+@pytest.fixture(scope="session")
+def big_artifact(tmp_path_factory) -> Path:
+    """20K items, random weights (~4 s to build): requests heavy enough (tens of ms) to be in
+    flight when a signal lands, or to pile up under a flood."""
+    from bench.synthetic_artifact import build
+
+    path = tmp_path_factory.mktemp("big") / "artifact"
+    build(20_000, path, parity_users=4)
+    return path
+
+
 @pytest.fixture
 def redis_prefix() -> str:
     """A unique Redis key prefix per test (real Redis at 127.0.0.1:6379); keys deleted after."""

@@ -117,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     spec = RunSpec(data=_data_config(args), method=args.method, seed=args.seed,
                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
                    max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen,
-                   start_from=args.start_from)
+                   start_from=args.start_from, fidelity=not args.no_fidelity)
     metrics = train_run(spec, Path(args.out), _method_options(args))
     if not metrics:  # a torch.distributed worker rank: rank 0 reports and writes
         return
@@ -240,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--start-from", default=None, metavar="RUN",
                        help="jtm/jtm-j: continue the joint loop from this tdm/jtm-h run (its iteration 0)")
     train.add_argument("--redis-url", default=None, help="announce the published version on this Redis")
+    train.add_argument("--no-fidelity", action="store_true",
+                       help="skip the brute-force comparison on test users (it scores every item per user)")
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
 

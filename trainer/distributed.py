@@ -6,9 +6,11 @@ trainer joins a process group (gloo on CPU, nccl on GPU):
 - model training is DistributedDataParallel: every rank walks the same shuffled order and takes
   every N-th batch; gradients are averaged by DDP; validation runs on rank 0 and its score is
   broadcast so all ranks stop at the same epoch;
-- tree learning gives each rank every N-th item of a segment; the per-item weights are summed
-  across ranks (all_reduce), and every rank then runs the same deterministic assignment, so
-  all ranks hold the same tree without a broadcast;
+- tree learning spreads the independent subtrees of a segment over the ranks (balanced by
+  sample count): each rank computes the weights of its subtrees' items and solves their
+  assignments, and the new positions are summed (all_reduce) so every rank holds the same
+  tree. Top segments with fewer subtrees than ranks (the first has only the root) split the
+  weight computation by items instead and all ranks solve the same deterministic assignment;
 - only rank 0 writes the run directory.
 """
 
@@ -70,6 +72,13 @@ def broadcast_float(value: float | None) -> float:
 def sum_array(array: np.ndarray) -> np.ndarray:
     """Element-wise sum of `array` over all ranks (float64)."""
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64))
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy()
+
+
+def sum_int_array(array: np.ndarray) -> np.ndarray:
+    """Element-wise sum of an integer array over all ranks (int64, exact)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.int64))
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.numpy()
 

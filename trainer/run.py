@@ -54,6 +54,7 @@ class RunSpec:
     m: int = 200
     exclude_seen: bool = False
     start_from: str | None = None  # a fixed-tree run (tdm / jtm-h) whose model is iteration 0
+    fidelity: bool = True  # compare beam search with a brute-force scan on the test users (slow at scale)
 
 
 def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
@@ -112,7 +113,8 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     if dist_ctx is not None and not dist_ctx.is_main:
         distributed.barrier()  # rank 0 evaluates and writes the run directory
         return {}
-    metrics = evaluate_method(method, make_eval_set(data, split.test), spec.m, spec.exclude_seen, fidelity=True)
+    metrics = evaluate_method(method, make_eval_set(data, split.test), spec.m, spec.exclude_seen,
+                              fidelity=spec.fidelity)
     metrics["fit_seconds"] = fit_seconds
     out.mkdir(parents=True, exist_ok=True)
     method.save(out)

@@ -89,9 +89,13 @@ def train_epochs(
     """Run up to `epochs` epochs of `step(batch_indices) -> loss` and keep the best weights.
 
     `step` computes the loss of one batch (forward only); this function does backward and the
-    optimizer step, so every method trains the same way. Under torch.distributed every rank
-    walks the same order and takes every world-th batch (the same number on each rank), and
-    rank 0's validation score decides for all.
+    optimizer step, so every method trains the same way. Under torch.distributed the global
+    batch stays `batch_size`: every rank walks the same order and takes its 1/world share of
+    each batch, so DDP's averaged gradient is the single-process step's and an epoch makes the
+    same number of updates (a share per rank instead of a batch per rank would halve them).
+    The order comes from its own generator there, so it cannot drift apart between ranks
+    whose negative sampling consumed different amounts of `rng`. Rank 0's validation score
+    decides for all.
     """
     from trainer import distributed
 
@@ -99,14 +103,15 @@ def train_epochs(
     history = TrainHistory()
     best_state = None
     stale = 0
+    order_rng = rng if dist_ctx is None else np.random.default_rng(int(rng.integers(2**63)))
     for epoch in range(1, epochs + 1):
         model.train()
-        order = rng.permutation(n_samples)
+        order = order_rng.permutation(n_samples)
         started = time.perf_counter()
         total, seen = 0.0, 0
         starts = list(range(0, n_samples, batch_size))
-        if dist_ctx is not None:
-            starts = starts[: len(starts) - len(starts) % dist_ctx.world_size][dist_ctx.rank::dist_ctx.world_size]
+        if dist_ctx is not None and n_samples - starts[-1] < dist_ctx.world_size:
+            starts.pop()  # a last batch too small to give every rank a share
         bar = tqdm(
             starts, desc=f"{description} epoch {epoch}/{epochs}",
             unit="batch", leave=False, disable=None if progress and (dist_ctx is None or dist_ctx.is_main) else True,
@@ -114,6 +119,8 @@ def train_epochs(
         )
         for start in bar:
             batch = order[start:start + batch_size]
+            if dist_ctx is not None:
+                batch = batch[dist_ctx.rank::dist_ctx.world_size]
             loss = step(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -20,10 +20,16 @@ matrix product with the fixed path-incidence matrix, so shared path prefixes are
 Samples are batched as (samples x subtree nodes) through the scorer's user/node split. Samples
 per item are capped. Items without training samples keep their leaf.
 
-Parallelism. The unit of work is a chunk of items of one segment (weights) and a top node of
-one segment (assignment): both are independent, so `workers > 1` spreads the weight chunks over
-a process pool; `weights_for_items` is the function a torch.distributed rank would run on its
-share.
+Parallelism. Sub-problems under different top nodes of a segment are independent (the paper's
+unit of parallel work). With `workers > 1` the weight computation is sharded by items over a
+process pool. Under torch.distributed each rank takes a share of the top nodes (balanced by
+sample count), computes the weights of their items, solves their assignments, and the new
+positions are gathered; in the top segments, which have fewer top nodes than ranks (the first
+has only the root), the ranks split the weight computation by items instead, sum the (items x
+candidates) weights and solve the same deterministic assignment.
+
+Memory. Sample histories are gathered per batch from the interaction arrays (`SampleHistories`),
+never materialised for all samples at once.
 """
 
 from __future__ import annotations
@@ -122,6 +128,30 @@ def subtree_layout(arity: int, span: int) -> tuple[np.ndarray, np.ndarray, np.nd
 # --------------------------------------------------------------------------- weights
 
 
+class SampleHistories:
+    """The histories of some training samples, gathered a batch at a time.
+
+    Indexing with a slice or an index array returns the (B, L) int32 histories of those
+    samples; `take` selects a subset without gathering; `materialize` gathers everything (for
+    shipping a shard to a pool worker)."""
+
+    def __init__(self, samples: SampleSet, index: np.ndarray) -> None:
+        self.samples = samples
+        self.index = np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, which: slice | np.ndarray) -> np.ndarray:
+        return self.samples.histories(self.index[which])
+
+    def take(self, which: np.ndarray) -> SampleHistories:
+        return SampleHistories(self.samples, self.index[which])
+
+    def materialize(self) -> np.ndarray:
+        return self.samples.histories(self.index)
+
+
 @dataclass(frozen=True)
 class WeightJob:
     """What a worker needs to compute W rows for some items of one segment."""
@@ -139,16 +169,17 @@ def weights_for_items(
     items: np.ndarray,
     top_of_item: np.ndarray,
     sample_item: np.ndarray,
-    histories: np.ndarray,
+    histories: np.ndarray | SampleHistories,
 ) -> tuple[np.ndarray, int]:
     """Sum over each item's samples of log p(node | u) for every node of its candidate subtree.
 
     items: (K,) item ids; top_of_item: (K,) position at level s of each item's segment top node.
-    sample_item: (S,) index into 0..K-1 of each sample's item; histories: (S, L) item ids.
+    sample_item: (S,) index into 0..K-1 of each sample's item; histories: (S, L) item ids (an
+    array, or SampleHistories gathered per batch).
     Returns (K, N) float64 node-score sums (N nodes of the subtree) and the evaluation count.
     At the leaf level the node *is* the item (its own embedding row), so its score is the same
     for every candidate leaf: it is computed once per sample and broadcast.
-    This is the unit a process-pool worker or a torch.distributed rank runs on its share.
+    This is what a process-pool worker or a torch.distributed rank runs on its share.
     """
     tree, span = job.tree, job.end - job.start
     level_of_node, offset_of_node, _ = subtree_layout(tree.arity, span)
@@ -254,6 +285,92 @@ def assign_segment(
     return assign
 
 
+# --------------------------------------------------------------------------- one segment
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One segment's sub-problems: every learnable item, its top node and its samples."""
+
+    job: WeightJob
+    items: np.ndarray  # (K,) learnable item ids
+    top: np.ndarray  # (K,) position of each item's top node at level job.start
+    sample_row: np.ndarray  # (S,) row in `items` of each sample
+    histories: SampleHistories  # (S, L)
+    capacity: np.ndarray  # (level_size(end),) free leaves under each candidate
+    previous: np.ndarray  # (K,) candidate (relative to the top node) each item was under, or -1
+    width: int  # candidates per top node
+
+    def subset(self, rows: np.ndarray) -> _Segment:
+        """The sub-problems of the items `rows` (whole top-node groups), with their samples."""
+        in_rows = np.zeros(len(self.items), dtype=bool)
+        in_rows[rows] = True
+        samples = np.flatnonzero(in_rows[self.sample_row])
+        return _Segment(self.job, self.items[rows], self.top[rows], np.searchsorted(rows, self.sample_row[samples]),
+                        self.histories.take(samples), self.capacity, self.previous[rows], self.width)
+
+
+def _weights_of(model, segment: _Segment, config: TreeLearningConfig, pool) -> tuple[np.ndarray, int]:
+    """(K, C) weights W[k, c]: path sums of log p over each item's samples (prefixes shared)."""
+    node_sums, evaluations = _local_weights(model, segment.job, segment.items, segment.top, segment.sample_row,
+                                            segment.histories, config.workers, pool)
+    _, _, paths = subtree_layout(segment.job.tree.arity, segment.job.end - segment.job.start)
+    return node_sums @ paths, evaluations
+
+
+def _assign(segment: _Segment, weights: np.ndarray, config: TreeLearningConfig) -> np.ndarray:
+    """Solve every top node's sub-problem; returns each item's new position at level `end`."""
+    new_top = np.empty_like(segment.top)
+    order = np.argsort(segment.top, kind="stable")
+    bounds = np.flatnonzero(np.r_[True, segment.top[order][1:] != segment.top[order][:-1], True])
+    for first, last in zip(bounds[:-1], bounds[1:], strict=True):
+        members = order[first:last]
+        base = int(segment.top[members[0]]) * segment.width
+        chosen = assign_segment(weights[members], segment.capacity[base:base + segment.width],
+                                segment.previous[members], config)
+        new_top[members] = base + chosen
+    return new_top
+
+
+def _learn_segment(model, segment: _Segment, config: TreeLearningConfig, pool) -> tuple[np.ndarray, int]:
+    """New positions of all items at the segment's bottom level, and the evaluation count."""
+    from trainer import distributed
+
+    ctx = distributed.context()
+    if ctx is None:
+        weights, evaluations = _weights_of(model, segment, config, pool)
+        return _assign(segment, weights, config), evaluations
+    groups, group_of_item = np.unique(segment.top, return_inverse=True)
+    if len(groups) >= ctx.world_size:
+        # Independent subtrees: this rank learns its share of the top nodes; positions gathered.
+        load = np.bincount(group_of_item[segment.sample_row], minlength=len(groups))
+        owner = balanced_owners(load, ctx.world_size)
+        mine = np.flatnonzero(owner[group_of_item] == ctx.rank)
+        part = segment.subset(mine)
+        weights, evaluations = _weights_of(model, part, config, pool)
+        positions = np.zeros(len(segment.items), dtype=np.int64)
+        positions[mine] = _assign(part, weights, config)
+        return distributed.sum_int_array(positions), distributed.sum_int(evaluations)
+    # Fewer subtrees than ranks (the top segments): split the weights by items, sum them,
+    # and every rank solves the same deterministic assignment.
+    mine = np.arange(len(segment.items))[ctx.rank::ctx.world_size]
+    weights, evaluations = _weights_of(model, segment.subset(mine), config, pool)
+    full = np.zeros((len(segment.items), segment.width))
+    full[mine] = weights
+    return _assign(segment, distributed.sum_array(full), config), distributed.sum_int(evaluations)
+
+
+def balanced_owners(load: np.ndarray, world_size: int) -> np.ndarray:
+    """Rank of each group: largest groups first, each to the least-loaded rank (deterministic)."""
+    owner = np.empty(len(load), dtype=np.int64)
+    totals = np.zeros(world_size)
+    for group in np.argsort(-load, kind="stable"):
+        rank = int(np.argmin(totals))
+        owner[group] = rank
+        totals[rank] += load[group]
+    return owner
+
+
 # --------------------------------------------------------------------------- the algorithm
 
 
@@ -286,7 +403,7 @@ def learn_tree(
     learnable = np.unique(sample_items)  # items with samples
     report.items_with_samples = len(learnable)
     report.samples_used = len(chosen)
-    histories = samples.histories(chosen)
+    histories = SampleHistories(samples, chosen)
     row_of_item = np.full(tree.n_items, -1, dtype=np.int64)
     row_of_item[learnable] = np.arange(len(learnable))
     sample_row = row_of_item[sample_items]  # (S,) row in `learnable`
@@ -299,32 +416,19 @@ def learn_tree(
     pool = _pool(model, config)
     try:
         for start, end in segments(tree.depth, config.gap):
-            span = end - start
-            job = WeightJob(tree=tree, start=start, end=end, hierarchical=hierarchical, batch_size=config.batch_size)
             seg_started = time.perf_counter()
-            node_sums, evaluations = _weights(model, job, learnable, top, sample_row, histories,
-                                              config.workers, pool)
-            _, _, paths = subtree_layout(tree.arity, span)
-            weights = node_sums @ paths  # (K, C): path sums, prefixes shared
-            report.evaluations += evaluations
+            job = WeightJob(tree=tree, start=start, end=end, hierarchical=hierarchical, batch_size=config.batch_size)
             # Capacity of each level-`end` node: its leaves minus leaves of pinned items under it.
             capacity = np.full(tree.level_size(end), tree.capacity(end), dtype=np.int64)
             np.subtract.at(capacity, tree.item_leaf[pinned] // tree.capacity(end), 1)
             old = tree.ancestors(learnable, end)  # where each item was at level `end` before
-            width = tree.arity**span
+            width = tree.arity ** (end - start)
             # Lazy rule: an item "was already under" candidate c only if it is still under the
             # same top node; its relative candidate there, else -1.
             previous = np.where(old // width == top, old - top * width, -1)
-            new_top = np.empty_like(top)
-            order = np.argsort(top, kind="stable")
-            bounds = np.flatnonzero(np.r_[True, top[order][1:] != top[order][:-1], True])
-            for first, last in zip(bounds[:-1], bounds[1:], strict=True):
-                members = order[first:last]
-                base = int(top[members[0]]) * width
-                chosen_rel = assign_segment(weights[members], capacity[base:base + width],
-                                            previous[members], config)
-                new_top[members] = base + chosen_rel
-            top = new_top
+            segment = _Segment(job, learnable, top, sample_row, histories, capacity, previous, width)
+            top, evaluations = _learn_segment(model, segment, config, pool)
+            report.evaluations += evaluations
             report.segments.append({"levels": [start, end], "seconds": time.perf_counter() - seg_started,
                                     "evaluations": evaluations})
             if progress:
@@ -400,37 +504,21 @@ def _worker_weights(job: WeightJob, items: np.ndarray, top: np.ndarray, sample_r
     return weights_for_items(_WORKER["model"], job, items, top, sample_row, histories)
 
 
-def _weights(model, job, items, top, sample_row, histories, workers, pool) -> tuple[np.ndarray, int]:
-    """Node-score sums for all items. Under torch.distributed each rank scores every
-    world-th item and the sums are all-reduced, so every rank ends with the full matrix."""
-    from trainer import distributed
-
-    ctx = distributed.context()
-    if ctx is None:
-        return _local_weights(model, job, items, top, sample_row, histories, workers, pool)
-    mine = np.arange(len(top))[ctx.rank::ctx.world_size]
-    in_mine = np.isin(sample_row, mine)
-    part, count = _local_weights(model, job, items[mine], top[mine], np.searchsorted(mine, sample_row[in_mine]),
-                                 histories[in_mine], workers, pool)
-    full = np.zeros((len(top), part.shape[1]))
-    full[mine] = part
-    return distributed.sum_array(full), distributed.sum_int(count)
-
-
-def _local_weights(model, job, items, top, sample_row, histories, workers, pool) -> tuple[np.ndarray, int]:
-    """Node-score sums in this process: directly, or sharded by items over the pool."""
+def _local_weights(model, job: WeightJob, items: np.ndarray, top: np.ndarray, sample_row: np.ndarray,
+                   histories: SampleHistories, workers: int, pool) -> tuple[np.ndarray, int]:
+    """Node-score sums (K, N) in this process: directly, or sharded by items over the pool
+    (each shard's histories are gathered only when it is sent)."""
     if pool is None:
         return weights_for_items(model, job, items, top, sample_row, histories)
     n_items = len(top)
-    shards = np.array_split(np.arange(n_items), workers * 4)
     futures = []
-    for shard in shards:
+    for shard in np.array_split(np.arange(n_items), workers * 4):
         if len(shard) == 0:
             continue
-        in_shard = np.isin(sample_row, shard)
+        in_shard = np.flatnonzero(np.isin(sample_row, shard))
         local_row = np.searchsorted(shard, sample_row[in_shard])
         futures.append((shard, pool.submit(_worker_weights, job, items[shard], top[shard], local_row,
-                                           histories[in_shard])))
+                                           histories.take(in_shard).materialize())))
     _, _, paths = subtree_layout(job.tree.arity, job.end - job.start)
     sums = np.zeros((n_items, paths.shape[0]))
     evaluations = 0

@@ -120,6 +120,9 @@ def events(body: Event | EventBatch, request: Request) -> EventsAccepted:
         state.metrics.store_errors.labels("write").inc()
         raise unavailable("behaviour store unavailable; no event of this call was stored, retry") from exc
     state.metrics.events.inc(stored)
+    evicted = getattr(state.store, "evicted", None)
+    if evicted is not None:
+        state.metrics.store_evicted.set(evicted)
     return EventsAccepted(accepted=len(batch), stored=stored, duplicates=len(batch) - stored, store=state.store.kind)
 
 

@@ -9,7 +9,8 @@ An artifact is an immutable directory::
     items.npz       original item ids, item categories, popularity order (cold start)
 
 Nothing is pickled. Every file named in the manifest is checked (plain name inside the
-directory, size, sha256) before anything is loaded; a failure names the file and the problem.
+directory, a regular file and not a symbolic link, size, sha256) before anything is loaded, and
+the tree/scorer/items sections may only name such files; a failure names the file and the problem.
 Writes are atomic: a file is written to a temporary name, fsynced, then renamed.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("scorer.onnx", "tree.npz", "items.npz")
+SECTION_FILES = {"tree": "tree.npz", "scorer": "scorer.onnx", "items": "items.npz"}  # section -> default file
 MAX_MANIFEST_BYTES = 1 << 20
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -113,6 +115,14 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
                 or not isinstance(entry.get("bytes"), int):
             raise ArtifactError(f"{path}: entry for {name} needs sha256 and bytes")
+    for section, default in SECTION_FILES.items():
+        spec = manifest[section]
+        if not isinstance(spec, dict):
+            raise ArtifactError(f"{path}: {section!r} must be an object")
+        # The loader opens the file a section names: it must be one of the checked files, or a
+        # manifest could point the loader at "../elsewhere" or "/abs/path" past the checksums.
+        if spec.get("file", default) not in files:
+            raise ArtifactError(f"{path}: {section}.file {spec.get('file')!r} is not a file listed in 'files'")
     return manifest
 
 
@@ -120,8 +130,10 @@ def verify_artifact(directory: str | Path) -> dict[str, Any]:
     """read_manifest, then check every listed file's presence, size and sha256."""
     directory = Path(directory)
     manifest = read_manifest(directory)
+    _refuse_links(directory / MANIFEST)
     for name, entry in manifest["files"].items():
         path = directory / name
+        _refuse_links(path)
         if not path.is_file():
             raise ArtifactError(f"{path}: listed in the manifest but missing")
         size = path.stat().st_size
@@ -130,6 +142,14 @@ def verify_artifact(directory: str | Path) -> dict[str, Any]:
         if sha256_file(path) != entry["sha256"]:
             raise ArtifactError(f"{path}: sha256 does not match the manifest (corrupted or replaced)")
     return manifest
+
+
+def _refuse_links(path: Path) -> None:
+    """Artifact files are regular files inside the directory: a symbolic link could point
+    anywhere (another version, /etc/...), and hard-to-audit indirection has no use here."""
+    if path.is_symlink():
+        raise ArtifactError(f"{path}: is a symbolic link (to {os.readlink(path)}); artifact files must be regular "
+                            "files inside the artifact directory")
 
 
 def version_id(created: str, files: dict[str, dict[str, Any]]) -> str:

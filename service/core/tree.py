@@ -27,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 TREE_FORMAT_VERSION = 1
+# A loaded tree allocates per-leaf arrays (arity**depth of them); the file holds per-item ones.
+# A minimal-depth tree has fewer than `arity` leaves per item, so this admits every tree of
+# arity <= 64 the trainer builds, and stops a 1 KB header from asking for 2**60 leaves.
+MAX_LEAVES_PER_ITEM = 64
 
 
 class TreeError(ValueError):
@@ -237,18 +241,37 @@ class Tree:
                 item_leaf = archive["item_leaf"]
         except NpzError as exc:
             raise TreeError(str(exc)) from exc
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        except (OSError, ValueError, KeyError, EOFError, RecursionError, zipfile.BadZipFile) as exc:
             raise TreeError(f"{path}: not a readable tree file ({exc.__class__.__name__}: {exc})") from exc
-        version = header.get("format_version")
-        if version != TREE_FORMAT_VERSION:
-            raise TreeError(f"{path}: tree format version {version}, this code reads {TREE_FORMAT_VERSION}")
-        if len(item_leaf) != header.get("n_items"):
-            raise TreeError(f"{path}: header says {header.get('n_items')} items, file holds {len(item_leaf)}")
+        arity, depth = _checked_header(path, header, len(item_leaf))
         try:
-            return cls.from_leaves(item_leaf, arity=int(header["arity"]), depth=int(header["depth"]))
+            return cls.from_leaves(item_leaf, arity=arity, depth=depth)
         except TreeError as exc:
             raise TreeError(f"{path}: {exc}") from exc
 
     def equals(self, other: Tree) -> bool:
         return (self.arity, self.depth) == (other.arity, other.depth) and np.array_equal(
             self.item_leaf, other.item_leaf)
+
+
+def _checked_header(path: Path, header: object, n_items: int) -> tuple[int, int]:
+    """(arity, depth) from a tree file's JSON header, checked before any per-leaf array is
+    allocated: the header is the one part of the file whose numbers are not bounded by its size."""
+    if not isinstance(header, dict):
+        raise TreeError(f"{path}: tree header is not a JSON object")
+    version = header.get("format_version")
+    if version != TREE_FORMAT_VERSION:
+        raise TreeError(f"{path}: tree format version {version}, this code reads {TREE_FORMAT_VERSION}")
+    if header.get("n_items") != n_items:
+        raise TreeError(f"{path}: header says {header.get('n_items')} items, file holds {n_items}")
+    arity, depth = header.get("arity"), header.get("depth")
+    if type(arity) is not int or type(depth) is not int or arity < 2 or depth < 1:
+        raise TreeError(f"{path}: tree header needs integer arity >= 2 and depth >= 1, got {arity!r}, {depth!r}")
+    limit = MAX_LEAVES_PER_ITEM * max(n_items, 1)
+    leaves = 1
+    for _ in range(depth):  # arity**depth, stopping as soon as it passes the limit
+        leaves *= arity
+        if leaves > limit:
+            raise TreeError(f"{path}: arity {arity} and depth {depth} give more than {limit} leaves for {n_items} "
+                            f"items (at most {MAX_LEAVES_PER_ITEM} per item): refused before allocating them")
+    return arity, depth

@@ -136,7 +136,7 @@ def test_concurrent_batched_answers_equal_unbatched(artifact: Path) -> None:
     histories = [ids(artifact, n, start=s) for n, s in ((3, 0), (10, 40), (1, 100), (25, 7), (6, 300))] * 6
     with TestClient(create_app(Settings(artifact=artifact, batching=False))) as plain:
         expected = [plain.post("/v1/recommend", json={"history": h, "k": 30}).json()["items"] for h in histories]
-    with TestClient(create_app(Settings(artifact=artifact, batching=True, batch_max_wait_ms=5))) as batched:
+    with TestClient(create_app(Settings(artifact=artifact, batching=True, batch_max_wait_ms=20))) as batched:
         got: dict[int, list] = {}
 
         def call(i: int) -> None:
@@ -155,3 +155,35 @@ def test_concurrent_batched_answers_equal_unbatched(artifact: Path) -> None:
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line.startswith("jtm_scorer_batch_jobs_")}
     assert values["jtm_scorer_batch_jobs_sum"] > values["jtm_scorer_batch_jobs_count"]
+
+
+def test_deployment_limits_are_enforced_and_published(artifact: Path) -> None:
+    """Every request-size limit a deployment sets (k, beam, history, categories, events per call,
+    body bytes, also for a chunked body that declares no length) is enforced at its value, the
+    value itself is accepted, and /openapi.json publishes it."""
+    limits = {"max_k": 50, "max_beam": 300, "max_history": 20, "max_events": 5, "max_body_bytes": 4096}
+    with TestClient(create_app(Settings(artifact=artifact, **limits))) as client:
+        history = ids(artifact, 20)
+        for field, at_limit, over in (("k", {"k": 50}, {"k": 51}), ("beam", {"beam": 300}, {"beam": 301}),
+                                      ("history", {"history": history}, {"history": [*history, history[0]]}),
+                                      ("categories", {"categories": list(range(20))},
+                                       {"categories": list(range(21))})):
+            base = {"history": history[:3], "k": 10}  # the schema's default k (200) is over this max_k
+            assert client.post("/v1/recommend", json={**base, **at_limit}).status_code == 200
+            r = client.post("/v1/recommend", json={**base, **over})
+            assert r.status_code == 422 and r.json()["message"].startswith(field), (field, r.text)
+        events = [{"user_id": "u", "item_id": i} for i in history[:6]]
+        assert client.post("/v1/events", json={"events": events[:5]}).status_code == 202
+        r = client.post("/v1/events", json={"events": events})
+        assert r.status_code == 413 and "at most 5" in r.json()["message"]
+        r = client.post("/v1/events", json={"user_id": "u", "item_id": 1, "event_id": "e" * 129})
+        assert r.status_code == 422 and "event_id" in r.json()["message"]
+        big = b'{"history": [' + b",".join(b"1" for _ in range(3000)) + b"]}"
+        for content in (big, iter([big[:2048], big[2048:]])):  # with Content-Length, then chunked
+            r = client.post("/v1/recommend", content=content, headers={"content-type": "application/json"})
+            assert r.status_code == 413 and r.json()["error"] == "too_large"
+        schema = client.get("/openapi.json").json()["components"]["schemas"]
+        request = schema["RecommendRequest"]["properties"]
+        assert request["k"]["maximum"] == 50 and request["beam"]["anyOf"][0]["maximum"] == 300
+        assert request["history"]["anyOf"][0]["maxItems"] == 20
+        assert schema["EventBatch"]["properties"]["events"]["maxItems"] == 5

@@ -14,32 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers import free_port, item_ids
-
-
-def start_service(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    import os
-    import tempfile
-
-    port = free_port()
-    # Logs go to a file: an unread pipe would fill up and block the server under load.
-    log = tempfile.NamedTemporaryFile(prefix="service-", suffix=".log", delete=False)
-    process = subprocess.Popen([sys.executable, "-m", "service", "--port", str(port), *args], cwd=ROOT,
-                               stdout=log, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-    process.log_path = log.name  # type: ignore[attr-defined]
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"service exited: {Path(log.name).read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("service did not become ready in 60s")
+from tests.helpers import free_port, item_ids, npy_bytes, replace_members, resign, start_service
 
 
 def test_real_uvicorn_process(artifact: Path) -> None:
@@ -80,6 +55,14 @@ def broken_copy(artifact: Path, tmp_path: Path, how: str) -> Path:
         (copy / "manifest.json").write_text(json.dumps(manifest))
     elif how == "no-manifest":
         (copy / "manifest.json").unlink()
+    elif how == "symlink":  # identical bytes through a link out of the directory: checksums pass
+        (copy / "items.npz").unlink()
+        (copy / "items.npz").symlink_to(artifact / "items.npz")
+    elif how == "section-escape":  # the loader would open another artifact's tree, unchecked
+        resign(copy, tree={"file": str(artifact / "tree.npz")})
+    elif how == "hostile-npz":  # re-signed: only the header check stands between it and 8 TB
+        replace_members(copy / "tree.npz", {"item_leaf.npy": npy_bytes("<i8", (10**12,))})
+        resign(copy, tree={"n_items": 10**12})
     return copy
 
 
@@ -89,6 +72,9 @@ def broken_copy(artifact: Path, tmp_path: Path, how: str) -> Path:
     ("manifest-mismatch", "the manifest says"),
     ("escape", "not a plain name"),
     ("no-manifest", "manifest.json: missing"),
+    ("symlink", "items.npz: is a symbolic link"),
+    ("section-escape", "is not a file listed in 'files'"),
+    ("hostile-npz", "tree.npz: item_leaf.npy claims shape (1000000000000,)"),
 ])
 def test_bad_artifact_refused_with_one_line(artifact: Path, tmp_path: Path, how: str, fragment: str) -> None:
     result = run_service("--artifact", str(broken_copy(artifact, tmp_path, how)))
@@ -117,16 +103,6 @@ def test_service_never_imports_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
-
-
-@pytest.fixture(scope="module")
-def big_artifact(tmp_path_factory) -> Path:
-    """20K items, random weights: requests heavy enough to be in flight when a signal lands."""
-    from bench.synthetic_artifact import build
-
-    path = tmp_path_factory.mktemp("big") / "artifact"
-    build(20_000, path, parity_users=4)
-    return path
 
 
 def test_sigterm_lets_in_flight_requests_finish(big_artifact: Path) -> None:

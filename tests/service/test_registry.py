@@ -18,8 +18,7 @@ from service.core.artifact import ArtifactError, verify_artifact
 from service.core.registry import Registry
 from service.main import create_app
 from service.model_store import ab_bucket
-from tests.helpers import item_ids, redis_url
-from tests.service.test_process import start_service
+from tests.helpers import item_ids, npy_bytes, redis_url, replace_members, resign, start_service
 from trainer.cli import main as trainer_main
 
 TOKEN = "s3cret-token"
@@ -92,6 +91,37 @@ def test_service_follows_registry_and_keeps_old_version_on_failure(two_artifacts
         assert model["serving"]["version"] == vb and "broken" in model["last_error"]
         assert client.post("/v1/recommend", json={"history": history, "k": 5}).json()["model_version"] == vb
         assert 'jtm_model_loads_total{outcome="error"}' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("member, data, fragment", [
+    ("item_leaf.npy", npy_bytes("<i8", (10**12,)), "claims shape (1000000000000,)"),
+    ("item_leaf.npy", npy_bytes("|O", (499,), b"\x80" * 64), "i.e. a pickle"),
+])
+def test_hostile_version_is_refused_and_the_old_one_keeps_serving(two_artifacts, tmp_path: Path, member: str,
+                                                                   data: bytes, fragment: str) -> None:
+    """A version that passes publishing (its manifest re-signed, so checksums hold) but whose
+    tree.npz header is hostile: the follower refuses it, keeps serving, and reports it."""
+    a, _ = two_artifacts
+    registry = Registry(tmp_path / "reg")
+    va = registry.publish(a)
+    hostile = tmp_path / "hostile"
+    shutil.copytree(a, hostile)
+    replace_members(hostile / "tree.npz", {member: data})
+    manifest = json.loads((hostile / "manifest.json").read_text())
+    (hostile / "manifest.json").write_text(json.dumps({**manifest, "version": "19990101T000000-hostile"}))
+    resign(hostile, tree={"n_items": 10**12} if "claims" in fragment else {})
+    settings = Settings(registry=tmp_path / "reg", registry_poll_s=0.1)
+    with TestClient(create_app(settings)) as client:
+        history = item_ids(a)[:5].tolist()
+        bad = registry.publish(hostile)
+        assert wait_for(lambda: client.get("/v1/model").json()["last_error"] is not None)
+        model = client.get("/v1/model").json()
+        assert model["serving"]["version"] == va
+        assert bad in model["last_error"] and "tree.npz" in model["last_error"] and fragment in model["last_error"]
+        response = client.post("/v1/recommend", json={"history": history, "k": 5})
+        assert response.status_code == 200 and response.json()["model_version"] == va
+        assert client.get("/readyz").json()["version"] == va
+        assert 'jtm_model_loads_total{outcome="error"} 1.0' in client.get("/metrics").text  # tried once, not per poll
 
 
 def test_admin_reload_rollback_and_auth(two_artifacts, tmp_path: Path) -> None:

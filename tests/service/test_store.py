@@ -44,3 +44,23 @@ def test_event_ids_make_retries_idempotent(redis_prefix: str) -> None:
         assert store.append([StoredEvent("u", "d"), StoredEvent("u", "d")]) == 2  # no id: always stored
         assert store.recent("u", 10) == ["d", "d", "c", "b", "a"]
         store.close()
+
+
+def test_sub_second_dedupe_ttl_works_on_redis(redis_prefix: str) -> None:
+    """JTM_DEDUPE_TTL_S accepts any positive number; Redis takes whole seconds and refuses EX 0,
+    which once made every event with an id fail (503) when the TTL was under a second."""
+    store = RedisStore(redis_url(), capacity=5, prefix=redis_prefix, dedupe_ttl_s=0.5)
+    assert store.append([StoredEvent("u", "a", "e1"), StoredEvent("u", "a", "e1")]) == 1
+    assert store.recent("u", 5) == ["a"]
+    store.close()
+
+
+def test_memory_store_is_bounded_by_users() -> None:
+    from service.features import MemoryStore, StoredEvent
+
+    store = MemoryStore(capacity=3, max_users=2)
+    store.append([StoredEvent("a", "1"), StoredEvent("b", "2")])
+    store.append([StoredEvent("a", "3")])  # a is now the most recently updated
+    store.append([StoredEvent("c", "4")])  # full: b (stalest) is dropped
+    assert store.recent("a", 10) == ["3", "1"] and store.recent("c", 10) == ["4"]
+    assert store.recent("b", 10) == [] and store.evicted == 1
