@@ -58,6 +58,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         methods=methods, m=args.m, seeds=tuple(range(args.seed, args.seed + args.seeds)),
         exclude_seen=args.exclude_seen, valid_fraction=args.valid_fraction,
         test_fraction=args.test_fraction, max_history=args.max_history, reference=args.reference,
+        per_user=args.per_user,
     )
     result = run_compare(data, config, _method_options(args))
     print(format_table(result))
@@ -65,6 +66,22 @@ def cmd_compare(args: argparse.Namespace) -> None:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))
         print(f"\nwrote {args.json}")
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    from trainer.compare import format_table, merge_results
+
+    parts = []
+    for path in args.results:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"not a readable compare result ({exc.__class__.__name__})", path) from exc
+    result = merge_results(parts)
+    print(format_table(result))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {args.json}")
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,8 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="Item-CF: only the K most similar items of each history item (default: all)")
     compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
     compare.add_argument("--json", default=None, help="write the results here")
+    compare.add_argument("--per-user", action="store_true",
+                         help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
     _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
+
+    merge = sub.add_parser("merge", help="merge compare --per-user results of different seeds into one table")
+    merge.add_argument("results", nargs="+", help="JSON files written by compare --per-user")
+    merge.add_argument("--json", required=True, help="write the merged result here")
+    merge.set_defaults(func=cmd_merge)
 
     train = sub.add_parser("train", help="train one method and write a run directory")
     _add_data_arguments(train)

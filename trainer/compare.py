@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 
 from trainer.data import Interactions, make_eval_set, make_samples, split_users
+from trainer.errors import DataError
 from trainer.methods import MethodOptions, build_method
 from trainer.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds, user_metrics
 from trainer.recommender import FitContext
@@ -31,16 +32,15 @@ class CompareConfig:
     test_fraction: float = 0.1
     max_history: int = 69
     reference: str | None = None  # paired differences are reported against this method
+    per_user: bool = False  # keep per-user metrics of every seed in the result (for merging)
 
 
 def run_compare(data: Interactions, config: CompareConfig, options: MethodOptions) -> dict:
-    """Fit and evaluate every method on every seed; return the JSON-ready result."""
-    per_method: dict[str, list[UserMetrics]] = {name: [] for name in config.methods}
-    fit_seconds: dict[str, list[float]] = {name: [] for name in config.methods}
-    reference = config.reference or config.methods[0]
-    paired: dict[str, list[np.ndarray]] = {name: [] for name in config.methods}
-    fidelity: dict[str, list[float]] = {name: [] for name in config.methods}
-    brute_recall: dict[str, list[float]] = {name: [] for name in config.methods}
+    """Fit and evaluate every method on every seed; return the JSON-ready result.
+
+    With `per_user`, the result also keeps each seed's per-user metrics, so that results of
+    runs on other seeds (or machines) can be merged exactly (`merge_results`)."""
+    runs: dict[str, list[SeedRun]] = {name: [] for name in config.methods}
     split_sizes = None
     for seed in config.seeds:
         split = split_users(data.n_users, seed, config.valid_fraction, config.test_fraction)
@@ -52,7 +52,6 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             exclude_seen=config.exclude_seen, seed=seed, device=options.device,
         )
         test = make_eval_set(data, split.test)
-        recall_by_method = {}
         fitted: list = []  # fixed-tree methods of this seed: the joint loop's iteration 0
         seconds_of: dict[str, float] = {}
         for name in _fit_order(config.methods):
@@ -71,37 +70,22 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             seconds = time.perf_counter() - started
             seconds_of[name] = seconds
             metrics = user_metrics(recommended, test, config.m)
-            per_method[name].append(metrics)
-            fit_seconds[name].append(seconds)
+            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds)
             if getattr(method, "tree", None) is not None and hasattr(method, "brute_force"):
                 from trainer.run import beam_fidelity
 
                 exact = method.brute_force(test, config.m, config.exclude_seen)
-                fidelity[name].append(beam_fidelity(recommended, exact))
-                brute_recall[name].append(user_metrics(exact, test, config.m).means()["recall"])
-            recall_by_method[name] = metrics.recall
+                run.fidelity = beam_fidelity(recommended, exact)
+                run.brute_force_recall = user_metrics(exact, test, config.m).means()["recall"]
+            runs[name].append(run)
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
-        if reference in recall_by_method:
-            for name in config.methods:
-                paired[name].append(recall_by_method[name] - recall_by_method[reference])
-
-    results = {}
-    for name in config.methods:
-        summary = summarize_seeds(per_method[name])
-        summary["seconds"] = float(np.mean(fit_seconds[name]))
-        if paired[name] and name != reference:
-            summary["recall_vs_reference"] = paired_difference(np.concatenate(paired[name]), 0.0)
-        if fidelity[name]:
-            summary["beam_fidelity"] = float(np.mean(fidelity[name]))
-            summary["brute_force_recall"] = float(np.mean(brute_recall[name]))
-        results[name] = summary
-    return {
+    result = {
         "m": config.m,
         "exclude_seen": config.exclude_seen,
         "seeds": list(config.seeds),
-        "reference": reference,
-        "results": results,
+        "reference": config.reference or config.methods[0],
+        "results": summarize_runs(runs, config.reference or config.methods[0]),
         "dataset": {**data.summary(), "split": split_sizes},
         "protocol": {
             **asdict(config),
@@ -110,6 +94,83 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
         },
     }
+    if config.per_user:
+        result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
+    return result
+
+
+@dataclass
+class SeedRun:
+    """One method on one seed: per-user metrics and what the table reports beside them."""
+
+    seed: int
+    metrics: UserMetrics
+    seconds: float
+    fidelity: float | None = None
+    brute_force_recall: float | None = None
+
+    def to_json(self) -> dict:
+        return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
+                "brute_force_recall": self.brute_force_recall,
+                "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SeedRun:
+        metrics = UserMetrics(**{k: np.asarray(data["users"][k], dtype=np.float64) for k in METRICS})
+        return cls(seed=int(data["seed"]), metrics=metrics, seconds=float(data["seconds"]),
+                   fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"))
+
+
+def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
+    """Table rows: mean ± std over seeds, per-user SE, paired recall difference against
+    `reference` (same users, all seeds pooled), beam-search fidelity for tree methods."""
+    by_seed_reference = {r.seed: r.metrics.recall for r in runs.get(reference, [])}
+    results = {}
+    for name, seed_runs in runs.items():
+        summary = summarize_seeds([r.metrics for r in seed_runs])
+        summary["seconds"] = float(np.mean([r.seconds for r in seed_runs]))
+        if name != reference and by_seed_reference:
+            diffs = [r.metrics.recall - by_seed_reference[r.seed] for r in seed_runs if r.seed in by_seed_reference]
+            if diffs:
+                summary["recall_vs_reference"] = paired_difference(np.concatenate(diffs), 0.0)
+        fidelity = [r.fidelity for r in seed_runs if r.fidelity is not None]
+        if fidelity:
+            summary["beam_fidelity"] = float(np.mean(fidelity))
+            summary["brute_force_recall"] = float(np.mean([r.brute_force_recall for r in seed_runs
+                                                           if r.brute_force_recall is not None]))
+        results[name] = summary
+    return results
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Merge `compare --per-user` results of other seeds on the same data and protocol into
+    one table, exactly as if one run had covered all their seeds."""
+    if not parts:
+        raise DataError("nothing to merge")
+    for part in parts:
+        if "per_seed" not in part:
+            raise DataError("a result without per-user metrics: run compare with --per-user")
+    first = parts[0]
+    for part in parts[1:]:
+        if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]:
+            raise DataError("results come from different data (fingerprints differ)")
+        for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history"):
+            if part["protocol"][key] != first["protocol"][key]:
+                raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
+    seeds = [seed for part in parts for seed in part["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise DataError(f"a seed appears twice: {sorted(seeds)}")
+    methods = list(first["per_seed"])
+    runs: dict[str, list[SeedRun]] = {name: [] for name in methods}
+    for part in parts:
+        for name in methods:
+            if name not in part["per_seed"]:
+                raise DataError(f"method {name} is missing from a result")
+            runs[name] += [SeedRun.from_json(r) for r in part["per_seed"][name]]
+    merged = {**first, "seeds": sorted(seeds), "results": summarize_runs(runs, first["reference"])}
+    merged["protocol"] = {**first["protocol"], "seeds": sorted(seeds)}
+    merged["per_seed"] = {name: [r.to_json() for r in sorted(rs, key=lambda r: r.seed)] for name, rs in runs.items()}
+    return merged
 
 
 def _fit_order(methods: tuple[str, ...]) -> list[str]:

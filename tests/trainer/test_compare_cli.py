@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from trainer.cli import main
 from trainer.synth import SynthConfig, generate, write
 
@@ -26,3 +28,28 @@ def test_compare_writes_table_and_json(tmp_path: Path, capsys) -> None:
         assert set(r["std"]) == {"precision", "recall", "f_measure"}
     assert result["dataset"]["users"] > 0 and result["dataset"]["fingerprint"]
     assert "recall_vs_reference" in result["results"]["itemcf"]
+
+
+def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
+    """Seeds run separately (--per-user) and merged give exactly the table of one run."""
+    data = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=400, n_users=300, seed=0)), data)
+    common = ["compare", "--data", str(data), "--methods", "pop,itemcf", "--m", "20", "--per-user"]
+    assert main([*common, "--seeds", "2", "--json", str(tmp_path / "both.json")]) == 0
+    for seed in (0, 1):
+        assert main([*common, "--seed", str(seed), "--json", str(tmp_path / f"s{seed}.json")]) == 0
+    assert main(["merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"), "--json",
+                 str(tmp_path / "merged.json")]) == 0
+    both, merged = (json.loads((tmp_path / f).read_text()) for f in ("both.json", "merged.json"))
+    assert merged["seeds"] == [0, 1]
+    for name in ("pop", "itemcf"):
+        for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
+            if key in both["results"][name]:
+                assert merged["results"][name][key] == pytest.approx(both["results"][name][key])
+    # The same seed twice, or a result without per-user metrics, is refused with one line.
+    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), "--json", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    plain = tmp_path / "p.json"
+    assert main(["compare", "--data", str(data), "--methods", "pop", "--m", "20", "--json", str(plain)]) == 0
+    assert main(["merge", str(tmp_path / "p.json"), "--json", str(tmp_path / "x")]) == 2
+    assert "--per-user" in capsys.readouterr().err
