@@ -159,15 +159,37 @@ class TreeScorer(nn.Module):
         """Logits when each group of columns has its own behaviour mapping (hierarchical).
 
         histories: (V, B, L) rows, one mapping per column group; nodes: (B, C); slices[v] are
-        the columns scored with histories[v]. Training uses this path: one embedding lookup and
-        one first-layer GEMM over all columns (per-level user/node splits materialise a
-        (V, B, H1, d) tensor and were 1.3x slower; per-level calls accumulated one sparse
-        gradient per level and were 3x slower).
+        the columns scored with histories[v]. Training uses this path. The user/node split is
+        applied per group: one embedding lookup for all V mappings and one for all targets,
+        (a_v, M_v) for every group at once, then per group a_v + M_v t over its columns; the
+        first layer then costs H1 x d per (sample, node) instead of H1 x (2W + 1) d. (Building
+        M with a broadcast product materialised (V, B, H1, W, d) and was slower than the
+        concatenation; the batched contraction below does not.)
         """
-        group = torch.zeros(nodes.shape[1], dtype=torch.long, device=nodes.device)
-        for v, cols in enumerate(slices):
-            group[cols] = v
-        return self.concat_logits(histories, nodes, group)
+        if self.config.attention:
+            group = torch.zeros(nodes.shape[1], dtype=torch.long, device=nodes.device)
+            for v, cols in enumerate(slices):
+                group[cols] = v
+            return self.concat_logits(histories, nodes, group)
+        groups, batch, length = histories.shape
+        embedded, mask = self.embed_history(histories.reshape(groups * batch, length))
+        pooled = self.pool(embedded, mask)  # (V B, W, d)
+        a_w, b_w, c_w = self.first_layer_blocks()
+        a = (pooled.flatten(1) @ a_w.T + self.first.bias).reshape(groups, batch, -1)  # (V, B, H1)
+        # M[n, h, k] = sum_w pooled[n, w, k] C[h, w, k] + B[h, k]: d batched (V B, W) @ (W, H1),
+        # kept transposed and contiguous, (V B, d, H1), the layout baddbmm takes below.
+        m_t = torch.bmm(pooled.permute(2, 0, 1), c_w.permute(2, 1, 0)).transpose(0, 1).contiguous() + b_w.T
+        m_t = m_t.reshape(groups, batch, *m_t.shape[1:])  # (V, B, d, H1)
+        rows = self.rows(nodes)
+        target = self.embedding(rows)  # (B, C, d)
+        # unbind/split, not a[v] / target[:, cols]: their backward is one stack / one cat, where
+        # indexing would zero-fill a full-size gradient per group.
+        widths = [cols.stop - cols.start for cols in slices]
+        assert slices[0].start == 0 and all(p.stop == n.start for p, n in zip(slices, slices[1:], strict=False))
+        hidden = torch.cat([torch.baddbmm(a_v[:, None, :], t_v, m_v)
+                            for a_v, m_v, t_v in zip(a.unbind(0), m_t.unbind(0), target.split(widths, dim=1),
+                                                     strict=True)], dim=1)  # (B, C, H1)
+        return self._mlp(hidden) + self.bias(rows).squeeze(-1)
 
     def concat_logits(self, histories: torch.Tensor, nodes: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         """Logits by explicit concatenation [u_1..u_W, t, u_1*t..u_W*t] (no user/node split).

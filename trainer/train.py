@@ -58,17 +58,17 @@ class TrainingForward(torch.nn.Module):
     """The training computation as one `forward`, so DistributedDataParallel can wrap it.
 
     forward(history (B, L), nodes (B, C)) for plain features; forward(histories (V, B, L),
-    nodes, group (C,)) for hierarchical ones (column c uses mapping group[c]).
+    nodes, slices) for hierarchical ones (columns slices[v] use mapping v).
     """
 
     def __init__(self, model: TreeScorer) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, history: torch.Tensor, nodes: torch.Tensor, group: torch.Tensor | None = None) -> torch.Tensor:
-        if group is None:
+    def forward(self, history: torch.Tensor, nodes: torch.Tensor, slices: list[slice] | None = None) -> torch.Tensor:
+        if slices is None:
             return self.model(history, nodes)
-        return self.model.concat_logits(history, nodes, group)
+        return self.model.score_by_level(history, nodes, slices)
 
 
 def batch_logits(
@@ -90,10 +90,7 @@ def batch_logits(
         return forward(torch.from_numpy(histories.astype(np.int64)).to(device), nodes_t)
     assert tree is not None and level_slices is not None
     mapped = np.stack([tree.ancestor_ids(histories, level) for level in level_slices])  # (V, B, L)
-    group = torch.zeros(nodes.shape[1], dtype=torch.long)
-    for v, columns in enumerate(level_slices.values()):
-        group[columns] = v
-    return forward(torch.from_numpy(mapped).to(device), nodes_t, group.to(device))
+    return forward(torch.from_numpy(mapped).to(device), nodes_t, list(level_slices.values()))
 
 
 def make_step(

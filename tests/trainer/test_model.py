@@ -69,3 +69,25 @@ def test_score_by_level_equals_per_level_calls(attention: bool) -> None:
         together = model.score_by_level(histories, nodes, slices)
         apart = torch.cat([model(histories[v], nodes[:, cols]) for v, cols in enumerate(slices)], dim=1)
     torch.testing.assert_close(together, apart, atol=1e-5, rtol=1e-5)
+
+
+def test_score_by_level_gradients_equal_the_concatenation() -> None:
+    """Training's split path gives the logits and the gradients of the explicit concatenation."""
+    torch.manual_seed(3)
+    model = TreeScorer(40, ScorerConfig(dim=8, hidden=(16, 8), max_history=10), sparse=False)
+    histories = torch.randint(-1, 40, (3, 5, 10))
+    nodes = torch.randint(0, 40, (5, 9))
+    slices = [slice(0, 2), slice(2, 5), slice(5, 9)]
+    group = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    weights = torch.randn(5, 9)
+    grads = []
+    for logits in (lambda: model.score_by_level(histories, nodes, slices),
+                   lambda: model.concat_logits(histories, nodes, group)):
+        model.zero_grad()
+        out = logits()
+        (out * weights).sum().backward()
+        grads.append((out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-5)
+    assert grads[0][1].keys() == grads[1][1].keys()
+    for name in grads[0][1]:
+        torch.testing.assert_close(grads[0][1][name], grads[1][1][name], atol=1e-5, rtol=1e-4, msg=name)
