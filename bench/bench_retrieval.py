@@ -1,8 +1,10 @@
 """Beam search vs brute force with the same model, and exact inner-product retrieval for context.
 
 For each corpus size (synthetic artifacts, bench/.cache): per-request latency of
-- the service's beam search (ONNX scorer, k = 200, beam = 200, one request at a time),
-- brute force: the same ONNX scorer on every item (chunks of 16K candidates), then top-k,
+- the service's beam search (ONNX scorer, 1 thread, k = 200, beam = 200, one request at a time),
+- brute force: the same ONNX scorer on every item (`--chunk` candidates per call, 4096 by
+  default: larger calls spill the L2 cache and are slower per candidate), then top-k; with the
+  scorer's 1 thread (the same settings as the beam search) and with `--brute-threads` threads,
 - exact inner-product top-k (the YouTube-DNN retrieval): one (d,) x (N, d) product + top-k.
 Also the beam width sweep (latency and overlap with brute force's top-k). Prints tables,
 writes JSON.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -25,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_service import artifact_for  # noqa: E402
 from service.config import Settings  # noqa: E402
-from service.core.beam import brute_force  # noqa: E402
+from service.core.beam import beam_search, brute_force  # noqa: E402
 from service.core.topk import top_k  # noqa: E402
 from service.model_store import load_bundle  # noqa: E402
 from service.retrieval import search  # noqa: E402
-from service.scorer import level_score_fn  # noqa: E402
+from service.scorer import OnnxScorer, level_score_fn  # noqa: E402
 
 
 def timed(fn, repeat: int) -> tuple[list[float], object]:
@@ -47,8 +50,10 @@ def ms(times: list[float]) -> dict[str, float]:
             "mean": float(values.mean())}
 
 
-def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: list[int]) -> dict:
-    bundle = load_bundle(artifact_for(n_items), Settings(batching=False))
+def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: list[int], chunk: int,
+               brute_threads: int) -> dict:
+    artifact = artifact_for(n_items)
+    bundle = load_bundle(artifact, Settings(batching=False))
     rng = np.random.default_rng(0)
     histories = [rng.integers(0, n_items, rng.integers(5, 70)).astype(np.int64) for _ in range(requests)]
     for h in histories[:10]:
@@ -59,27 +64,40 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
         search(bundle, h, k, k)
         beam_times.append(time.perf_counter() - started)
 
-    def brute(history: np.ndarray):
+    def brute(history: np.ndarray, scorer: OnnxScorer):
         row = np.full((1, bundle.history_length), -1, dtype=np.int64)
         row[0, :len(history[:bundle.history_length])] = history[:bundle.history_length]
-        score = level_score_fn(bundle.scorer.score, bundle.tree, row, bundle.hierarchical)
-        return brute_force(n_items, score, 1, k, bundle.tree.depth, chunk=16384)
+        score = level_score_fn(scorer.score, bundle.tree, row, bundle.hierarchical)
+        return brute_force(n_items, score, 1, k, bundle.tree.depth, chunk=chunk)
 
     brute_times, exact = [], []
     for h in histories[:brute_requests]:
         started = time.perf_counter()
-        exact.append(brute(h).items[0])
+        exact.append(brute(h, bundle.scorer).items[0])
         brute_times.append(time.perf_counter() - started)
+    wide = OnnxScorer(artifact / "scorer.onnx", threads=brute_threads)
+    brute(histories[0], wide)
+    brute_wide_times = []
+    for h, want in zip(histories[:brute_requests], exact, strict=False):
+        started = time.perf_counter()
+        got = brute(h, wide).items[0]
+        brute_wide_times.append(time.perf_counter() - started)
+        assert np.array_equal(np.sort(got), np.sort(want))
 
     sweep = []
     for beam in beams:
-        overlap, times = [], []
+        overlap, times, candidates = [], [], []
         for h, want in zip(histories[:brute_requests], exact, strict=False):
+            row = np.full((1, bundle.history_length), -1, dtype=np.int64)
+            row[0, :len(h[:bundle.history_length])] = h[:bundle.history_length]
+            score = level_score_fn(bundle.scorer.score, bundle.tree, row, bundle.hierarchical)
+            candidates.append(beam_search(bundle.tree, score, 1, k, beam).candidates_scored)
             started = time.perf_counter()
             got = search(bundle, h, k, beam).items
             times.append(time.perf_counter() - started)
             overlap.append(len(np.intersect1d(got, want)) / len(want))
-        sweep.append({"beam": beam, "latency_ms": ms(times), "overlap_with_brute_force": float(np.mean(overlap))})
+        sweep.append({"beam": beam, "latency_ms": ms(times), "candidates": float(np.mean(candidates)),
+                      "overlap_with_brute_force": float(np.mean(overlap))})
 
     vectors = np.random.default_rng(1).standard_normal((n_items, 32)).astype(np.float32)
     users = np.random.default_rng(2).standard_normal((requests, 32)).astype(np.float32)
@@ -89,10 +107,11 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
         top_k((vectors @ user)[None, :], k)
         ip_times.append(time.perf_counter() - started)
     bundle.close()
-    beam_ms, brute_ms = ms(beam_times), ms(brute_times)
+    beam_ms, brute_ms, brute_wide_ms = ms(beam_times), ms(brute_times), ms(brute_wide_times)
     return {"items": n_items, "depth": bundle.tree.depth, "beam_search_ms": beam_ms, "brute_force_ms": brute_ms,
-            "brute_over_beam": brute_ms["p50"] / beam_ms["p50"], "inner_product_ms": ms(ip_times),
-            "beam_sweep": sweep}
+            "brute_over_beam": brute_ms["p50"] / beam_ms["p50"], "brute_force_threads": brute_threads,
+            "brute_force_wide_ms": brute_wide_ms, "brute_wide_over_beam": brute_wide_ms["p50"] / beam_ms["p50"],
+            "chunk": chunk, "inner_product_ms": ms(ip_times), "beam_sweep": sweep}
 
 
 def main() -> None:
@@ -102,27 +121,34 @@ def main() -> None:
     parser.add_argument("--brute-requests", type=int, default=10)
     parser.add_argument("--k", type=int, default=200)
     parser.add_argument("--beams", default="100,200,400,800")
+    parser.add_argument("--chunk", type=int, default=4096, help="brute force: candidates per scorer call")
+    parser.add_argument("--brute-threads", type=int, default=2, help="brute force: threads of the second scorer")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     beams = [int(b) for b in args.beams.split(",")]
-    rows = [bench_size(int(n), args.requests, args.brute_requests, args.k, beams) for n in args.sizes.split(",")]
-    print(f"\nk = {args.k}, one request at a time, ONNX scorer with 1 thread\n")
-    print("| items | depth | beam search p50 ms | p99 | brute force p50 ms | brute / beam | inner product p50 ms |")
-    print("|---|---|---|---|---|---|---|")
+    rows = [bench_size(int(n), args.requests, args.brute_requests, args.k, beams, args.chunk, args.brute_threads)
+            for n in args.sizes.split(",")]
+    print(f"\nk = {args.k}, one request at a time; beam search with the service's scorer (1 ORT thread), "
+          f"brute force with the same scorer ({args.chunk} candidates per call), then with {args.brute_threads} "
+          "threads (ms)\n")
+    print("| items | depth | beam search p50 | p99 | brute force p50 | brute / beam | brute force "
+          f"{args.brute_threads} threads p50 | that / beam | inner product p50 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['items']:,} | {r['depth']} | {r['beam_search_ms']['p50']:.2f} | {r['beam_search_ms']['p99']:.2f} "
               f"| {r['brute_force_ms']['p50']:.1f} | {r['brute_over_beam']:.0f}x "
+              f"| {r['brute_force_wide_ms']['p50']:.1f} | {r['brute_wide_over_beam']:.0f}x "
               f"| {r['inner_product_ms']['p50']:.2f} |")
-    print("\n| items | beam | p50 ms | overlap with brute-force top-k |")
-    print("|---|---|---|---|")
+    print("\n| items | beam | candidates scored | p50 ms | overlap with brute-force top-k |")
+    print("|---|---|---|---|---|")
     for r in rows:
         for s in r["beam_sweep"]:
-            print(f"| {r['items']:,} | {s['beam']} | {s['latency_ms']['p50']:.2f} | "
+            print(f"| {r['items']:,} | {s['beam']} | {s['candidates']:,.0f} | {s['latency_ms']['p50']:.2f} | "
                   f"{100 * s['overlap_with_brute_force']:.1f}% |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "k": args.k, "results": rows},
-                                              indent=2))
+        Path(args.json).write_text(json.dumps({"command": shlex.join(["python", *sys.argv]), "k": args.k,
+                                               "results": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -54,7 +54,11 @@ class Settings(BaseSettings):
     # calls (thread hand-off costs more than it saves: 4.2 vs 6.4 ms per 1M-item search on 2
     # cores); concurrent requests run their calls in parallel instead.
     ort_threads: int = Field(1, ge=1)
-    batching: bool = True
+    # Cross-request micro-batching of scorer calls. Unset: on with the CUDA provider, off on CPU,
+    # where a call for many rows costs more per row than one-row calls (its intermediates leave
+    # the L2 cache beyond ~4 rows) and the one batching thread would put all scoring on one core:
+    # at 150 requests/s on 2 cores it queued to ~0.5 s p50 (docs/PERFORMANCE.md).
+    batching: bool | None = None
     batch_max_rows: int = Field(64, ge=1, description="scorer rows (user x level) per call")
     batch_max_wait_ms: float = Field(1.0, ge=0)
     batch_queue_rows: int = Field(2048, ge=1, description="pending rows before 503")
@@ -65,6 +69,13 @@ class Settings(BaseSettings):
 
     # Admin API (reload, rollback, A/B): bearer token; admin routes are off without one.
     admin_token: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_batching(cls, data: object) -> object:
+        if isinstance(data, dict) and data.get("batching") is None:
+            data = {**data, "batching": data.get("device", "cpu") == "cuda"}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> Settings:

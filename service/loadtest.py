@@ -25,7 +25,7 @@ import json
 import random
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -94,14 +94,17 @@ class _ConnectionPool:
 
     def __init__(self, host: str, port: int, limit: int) -> None:
         self.host, self.port = host, port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        # Idle connections are reused oldest first, so requests spread over every connection
+        # the load has needed, as from many clients. Newest first kept reusing one connection
+        # while latency was low, which sent nearly everything to one `--workers` process.
+        self.idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
         self.slots = asyncio.Semaphore(limit)
 
     async def request(self, payload: bytes) -> tuple[int, dict[str, str]]:
         async with self.slots:
             if self.idle:
                 try:
-                    return await self._exchange(*self.idle.pop(), payload)
+                    return await self._exchange(*self.idle.popleft(), payload)
                 except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError):
                     pass  # the server closed this idle connection meanwhile: retry on a fresh one
             reader, writer = await asyncio.open_connection(self.host, self.port)
@@ -159,7 +162,8 @@ async def run_load(url: str, bodies: list[dict], rate: float, duration: float, m
     async def one(i: int, intended: float) -> None:
         version = None
         try:
-            status, headers = await asyncio.wait_for(pool.request(payloads[i % len(payloads)]), timeout)
+            async with asyncio.timeout(timeout):  # cheaper than wait_for, which wraps the call in a task
+                status, headers = await pool.request(payloads[i % len(payloads)])
             outcome = "ok" if status == 200 else f"http_{status}"
             version = headers.get("x-model-version")
         except TimeoutError:
@@ -248,13 +252,15 @@ def _open(path: Path) -> io.TextIOBase:
 # ----------------------------------------------------------------------------- output
 
 
-def plot(result: LoadResult, path: Path, title: str = "") -> None:
+def plot(result: LoadResult, path: Path, title: str = "", warmup: float = 0.0) -> None:
+    """Latency histogram (requests after the warm-up, as in the summary) and latency over the run
+    (all requests, the warm-up shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = np.array([r.latency for r in result.records if r.outcome == "ok"]) * 1000
+    ok = np.array([r.latency for r in result.records if r.outcome == "ok" and r.intended >= warmup]) * 1000
     fig, (hist, timeline) = plt.subplots(1, 2, figsize=(11, 4))
     if len(ok):
         bins = np.logspace(np.log10(max(ok.min(), 0.1)), np.log10(ok.max() + 1e-9), 60)
@@ -270,10 +276,12 @@ def plot(result: LoadResult, path: Path, title: str = "") -> None:
     timeline.scatter(times[~failed], lat[~failed], s=2, alpha=0.5, label="ok")
     if failed.any():
         timeline.scatter(times[failed], lat[failed], s=8, color="red", label="error")
+    if warmup > 0:
+        timeline.axvspan(0, warmup, color="0.9", label="warm-up (not counted)")
     timeline.set_yscale("log")
     timeline.set(xlabel="intended send time (s)", ylabel="latency (ms)", title="Latency over the run")
     timeline.legend()
-    fig.suptitle(title or f"open loop at {result.rate:g} req/s")
+    fig.suptitle(title or f"open loop at {result.rate:g} req/s, {len(ok)} requests counted")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -318,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "started": result.started, **summary},
                                               indent=2))
     if args.plot:
-        plot(result, Path(args.plot))
+        plot(result, Path(args.plot), warmup=args.warmup)
     if args.raw:
         with open(args.raw, "w") as fh:
             for r in result.records:

@@ -58,16 +58,26 @@ class OnnxScorer:
 def level_score_fn(score_rows: RowScorer, tree: Tree, histories: np.ndarray, hierarchical: bool) -> ScoreFn:
     """Bind users' histories (U, L) item ids to a beam-search score function.
 
-    Plain: every level uses the item rows. Hierarchical: level l uses the ancestors' rows at l,
-    computed once per level and user batch.
+    Plain: every level uses the item rows. Hierarchical: level l uses the ancestors' rows at l
+    (`Tree.ancestor_ids`), computed once per level and user batch from the behaviours' leaf
+    positions, which are looked up once.
     """
     cache: dict[int, np.ndarray] = {}
+    if hierarchical:
+        histories = np.asarray(histories)
+        valid = histories != -1
+        leaves = tree.item_leaf[np.where(valid, histories, 0)]
 
     def score(level: int, node_ids: np.ndarray) -> np.ndarray:
         if hierarchical:
             rows = cache.get(level)
             if rows is None:
-                rows = cache[level] = tree.ancestor_ids(histories, level)
+                if level == tree.depth:
+                    rows = np.where(valid, histories, -1).astype(np.int64)
+                else:
+                    ancestors = leaves // tree.arity ** (tree.depth - level)
+                    rows = np.where(valid, tree.n_items + tree.level_offset(level) + ancestors, -1)
+                cache[level] = rows
         else:
             rows = histories
         return score_rows(rows, node_ids)

@@ -80,9 +80,13 @@ def _search(tree: Tree, score: ScoreFn, n_users: int, k: int, beam: int, allowed
     level = start_level(tree, beam)
     first = tree.nonempty_positions(level)
     candidates = np.broadcast_to(first, (n_users, len(first)))
+    dense = True  # no -1 among the candidates: the common case, which skips the masking below
     levels_scored = scored = 0
     while True:
-        ids = tree.node_ids(level, candidates)
+        if dense and level < tree.depth:
+            ids = tree.n_items + tree.level_offset(level) + candidates  # tree.node_ids without the -1 mask
+        else:
+            ids = tree.node_ids(level, candidates)
         valid = ids >= 0
         if level == tree.depth and allowed is not None:
             valid &= allowed(np.where(valid, ids, -1))
@@ -94,10 +98,17 @@ def _search(tree: Tree, score: ScoreFn, n_users: int, k: int, beam: int, allowed
             items = np.where(index >= 0, gather(ids, np.maximum(index, 0)), -1)
             return SearchResult(items=items, scores=values, levels_scored=levels_scored, candidates_scored=scored)
         kept = _keep(tree, level, candidates, scores, beam, k, allowed)
-        children = tree.children(kept).reshape(n_users, -1)
         nonempty = tree.nonempty(level + 1)
-        children = np.where((children >= 0) & nonempty[np.maximum(children, 0)], children, -1)
-        candidates = _compact(children)
+        if (kept >= 0).all():
+            children = (kept[..., None] * tree.arity + np.arange(tree.arity)).reshape(n_users, -1)
+            usable = nonempty[children]
+            dense = bool(usable.all())
+            candidates = children if dense else _compact(np.where(usable, children, -1))
+        else:
+            children = tree.children(kept).reshape(n_users, -1)
+            children = np.where((children >= 0) & nonempty[np.maximum(children, 0)], children, -1)
+            candidates = _compact(children)
+            dense = bool((candidates >= 0).all())
         level += 1
 
 
@@ -130,10 +141,11 @@ def brute_force(
 
 def _score(score: ScoreFn, level: int, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Call the scorer with invalid entries as -1 and mask them to -inf afterwards."""
-    result = np.asarray(score(level, np.where(valid, ids, -1)), dtype=np.float64)
+    everything = bool(valid.all())
+    result = np.asarray(score(level, ids if everything else np.where(valid, ids, -1)), dtype=np.float64)
     if result.shape != ids.shape:
         raise ValueError(f"scorer returned shape {result.shape} for candidates {ids.shape}")
-    return np.where(valid, result, -np.inf)
+    return result if everything else np.where(valid, result, -np.inf)
 
 
 def _keep(
@@ -151,7 +163,15 @@ def _keep(
     # an unordered top-beam (argpartition, O(C)) is enough; no full sort.
     top = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
     kept = gather(candidates, top)
-    kept = np.where(np.isfinite(gather(scores, top)), kept, -1)
+    top_scores = gather(scores, top)
+    if np.isfinite(top_scores).all() and (kept >= 0).all():
+        # Every kept node is a real one: no per-node count is needed when even the emptiest
+        # non-empty node of the level would give `beam` of them k items (counts are of usable
+        # items only at the last internal level, and only a filter makes them differ).
+        if (allowed is None or level < tree.depth - 1) and beam * tree.min_nonempty_count(level) >= k:
+            return kept
+    else:
+        kept = np.where(np.isfinite(top_scores), kept, -1)
     if (_usable_counts(tree, level, kept, allowed).sum(axis=1) >= k).all():
         return kept
     order = np.argsort(-scores, axis=1, kind="stable")

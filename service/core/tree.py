@@ -193,6 +193,16 @@ class Tree:
             self._cache[("positions", level)] = cached
         return cached
 
+    def min_nonempty_count(self, level: int) -> int:
+        """Fewest items under any non-empty node of `level` (cached): a lower bound the beam
+        search uses to skip counting items under the nodes it keeps."""
+        cached = self._cache.get(("min_count", level))
+        if cached is None:
+            counts = self.item_counts_cached(level)
+            cached = np.array(int(counts[counts > 0].min()) if (counts > 0).any() else 0)
+            self._cache[("min_count", level)] = cached
+        return int(cached)
+
     def widest_level(self) -> int:
         """Most non-empty nodes on any level (the widest a beam can usefully be)."""
         cached = self._cache.get(("widest", 0))
@@ -206,6 +216,7 @@ class Tree:
         for level in range(self.depth + 1):
             self.nonempty_positions(level)
             self.item_counts_cached(level)
+            self.min_nonempty_count(level)
         self.widest_level()
         return self
 
