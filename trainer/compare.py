@@ -77,6 +77,8 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
                 exact = method.brute_force(test, config.m, config.exclude_seen)
                 run.fidelity = beam_fidelity(recommended, exact)
                 run.brute_force_recall = user_metrics(exact, test, config.m).means()["recall"]
+            if getattr(method, "joint_history", None) is not None:
+                run.joint = method.joint_history.to_json()  # L(theta, pi) and recall per iteration
             runs[name].append(run)
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
@@ -108,17 +110,19 @@ class SeedRun:
     seconds: float
     fidelity: float | None = None
     brute_force_recall: float | None = None
+    joint: dict | None = None  # joint methods: the loop's history (global loss, moves, recall)
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
-                "brute_force_recall": self.brute_force_recall,
+                "brute_force_recall": self.brute_force_recall, "joint": self.joint,
                 "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
 
     @classmethod
     def from_json(cls, data: dict) -> SeedRun:
         metrics = UserMetrics(**{k: np.asarray(data["users"][k], dtype=np.float64) for k in METRICS})
         return cls(seed=int(data["seed"]), metrics=metrics, seconds=float(data["seconds"]),
-                   fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"))
+                   fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"),
+                   joint=data.get("joint"))
 
 
 def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
@@ -201,4 +205,28 @@ def format_table(result: dict) -> str:
                       "(same model) |", "|---|---|---|"]
         for name, r in fidelity.items():
             lines.append(f"| {name} | {100 * r['beam_fidelity']:.1f}% | {100 * r['brute_force_recall']:.2f}% |")
+    lines += _joint_lines(result)
     return "\n".join(lines)
+
+
+def _joint_lines(result: dict) -> list[str]:
+    """Per joint method and seed: the global loss L(theta, pi) per iteration (equation 2,
+    per sample), each tree-learning step's loss before and after with the model fixed (summed
+    over the samples tree learning used; the reports hold -L, the objective it maximises), the
+    share of items moved and validation recall, so that "the loss does not rise" can be read
+    off the table. Needs the per-seed records (`--per-user`)."""
+    joint = [(name, run) for name, runs in result.get("per_seed", {}).items() for run in runs if run.get("joint")]
+    if not joint:
+        return []
+    lines = ["", "| Joint method | seed | L(θ, π) per iteration | tree step, model fixed: L before → after "
+                 "(sum) | items moved | validation recall | best |", "|---|---|---|---|---|---|---|"]
+    for name, run in joint:
+        its = run["joint"]["iterations"]
+        loss = " → ".join(f"{it['global_loss']:.4f}" for it in its)
+        steps = ", ".join(f"{-it['objective_before']:,.0f} → {-it['objective_after']:,.0f}" for it in its
+                          if it.get("objective_after") is not None and it.get("objective_before") is not None)
+        moved = ", ".join(f"{100 * it['moved_fraction']:.1f}%" for it in its[1:])
+        recall = " → ".join(f"{100 * it['valid']['recall']:.2f}" for it in its)
+        lines.append(f"| {name} | {run['seed']} | {loss} | {steps or '-'} | {moved or '-'} | {recall} "
+                     f"| {run['joint']['best_iteration']} |")
+    return lines

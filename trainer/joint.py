@@ -57,8 +57,8 @@ class IterationRecord:
     global_loss: float  # L(theta_t, pi_t) / samples, features under pi_t
     valid: dict[str, float]
     moved_fraction: float = 0.0
-    objective_before: float | None = None  # tree-learning step, model fixed: L(theta_{t-1}, pi_{t-1})
-    objective_after: float | None = None  # L(theta_{t-1}, pi_t) (same features)
+    objective_before: float | None = None  # tree-learning step, model fixed: -L(theta_{t-1}, pi_{t-1}), summed
+    objective_after: float | None = None  # -L(theta_{t-1}, pi_t) on the same samples and features
     tree_seconds: float = 0.0
     train_seconds: float = 0.0
     tree_report: dict | None = None

@@ -53,3 +53,24 @@ def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
     assert main(["compare", "--data", str(data), "--methods", "pop", "--m", "20", "--json", str(plain)]) == 0
     assert main(["merge", str(tmp_path / "p.json"), "--json", str(tmp_path / "x")]) == 2
     assert "--per-user" in capsys.readouterr().err
+
+
+def test_joint_history_is_kept_and_tabled(tmp_path: Path, capsys) -> None:
+    """compare --per-user keeps each joint run's loop history (global loss per iteration, tree
+    step before/after), merge carries it over, and the table prints it."""
+    data = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=200, n_users=200, seed=1)), data)
+    out = tmp_path / "res.json"
+    assert main(["compare", "--data", str(data), "--methods", "tdm,jtm-j", "--m", "20", "--per-user",
+                 "--epochs", "1", "--iterations", "1", "--retrain-epochs", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out.read_text())
+    history = result["per_seed"]["jtm-j"][0]["joint"]
+    assert result["per_seed"]["tdm"][0]["joint"] is None
+    iterations = history["iterations"]
+    assert [it["iteration"] for it in iterations] == [0, 1]
+    assert iterations[1]["objective_after"] >= iterations[1]["objective_before"]  # -L: the step never loses
+    assert f"| jtm-j | 0 | {iterations[0]['global_loss']:.4f} → {iterations[1]['global_loss']:.4f} |" in printed
+    assert main(["merge", str(out), "--json", str(tmp_path / "merged.json")]) == 0
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert merged["per_seed"]["jtm-j"][0]["joint"] == history
