@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from trainer.errors import DataError
@@ -60,12 +62,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
         test_fraction=args.test_fraction, max_history=args.max_history, reference=args.reference,
         per_user=args.per_user,
     )
-    result = run_compare(data, config, _method_options(args))
-    print(format_table(result))
+    save = None
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        save = partial(_write_json_atomically, Path(args.json))  # after every method: a stopped run keeps its rows
+    result = run_compare(data, config, _method_options(args), on_result=save)
+    print(format_table(result))
+    if args.json:
         print(f"\nwrote {args.json}")
+
+
+def _write_json_atomically(path: Path, value: dict) -> None:
+    """Replace `path` in one step, so a reader (or a kill) never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    os.replace(tmp, path)
 
 
 def cmd_merge(args: argparse.Namespace) -> None:

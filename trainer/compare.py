@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -35,11 +36,14 @@ class CompareConfig:
     per_user: bool = False  # keep per-user metrics of every seed in the result (for merging)
 
 
-def run_compare(data: Interactions, config: CompareConfig, options: MethodOptions) -> dict:
+def run_compare(data: Interactions, config: CompareConfig, options: MethodOptions,
+                on_result: Callable[[dict], None] | None = None) -> dict:
     """Fit and evaluate every method on every seed; return the JSON-ready result.
 
     With `per_user`, the result also keeps each seed's per-user metrics, so that results of
-    runs on other seeds (or machines) can be merged exactly (`merge_results`)."""
+    runs on other seeds (or machines) can be merged exactly (`merge_results`). `on_result`
+    gets the result so far after every fitted method (`"complete": false` until the end), so
+    a run of hours that is stopped keeps what it measured."""
     runs: dict[str, list[SeedRun]] = {name: [] for name in config.methods}
     split_sizes = None
     for seed in config.seeds:
@@ -82,7 +86,20 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             runs[name].append(run)
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
+            if on_result is not None:
+                on_result(_result(data, config, runs, split_sizes, complete=False))
+    result = _result(data, config, runs, split_sizes, complete=True)
+    if on_result is not None:
+        on_result(result)
+    return result
+
+
+def _result(data: Interactions, config: CompareConfig, runs: dict[str, list[SeedRun]],
+            split_sizes: dict | None, complete: bool) -> dict:
+    """The JSON-ready result of the methods fitted so far (all of them when `complete`)."""
+    runs = {name: seed_runs for name, seed_runs in runs.items() if seed_runs}
     result = {
+        "complete": complete,
         "m": config.m,
         "exclude_seen": config.exclude_seen,
         "seeds": list(config.seeds),
@@ -152,6 +169,8 @@ def merge_results(parts: list[dict]) -> dict:
     if not parts:
         raise DataError("nothing to merge")
     for part in parts:
+        if part.get("complete") is False:
+            raise DataError("a result of a run that did not finish (complete: false): rerun its seed")
         if "per_seed" not in part:
             raise DataError("a result without per-user metrics: run compare with --per-user")
     first = parts[0]
@@ -171,7 +190,7 @@ def merge_results(parts: list[dict]) -> dict:
             if name not in part["per_seed"]:
                 raise DataError(f"method {name} is missing from a result")
             runs[name] += [SeedRun.from_json(r) for r in part["per_seed"][name]]
-    merged = {**first, "seeds": sorted(seeds), "results": summarize_runs(runs, first["reference"])}
+    merged = {**first, "complete": True, "seeds": sorted(seeds), "results": summarize_runs(runs, first["reference"])}
     merged["protocol"] = {**first["protocol"], "seeds": sorted(seeds)}
     merged["per_seed"] = {name: [r.to_json() for r in sorted(rs, key=lambda r: r.seed)] for name, rs in runs.items()}
     return merged

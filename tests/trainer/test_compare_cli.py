@@ -28,6 +28,28 @@ def test_compare_writes_table_and_json(tmp_path: Path, capsys) -> None:
         assert set(r["std"]) == {"precision", "recall", "f_measure"}
     assert result["dataset"]["users"] > 0 and result["dataset"]["fingerprint"]
     assert "recall_vs_reference" in result["results"]["itemcf"]
+    assert result["complete"] is True
+
+
+def test_results_are_saved_after_every_method(tmp_path: Path) -> None:
+    """A long compare writes its JSON after each fitted method (complete: false until the
+    end), so stopping it keeps what was measured; merge refuses such a partial result."""
+    from trainer.compare import CompareConfig, run_compare
+    from trainer.data import DataConfig, load_interactions
+    from trainer.methods import MethodOptions
+
+    data_path = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=300, n_users=200, seed=2)), data_path)
+    data = load_interactions(DataConfig(path=str(data_path)))
+    seen: list[dict] = []
+    config = CompareConfig(methods=("pop", "itemcf"), m=20, seeds=(0, 1), per_user=True)
+    final = run_compare(data, config, MethodOptions(), on_result=seen.append)
+    assert [list(r["results"]) for r in seen] == [["pop"], ["pop", "itemcf"], ["pop", "itemcf"],
+                                                   ["pop", "itemcf"], ["pop", "itemcf"]]
+    assert [r["complete"] for r in seen] == [False, False, False, False, True] and seen[-1] == final
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps(seen[0]))
+    assert main(["merge", str(partial), "--json", str(tmp_path / "x.json")]) == 2
 
 
 def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
