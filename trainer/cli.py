@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from functools import partial
 from pathlib import Path
@@ -74,9 +73,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def _write_json_atomically(path: Path, value: dict) -> None:
     """Replace `path` in one step, so a reader (or a kill) never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    from service.core.artifact import atomic_write_bytes
+
+    atomic_write_bytes(path, json.dumps(value, indent=2).encode())
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
