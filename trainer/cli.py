@@ -90,7 +90,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     result = merge_results(parts)
     print(format_table(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    _write_json_atomically(Path(args.json), result)
     print(f"\nwrote {args.json}")
 
 
@@ -254,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
 
-    merge = sub.add_parser("merge", help="merge compare --per-user results of different seeds into one table")
+    merge = sub.add_parser("merge", help="merge compare --per-user results (other seeds, or other methods "
+                                            "of the same seeds) into one table")
     merge.add_argument("results", nargs="+", help="JSON files written by compare --per-user")
     merge.add_argument("--json", required=True, help="write the merged result here")
     merge.set_defaults(func=cmd_merge)

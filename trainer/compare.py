@@ -87,16 +87,18 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
             if on_result is not None:
-                on_result(_result(data, config, runs, split_sizes, complete=False))
-    result = _result(data, config, runs, split_sizes, complete=True)
+                on_result(_result(data, config, options, runs, split_sizes, complete=False))
+    result = _result(data, config, options, runs, split_sizes, complete=True)
     if on_result is not None:
         on_result(result)
     return result
 
 
-def _result(data: Interactions, config: CompareConfig, runs: dict[str, list[SeedRun]],
+def _result(data: Interactions, config: CompareConfig, options: MethodOptions, runs: dict[str, list[SeedRun]],
             split_sizes: dict | None, complete: bool) -> dict:
-    """The JSON-ready result of the methods fitted so far (all of them when `complete`)."""
+    """The JSON-ready result of the methods fitted so far (all of them when `complete`).
+    `options` (the training budget and model overrides) is kept, so `merge_results` can
+    refuse to pool runs trained differently."""
     runs = {name: seed_runs for name, seed_runs in runs.items() if seed_runs}
     result = {
         "complete": complete,
@@ -112,6 +114,7 @@ def _result(data: Interactions, config: CompareConfig, runs: dict[str, list[Seed
             "truth": "distinct items of the second half",
             "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
         },
+        "options": asdict(options),
     }
     if config.per_user:
         result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
@@ -133,6 +136,10 @@ class SeedRun:
         return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
                 "brute_force_recall": self.brute_force_recall, "joint": self.joint,
                 "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
+
+    def same_metrics(self, other: SeedRun) -> bool:
+        """Identical per-user metrics (the same users, the same recommendations' scores)."""
+        return all(np.array_equal(getattr(self.metrics, k), getattr(other.metrics, k)) for k in METRICS)
 
     @classmethod
     def from_json(cls, data: dict) -> SeedRun:
@@ -163,9 +170,19 @@ def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
     return results
 
 
+# Options that change where or how fast a method runs, not what it learns.
+_EXECUTION_OPTIONS = ("device", "workers")
+
+
 def merge_results(parts: list[dict]) -> dict:
-    """Merge `compare --per-user` results of other seeds on the same data and protocol into
-    one table, exactly as if one run had covered all their seeds."""
+    """Merge `compare --per-user` results on the same data and protocol into one table,
+    exactly as if one run had covered all their seeds and methods.
+
+    Parts may hold other seeds (seeds run in parallel) or other methods of the same seed (a
+    method added later, or a long run split up): every (method, seed) pair is pooled. A pair
+    that appears twice is accepted only when both copies have identical per-user metrics (a
+    reproducible rerun); every method must end up with the same seeds, so that mean ± std
+    and the paired differences compare like with like."""
     if not parts:
         raise DataError("nothing to merge")
     for part in parts:
@@ -180,20 +197,47 @@ def merge_results(parts: list[dict]) -> dict:
         for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history"):
             if part["protocol"][key] != first["protocol"][key]:
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
-    seeds = [seed for part in parts for seed in part["seeds"]]
-    if len(set(seeds)) != len(seeds):
-        raise DataError(f"a seed appears twice: {sorted(seeds)}")
-    methods = list(first["per_seed"])
-    runs: dict[str, list[SeedRun]] = {name: [] for name in methods}
+        _check_same_options(first, part)
+    runs: dict[str, dict[int, SeedRun]] = {}
     for part in parts:
-        for name in methods:
-            if name not in part["per_seed"]:
-                raise DataError(f"method {name} is missing from a result")
-            runs[name] += [SeedRun.from_json(r) for r in part["per_seed"][name]]
-    merged = {**first, "complete": True, "seeds": sorted(seeds), "results": summarize_runs(runs, first["reference"])}
-    merged["protocol"] = {**first["protocol"], "seeds": sorted(seeds)}
-    merged["per_seed"] = {name: [r.to_json() for r in sorted(rs, key=lambda r: r.seed)] for name, rs in runs.items()}
+        for name, records in part["per_seed"].items():
+            by_seed = runs.setdefault(name, {})
+            for record in records:
+                run = SeedRun.from_json(record)
+                if run.seed in by_seed:
+                    if not by_seed[run.seed].same_metrics(run):
+                        raise DataError(f"{name} on seed {run.seed} appears twice with different results")
+                    log.info("merge: %s on seed %d appears twice with identical results; kept once",
+                             name, run.seed)
+                    continue
+                by_seed[run.seed] = run
+    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+    for name, by_seed in runs.items():
+        missing = [seed for seed in seeds if seed not in by_seed]
+        if missing:
+            raise DataError(f"method {name} is missing seed(s) {missing}: every method needs every seed")
+    reference = first["reference"]
+    if reference not in runs:
+        raise DataError(f"the reference method {reference} is missing")
+    merged_runs = {name: [by_seed[seed] for seed in seeds] for name, by_seed in runs.items()}
+    merged = {**first, "complete": True, "seeds": seeds, "results": summarize_runs(merged_runs, reference)}
+    merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": list(runs)}
+    merged["per_seed"] = {name: [r.to_json() for r in rs] for name, rs in merged_runs.items()}
     return merged
+
+
+def _check_same_options(first: dict, other: dict) -> None:
+    """Refuse to pool results trained with different budgets or model settings. Results
+    written before the options were recorded cannot be checked: say so, and go on."""
+    if "options" not in first or "options" not in other:
+        log.warning("merge: a result does not record its training options (written by an older "
+                    "version): make sure all parts ran with the same --epochs/--iterations/... flags")
+        return
+    keys = (set(first["options"]) | set(other["options"])) - set(_EXECUTION_OPTIONS)
+    differ = sorted(k for k in keys if first["options"].get(k) != other["options"].get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {first['options'].get(k)} vs {other['options'].get(k)}" for k in differ)
+        raise DataError(f"results were trained with different options ({detail})")
 
 
 def _fit_order(methods: tuple[str, ...]) -> list[str]:

@@ -68,13 +68,46 @@ def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
         for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
             if key in both["results"][name]:
                 assert merged["results"][name][key] == pytest.approx(both["results"][name][key])
-    # The same seed twice, or a result without per-user metrics, is refused with one line.
-    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), "--json", str(tmp_path / "x")]) == 2
+    # The same seed twice is kept once when its results are identical (a reproducible rerun),
+    # refused when they differ; a result without per-user metrics is refused with one line.
+    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "s0.json"), "--json", str(tmp_path / "x")]) == 0
+    assert json.loads((tmp_path / "x").read_text())["seeds"] == [0]
+    altered = json.loads((tmp_path / "s0.json").read_text())
+    altered["per_seed"]["pop"][0]["users"]["recall"][0] += 0.5
+    (tmp_path / "altered.json").write_text(json.dumps(altered))
     capsys.readouterr()
+    assert main(["merge", str(tmp_path / "s0.json"), str(tmp_path / "altered.json"),
+                 "--json", str(tmp_path / "x")]) == 2
+    assert "pop on seed 0 appears twice with different results" in capsys.readouterr().err
     plain = tmp_path / "p.json"
     assert main(["compare", "--data", str(data), "--methods", "pop", "--m", "20", "--json", str(plain)]) == 0
     assert main(["merge", str(tmp_path / "p.json"), "--json", str(tmp_path / "x")]) == 2
     assert "--per-user" in capsys.readouterr().err
+
+
+def test_merging_method_runs_equals_one_run(tmp_path: Path, capsys) -> None:
+    """Methods of the same seeds run separately and merged give exactly the table of one run
+    (paired differences included); a method without every seed, or parts trained with
+    different options, are refused."""
+    data = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=400, n_users=300, seed=2)), data)
+    common = ["compare", "--data", str(data), "--m", "20", "--per-user", "--seeds", "2"]
+    assert main([*common, "--methods", "pop,itemcf", "--json", str(tmp_path / "both.json")]) == 0
+    assert main([*common, "--methods", "pop", "--json", str(tmp_path / "pop.json")]) == 0
+    assert main([*common, "--methods", "itemcf", "--json", str(tmp_path / "cf.json")]) == 0
+    assert main(["merge", str(tmp_path / "pop.json"), str(tmp_path / "cf.json"), "--json",
+                 str(tmp_path / "merged.json")]) == 0
+    both, merged = (json.loads((tmp_path / f).read_text()) for f in ("both.json", "merged.json"))
+    assert list(merged["results"]) == ["pop", "itemcf"] and merged["protocol"]["methods"] == ["pop", "itemcf"]
+    for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
+        assert merged["results"]["itemcf"][key] == pytest.approx(both["results"]["itemcf"][key])
+    capsys.readouterr()
+    assert main([*common[:-2], "--seed", "2", "--methods", "pop", "--json", str(tmp_path / "pop2.json")]) == 0
+    assert main(["merge", str(tmp_path / "both.json"), str(tmp_path / "pop2.json"), "--json", str(tmp_path / "x")]) == 2
+    assert "method itemcf is missing seed(s) [2]" in capsys.readouterr().err
+    assert main([*common, "--methods", "itemcf", "--itemcf-neighbours", "5", "--json", str(tmp_path / "cf5.json")]) == 0
+    assert main(["merge", str(tmp_path / "pop.json"), str(tmp_path / "cf5.json"), "--json", str(tmp_path / "x")]) == 2
+    assert "different options (itemcf_neighbours: None vs 5)" in capsys.readouterr().err
 
 
 def test_joint_history_is_kept_and_tabled(tmp_path: Path, capsys) -> None:
