@@ -27,7 +27,7 @@ from trainer.metrics import user_metrics
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
 from trainer.tree_build import kmeans_tree
-from trainer.tree_learning import TreeLearningConfig, learn_tree, tree_objective
+from trainer.tree_learning import TreeLearningConfig, learn_tree, tree_objective, tree_objectives
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool 
         else:
             embeddings = method.model.embedding.weight[:old_tree.n_items].detach().numpy()
             new_tree = kmeans_tree(embeddings, seed=ctx.seed + iteration, arity=old_tree.arity)
-            before = -tree_objective(method.model, old_tree, old_tree, ctx.samples, index, hierarchical)
-            after = -tree_objective(method.model, new_tree, old_tree, ctx.samples, index, hierarchical)
+            before, after = (-v for v in tree_objectives(method.model, [old_tree, new_tree], old_tree,
+                                                           ctx.samples, index, hierarchical))
             tree_report = None
         tree_seconds = time.perf_counter() - started
         moved = float((new_tree.item_leaf != old_tree.item_leaf).mean())

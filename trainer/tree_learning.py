@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
@@ -439,8 +439,8 @@ def learn_tree(
     new_leaf[learnable] = top
     new_tree = Tree.from_leaves(new_leaf, arity=tree.arity, depth=tree.depth)
     if config.guard:
-        report.objective_before = -tree_objective(model, tree, tree, samples, chosen, hierarchical)
-        report.objective_after = -tree_objective(model, new_tree, tree, samples, chosen, hierarchical)
+        before, after = tree_objectives(model, [tree, new_tree], tree, samples, chosen, hierarchical)
+        report.objective_before, report.objective_after = -before, -after
         if report.objective_after < report.objective_before:
             report.kept_previous = True
             new_tree = tree
@@ -456,10 +456,22 @@ def tree_objective(
     """L(theta, pi) of equation (2) on samples[index]: -sum over samples and levels 1..depth of
     log p(b_j(pi(c)) | u). `feature_tree` gives the hierarchical behaviour mapping (the tree the
     model was trained with); `tree` gives the target paths being scored."""
+    return tree_objectives(model, [tree], feature_tree, samples, index, hierarchical, batch_size)[0]
+
+
+def tree_objectives(
+    model: TreeScorer, trees: Sequence[Tree], feature_tree: Tree, samples: SampleSet, index: np.ndarray,
+    hierarchical: bool, batch_size: int = 512,
+) -> list[float]:
+    """`tree_objective` for several target trees of the same depth under one feature mapping
+    (the guard's before and after): the user states, the expensive part with hierarchical
+    features (one per sample and level), are computed once and scored against every tree."""
     from trainer import distributed
 
+    if len({t.depth for t in trees}) != 1:
+        raise ValueError("tree_objectives needs trees of one depth")
     model.eval()
-    total = 0.0
+    totals = np.zeros(len(trees))
     targets = samples.targets
     ctx = distributed.context()
     if ctx is not None:  # each rank sums its share; all-reduced below
@@ -469,14 +481,15 @@ def tree_objective(
             batch = index[start:start + batch_size]
             hist = samples.histories(batch)
             state = None if hierarchical else model.user_state(torch.from_numpy(hist.astype(np.int64)))
-            for level in range(1, tree.depth + 1):
-                nodes = tree.ancestor_ids(targets[batch], level)[:, None]
+            for level in range(1, trees[0].depth + 1):
                 if hierarchical:
                     state = model.user_state(torch.from_numpy(feature_tree.ancestor_ids(hist, level)))
-                total -= float(F.logsigmoid(model.score(state, torch.from_numpy(nodes))).sum())
+                for which, tree in enumerate(trees):
+                    nodes = tree.ancestor_ids(targets[batch], level)[:, None]
+                    totals[which] -= float(F.logsigmoid(model.score(state, torch.from_numpy(nodes))).sum())
     if ctx is not None:
-        total = float(distributed.sum_array(np.array([total]))[0])
-    return total
+        totals = distributed.sum_array(totals)
+    return [float(t) for t in totals]
 
 
 # --------------------------------------------------------------------------- process pool

@@ -129,3 +129,19 @@ def test_joint_history_is_kept_and_tabled(tmp_path: Path, capsys) -> None:
     assert main(["merge", str(out), "--json", str(tmp_path / "merged.json")]) == 0
     merged = json.loads((tmp_path / "merged.json").read_text())
     assert merged["per_seed"]["jtm-j"][0]["joint"] == history
+
+
+def test_kmeans_reclustering_loop_reports_its_tree_steps(tmp_path: Path) -> None:
+    """TDM's re-clustering as a joint loop (Figure 2's comparison curve): continues from
+    JTM-H's model and records each step's loss before and after with the model fixed."""
+    data = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=200, n_users=200, seed=4)), data)
+    out = tmp_path / "res.json"
+    assert main(["compare", "--data", str(data), "--methods", "jtm-h,jtm-cluster", "--m", "20", "--per-user",
+                 "--epochs", "1", "--iterations", "1", "--retrain-epochs", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    iterations = result["per_seed"]["jtm-cluster"][0]["joint"]["iterations"]
+    assert [it["iteration"] for it in iterations] == [0, 1]
+    assert iterations[0]["global_loss"] > 0 and 0 < iterations[1]["moved_fraction"] <= 1
+    assert iterations[1]["objective_before"] < 0 and iterations[1]["objective_after"] < 0
+    assert result["options"]["iterations"] == 1 and result["options"]["retrain_epochs"] == 1

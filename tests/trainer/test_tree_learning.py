@@ -19,6 +19,7 @@ from trainer.tree_learning import (
     segments,
     subtree_layout,
     tree_objective,
+    tree_objectives,
 )
 
 
@@ -148,6 +149,20 @@ def test_learn_tree_close_to_exact_optimum(hierarchical: bool, n_items: int, gap
         index = np.arange(len(samples))
         assert tree_objective(model, new_tree, tree, samples, index, hierarchical) == pytest.approx(-got, rel=1e-4)
     assert np.mean(gaps) <= mean_gap and np.max(gaps) <= max_gap, gaps
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_objectives_of_several_trees_match_brute_force(hierarchical: bool) -> None:
+    """The guard scores the old and the learnt tree with shared user states: each total equals
+    the brute-force weights summed over that tree's assignment (features under the old tree)."""
+    tree, model, samples = tiny_problem(30, seed=3, hierarchical=hierarchical)
+    other = random_tree(tree.n_items, seed=7, arity=tree.arity)
+    weights = leaf_weights(model, tree, samples, hierarchical)
+    items = np.arange(tree.n_items)
+    index = np.arange(len(samples))
+    got = tree_objectives(model, [tree, other], tree, samples, index, hierarchical, batch_size=7)
+    assert got == pytest.approx([-weights[items, t.item_leaf].sum() for t in (tree, other)], rel=1e-5)
+    assert got[1] == pytest.approx(tree_objective(model, other, tree, samples, index, hierarchical), rel=1e-6)
 
 
 def test_parallel_workers_give_the_same_tree() -> None:
