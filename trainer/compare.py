@@ -182,12 +182,12 @@ def merge_results(parts: list[dict]) -> dict:
     method added later, or a long run split up): every (method, seed) pair is pooled. A pair
     that appears twice is accepted only when both copies have identical per-user metrics (a
     reproducible rerun); every method must end up with the same seeds, so that mean ± std
-    and the paired differences compare like with like."""
+    and the paired differences compare like with like. A run that did not finish (complete:
+    false) contributes the methods it finished; the merge is complete when every method any
+    part asked for is there."""
     if not parts:
         raise DataError("nothing to merge")
     for part in parts:
-        if part.get("complete") is False:
-            raise DataError("a result of a run that did not finish (complete: false): rerun its seed")
         if "per_seed" not in part:
             raise DataError("a result without per-user metrics: run compare with --per-user")
     first = parts[0]
@@ -219,9 +219,15 @@ def merge_results(parts: list[dict]) -> dict:
     reference = first["reference"]
     if reference not in runs:
         raise DataError(f"the reference method {reference} is missing")
-    merged_runs = {name: [by_seed[seed] for seed in seeds] for name, by_seed in runs.items()}
-    merged = {**first, "complete": True, "seeds": seeds, "results": summarize_runs(merged_runs, reference)}
-    merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": list(runs)}
+    wanted = list(dict.fromkeys(name for part in parts for name in part["protocol"].get("methods", part["per_seed"])))
+    lacking = [name for name in wanted if name not in runs]
+    if lacking:
+        log.warning("merge: no results for %s (a run that did not finish): the table leaves them out",
+                    ", ".join(lacking))
+    order = [name for name in wanted if name in runs] + [name for name in runs if name not in wanted]
+    merged_runs = {name: [runs[name][seed] for seed in seeds] for name in order}
+    merged = {**first, "complete": not lacking, "seeds": seeds, "results": summarize_runs(merged_runs, reference)}
+    merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": order}
     merged["per_seed"] = {name: [r.to_json() for r in rs] for name, rs in merged_runs.items()}
     return merged
 

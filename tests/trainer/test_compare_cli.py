@@ -33,7 +33,7 @@ def test_compare_writes_table_and_json(tmp_path: Path, capsys) -> None:
 
 def test_results_are_saved_after_every_method(tmp_path: Path) -> None:
     """A long compare writes its JSON after each fitted method (complete: false until the
-    end), so stopping it keeps what was measured; merge refuses such a partial result."""
+    end), so stopping it keeps what was measured, and merge can complete it later."""
     from trainer.compare import CompareConfig, run_compare
     from trainer.data import DataConfig, load_interactions
     from trainer.methods import MethodOptions
@@ -47,9 +47,20 @@ def test_results_are_saved_after_every_method(tmp_path: Path) -> None:
     assert [list(r["results"]) for r in seen] == [["pop"], ["pop", "itemcf"], ["pop", "itemcf"],
                                                    ["pop", "itemcf"], ["pop", "itemcf"]]
     assert [r["complete"] for r in seen] == [False, False, False, False, True] and seen[-1] == final
-    partial = tmp_path / "partial.json"
-    partial.write_text(json.dumps(seen[0]))
-    assert main(["merge", str(partial), "--json", str(tmp_path / "x.json")]) == 2
+    # A stopped run contributes what it finished: merged with the rest it gives the full table,
+    # alone it gives an incomplete one; a method that lacks a seed is refused.
+    partial, rest = tmp_path / "partial.json", tmp_path / "rest.json"
+    partial.write_text(json.dumps(seen[0]))  # pop on seed 0 only
+    assert main(["merge", str(partial), "--json", str(tmp_path / "x.json")]) == 0
+    alone = json.loads((tmp_path / "x.json").read_text())
+    assert alone["complete"] is False and list(alone["results"]) == ["pop"]
+    rest.write_text(json.dumps({**final, "per_seed": {"itemcf": final["per_seed"]["itemcf"][:1]}}))
+    assert main(["merge", str(partial), str(rest), "--json", str(tmp_path / "x.json")]) == 0
+    merged = json.loads((tmp_path / "x.json").read_text())
+    assert merged["complete"] is True and merged["seeds"] == [0] and list(merged["results"]) == ["pop", "itemcf"]
+    assert merged["per_seed"]["itemcf"] == final["per_seed"]["itemcf"][:1]
+    (tmp_path / "inconsistent.json").write_text(json.dumps(seen[2]))  # itemcf lacks seed 1
+    assert main(["merge", str(tmp_path / "inconsistent.json"), "--json", str(tmp_path / "x.json")]) == 2
 
 
 def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
