@@ -87,7 +87,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
             parts.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as exc:
             raise DataError(f"not a readable compare result ({exc.__class__.__name__})", path) from exc
-    result = merge_results(parts)
+    result = merge_results(parts, args.reference)
     print(format_table(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomically(Path(args.json), result)
@@ -258,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "of the same seeds) into one table")
     merge.add_argument("results", nargs="+", help="JSON files written by compare --per-user")
     merge.add_argument("--json", required=True, help="write the merged result here")
+    merge.add_argument("--reference", default=None,
+                       help="method the paired differences are taken against (default: the first part's)")
     merge.set_defaults(func=cmd_merge)
 
     train = sub.add_parser("train", help="train one method and write a run directory")

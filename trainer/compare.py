@@ -174,7 +174,7 @@ def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
 _EXECUTION_OPTIONS = ("device", "workers")
 
 
-def merge_results(parts: list[dict]) -> dict:
+def merge_results(parts: list[dict], reference: str | None = None) -> dict:
     """Merge `compare --per-user` results on the same data and protocol into one table,
     exactly as if one run had covered all their seeds and methods.
 
@@ -184,7 +184,8 @@ def merge_results(parts: list[dict]) -> dict:
     reproducible rerun); every method must end up with the same seeds, so that mean ± std
     and the paired differences compare like with like. A run that did not finish (complete:
     false) contributes the methods it finished; the merge is complete when every method any
-    part asked for is there."""
+    part asked for is there. `reference` re-bases the paired differences (default: the first
+    part's reference)."""
     if not parts:
         raise DataError("nothing to merge")
     for part in parts:
@@ -216,9 +217,9 @@ def merge_results(parts: list[dict]) -> dict:
         missing = [seed for seed in seeds if seed not in by_seed]
         if missing:
             raise DataError(f"method {name} is missing seed(s) {missing}: every method needs every seed")
-    reference = first["reference"]
+    reference = reference or first["reference"]
     if reference not in runs:
-        raise DataError(f"the reference method {reference} is missing")
+        raise DataError(f"the reference method {reference} is not in the results ({', '.join(runs)})")
     wanted = list(dict.fromkeys(name for part in parts for name in part["protocol"].get("methods", part["per_seed"])))
     lacking = [name for name in wanted if name not in runs]
     if lacking:
@@ -226,8 +227,9 @@ def merge_results(parts: list[dict]) -> dict:
                     ", ".join(lacking))
     order = [name for name in wanted if name in runs] + [name for name in runs if name not in wanted]
     merged_runs = {name: [runs[name][seed] for seed in seeds] for name in order}
-    merged = {**first, "complete": not lacking, "seeds": seeds, "results": summarize_runs(merged_runs, reference)}
-    merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": order}
+    merged = {**first, "complete": not lacking, "seeds": seeds, "reference": reference,
+              "results": summarize_runs(merged_runs, reference)}
+    merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": order, "reference": reference}
     merged["per_seed"] = {name: [r.to_json() for r in rs] for name, rs in merged_runs.items()}
     return merged
 

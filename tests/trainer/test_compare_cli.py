@@ -112,7 +112,16 @@ def test_merging_method_runs_equals_one_run(tmp_path: Path, capsys) -> None:
     assert list(merged["results"]) == ["pop", "itemcf"] and merged["protocol"]["methods"] == ["pop", "itemcf"]
     for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
         assert merged["results"]["itemcf"][key] == pytest.approx(both["results"]["itemcf"][key])
+    # Re-based paired differences: itemcf - pop from the table equals -(pop - itemcf).
+    assert main(["merge", str(tmp_path / "both.json"), "--reference", "itemcf", "--json",
+                 str(tmp_path / "rebased.json")]) == 0
+    rebased = json.loads((tmp_path / "rebased.json").read_text())
+    assert rebased["reference"] == "itemcf" and "recall_vs_reference" not in rebased["results"]["itemcf"]
+    assert rebased["results"]["pop"]["recall_vs_reference"]["mean"] == pytest.approx(
+        -both["results"]["itemcf"]["recall_vs_reference"]["mean"])
     capsys.readouterr()
+    assert main(["merge", str(tmp_path / "both.json"), "--reference", "dnn", "--json", str(tmp_path / "x")]) == 2
+    assert "reference method dnn is not in the results" in capsys.readouterr().err
     assert main([*common[:-2], "--seed", "2", "--methods", "pop", "--json", str(tmp_path / "pop2.json")]) == 0
     assert main(["merge", str(tmp_path / "both.json"), str(tmp_path / "pop2.json"), "--json", str(tmp_path / "x")]) == 2
     assert "method itemcf is missing seed(s) [2]" in capsys.readouterr().err
