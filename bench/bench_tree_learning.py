@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.data import DataConfig, load_interactions, make_samples, split_users  # noqa: E402
@@ -46,6 +48,7 @@ def main() -> None:
     split = split_users(data.n_users, 0)
     samples = make_samples(data, split.train)
     tree = initial_tree(data, split.train, "auto", 0, 2)
+    torch.manual_seed(0)  # the same initial weights every run, so runs move the same items
     model = TreeScorer(tree.n_rows, ScorerConfig(hierarchical=args.hierarchical))
     started = time.perf_counter()
     fit_scorer(model, samples, LayerwiseSampler.create(tree), tree, args.hierarchical,
