@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from trainer.compare import SeedRun  # noqa: E402
 from trainer.metrics import paired_difference  # noqa: E402
 
 
@@ -29,7 +30,8 @@ def per_user(spec: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:
     result = json.loads(Path(path).read_text())
     if "per_seed" not in result or method not in result["per_seed"]:
         raise SystemExit(f"{path}: no per-user results for {method!r} (run compare with --per-user)")
-    return result, {r["seed"]: np.asarray(r["users"][metric]) for r in result["per_seed"][method]}
+    runs = [SeedRun.from_json(r) for r in result["per_seed"][method]]
+    return result, {run.seed: getattr(run.metrics, metric) for run in runs}
 
 
 def main() -> None:
