@@ -117,6 +117,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
     joint.add_argument("--tree-guard", default=None, choices=["on", "off"],
                        help="keep the old tree when the learnt one scores worse with the model fixed (default on)")
+    joint.add_argument("--equal-epochs", action="store_true",
+                       help="dnn, tdm and jtm-h train the epochs a joint loop spends (epochs + iterations x "
+                            "retrain-epochs), so methods compare at equal training")
 
 
 def _method_options(args: argparse.Namespace):
@@ -135,6 +138,7 @@ def _method_options(args: argparse.Namespace):
         max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
         guard=None if args.tree_guard is None else args.tree_guard == "on",
         itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
+        equal_epochs=getattr(args, "equal_epochs", False),
     )
 
 

@@ -65,7 +65,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             if base is not None:
                 method.fit(ctx, start_from=base)
                 log.info("%s continues from %s's model (its iteration 0)", name, base.name)
-                started -= seconds_of[base.name]  # report the whole cost, shared part included
+                started -= _shared_seconds(base, seconds_of[base.name])  # report the whole cost
             else:
                 method.fit(ctx)
             if getattr(method, "tree", None) is not None and getattr(method.config, "tree_learning", "") == "none":
@@ -74,7 +74,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             seconds = time.perf_counter() - started
             seconds_of[name] = seconds
             metrics = user_metrics(recommended, test, config.m)
-            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds)
+            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=_epochs_run(method))
             if getattr(method, "tree", None) is not None and hasattr(method, "brute_force"):
                 from trainer.run import beam_fidelity
 
@@ -92,6 +92,24 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
     if on_result is not None:
         on_result(result)
     return result
+
+
+def _shared_seconds(base, base_seconds: float) -> float:
+    """The part of `base`'s cost that a joint method continuing from it shares: all of it, or
+    (--equal-epochs, where the base trained on past the joint method's iteration 0) the
+    training seconds of the epochs up to its snapshot."""
+    snapshot = getattr(base.history, "snapshot", None)
+    if snapshot is None:
+        return base_seconds
+    return float(sum(e.seconds for e in snapshot.epochs))
+
+
+def _epochs_run(method) -> list[int] | None:
+    """Training epochs each phase of `method` ran (joint: iteration 0, then each iteration)."""
+    if hasattr(method, "epochs_run"):
+        return method.epochs_run() or None
+    history = getattr(method, "history", None)
+    return [len(history.epochs)] if history is not None else None
 
 
 def _result(data: Interactions, config: CompareConfig, options: MethodOptions, runs: dict[str, list[SeedRun]],
@@ -131,10 +149,11 @@ class SeedRun:
     fidelity: float | None = None
     brute_force_recall: float | None = None
     joint: dict | None = None  # joint methods: the loop's history (global loss, moves, recall)
+    epochs: list[int] | None = None  # epochs run per training phase (joint: per iteration)
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
-                "brute_force_recall": self.brute_force_recall, "joint": self.joint,
+                "brute_force_recall": self.brute_force_recall, "joint": self.joint, "epochs": self.epochs,
                 "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
 
     def same_metrics(self, other: SeedRun) -> bool:
@@ -146,7 +165,7 @@ class SeedRun:
         metrics = UserMetrics(**{k: np.asarray(data["users"][k], dtype=np.float64) for k in METRICS})
         return cls(seed=int(data["seed"]), metrics=metrics, seconds=float(data["seconds"]),
                    fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"),
-                   joint=data.get("joint"))
+                   joint=data.get("joint"), epochs=data.get("epochs"))
 
 
 def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
@@ -157,6 +176,8 @@ def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
     for name, seed_runs in runs.items():
         summary = summarize_seeds([r.metrics for r in seed_runs])
         summary["seconds"] = float(np.mean([r.seconds for r in seed_runs]))
+        if all(r.epochs for r in seed_runs):  # results written before epochs were recorded lack them
+            summary["epochs"] = float(np.mean([sum(r.epochs) for r in seed_runs]))
         if name != reference and by_seed_reference:
             diffs = [r.metrics.recall - by_seed_reference[r.seed] for r in seed_runs if r.seed in by_seed_reference]
             if diffs:
@@ -241,10 +262,12 @@ def _check_same_options(first: dict, other: dict) -> None:
         log.warning("merge: a result does not record its training options (written by an older "
                     "version): make sure all parts ran with the same --epochs/--iterations/... flags")
         return
-    keys = (set(first["options"]) | set(other["options"])) - set(_EXECUTION_OPTIONS)
-    differ = sorted(k for k in keys if first["options"].get(k) != other["options"].get(k))
+    defaults = asdict(MethodOptions())  # an option added later was at its default in older results
+    theirs = {**defaults, **first["options"]}, {**defaults, **other["options"]}
+    keys = (set(theirs[0]) | set(theirs[1])) - set(_EXECUTION_OPTIONS)
+    differ = sorted(k for k in keys if theirs[0].get(k) != theirs[1].get(k))
     if differ:
-        detail = ", ".join(f"{k}: {first['options'].get(k)} vs {other['options'].get(k)}" for k in differ)
+        detail = ", ".join(f"{k}: {theirs[0].get(k)} vs {theirs[1].get(k)}" for k in differ)
         raise DataError(f"results were trained with different options ({detail})")
 
 
@@ -262,14 +285,17 @@ def format_table(result: dict) -> str:
         f"M = {result['m']}, seeds = {result['seeds']}, filter: {result['protocol']['filter']}, "
         f"test users per seed: {result['results'][next(iter(result['results']))]['users']}",
         "",
-        f"| Method | Precision | Recall | F-Measure | Recall SE (users) | Recall vs {reference} (paired) |",
-        "|---|---|---|---|---|---|",
+        f"| Method | Precision | Recall | F-Measure | Recall SE (users) | Recall vs {reference} (paired) "
+        "| epochs trained |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in result["results"].items():
         cells = [f"{100 * r[k]:.2f}% ± {100 * r['std'][k]:.2f}" for k in METRICS]
         diff = r.get("recall_vs_reference")
         diff_cell = "-" if diff is None else f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} (z {diff['z']:+.1f})"
-        lines.append(f"| {name} | {' | '.join(cells)} | {100 * r['user_se']['recall']:.2f} | {diff_cell} |")
+        epochs = "-" if "epochs" not in r else f"{r['epochs']:g}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {100 * r['user_se']['recall']:.2f} | {diff_cell} "
+                     f"| {epochs} |")
     fidelity = {n: r for n, r in result["results"].items() if "beam_fidelity" in r}
     if fidelity:
         lines += ["", f"| Tree method | beam top-{result['m']} overlap with brute force | brute-force recall "

@@ -123,11 +123,16 @@ class DeepRetrieval:
         seed_everything(ctx.seed)
         self.n_items = ctx.data.n_items
         if start_from is not None:
-            if not self.can_start_from(start_from):
+            if not self.can_start_from(start_from, same_training=False):
                 raise ValueError(f"{self.name} cannot continue from {start_from.name}")
             self.tree = start_from.tree
             self.model = copy.deepcopy(start_from.model)
             self.history = start_from.history
+            if start_from.history is not None and start_from.history.snapshot is not None:
+                # The fixed-tree method trained longer (--equal-epochs): start from the weights
+                # it had after this method's own epochs, i.e. exactly this method's iteration 0.
+                self.model.load_state_dict(start_from.history.snapshot_state)
+                self.history = start_from.history.snapshot
             joint = replace(cfg.joint, tree_learning=cfg.tree_learning)
             self.joint_history = joint_fit(self, ctx, joint, train_initial=False)
             return
@@ -145,12 +150,29 @@ class DeepRetrieval:
             joint = replace(cfg.joint, tree_learning=cfg.tree_learning)
             self.joint_history = joint_fit(self, ctx, joint)
 
-    def can_start_from(self, other: DeepRetrieval) -> bool:
-        """Is `other` this joint method's iteration 0 (same model, tree and training setup)?"""
+    def can_start_from(self, other: DeepRetrieval, same_training: bool = True) -> bool:
+        """Is `other` this joint method's iteration 0 (same model, tree and training setup)?
+
+        With `same_training` (how `compare` pairs methods), its training must also be this
+        method's initial training: the same settings, or a longer run that kept a snapshot
+        after exactly this method's epochs (`snapshot_epoch`); then continuing from it gives
+        what training iteration 0 here would. `train --start-from` relaxes that: the user
+        names the run whose model iteration 0 is, however it was trained."""
         mine, theirs = self.config, other.config
+        their_train = theirs.train
+        if other.history is not None and other.history.snapshot is not None:
+            their_train = replace(their_train, epochs=their_train.snapshot_epoch, snapshot_epoch=None)
         return (mine.tree_learning != "none" and theirs.tree_learning == "none" and theirs.uses_tree
                 and other.model is not None and mine.scorer == theirs.scorer
-                and (mine.arity, mine.leaf_negatives) == (theirs.arity, theirs.leaf_negatives))
+                and (mine.train == their_train or not same_training)
+                and (mine.arity, mine.leaf_negatives) == (theirs.arity, theirs.leaf_negatives)
+                and (mine.tree_init == theirs.tree_init or not same_training))
+
+    def epochs_run(self) -> list[int]:
+        """Training epochs actually run: the initial training, then each joint iteration's."""
+        if self.joint_history is not None:
+            return [r.epochs for r in self.joint_history.records]
+        return [len(self.history.epochs)] if self.history is not None else []
 
     def make_sampler(self) -> LayerwiseSampler | UniformItemSampler:
         """Layer-wise samples of the current tree, or the DNN's uniform leaf samples."""

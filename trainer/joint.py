@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,7 @@ class IterationRecord:
     tree_seconds: float = 0.0
     train_seconds: float = 0.0
     tree_report: dict | None = None
+    epochs: int = 0  # training epochs run in this iteration (iteration 0: the initial training)
 
 
 @dataclass
@@ -117,9 +118,10 @@ def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool 
 
     started = time.perf_counter()
     if train_initial:
-        method.train_model(ctx, method.make_sampler(), method.config.train)
+        method.history = method.train_model(ctx, method.make_sampler(), method.config.train)
     record = IterationRecord(0, global_loss(method.model, method.tree, ctx, index, hierarchical),
-                             validation_metrics(method, ctx), train_seconds=time.perf_counter() - started)
+                             validation_metrics(method, ctx), train_seconds=time.perf_counter() - started,
+                             epochs=len(method.history.epochs) if method.history is not None else 0)
     history.records.append(record)
     _log(record)
     best = (record.valid["recall"], copy.deepcopy(method.model.state_dict()), method.tree)
@@ -144,12 +146,12 @@ def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool 
         if config.internal_init == "mean":
             reinit_internal_nodes(method.model, new_tree)
         started = time.perf_counter()
-        retrain = method.config.train.__class__(**{**asdict(method.config.train), "epochs": config.retrain_epochs})
-        method.train_model(ctx, method.make_sampler(), retrain)
+        retrain = replace(method.config.train, epochs=config.retrain_epochs, snapshot_epoch=None)
+        retrained = method.train_model(ctx, method.make_sampler(), retrain)
         record = IterationRecord(
             iteration, global_loss(method.model, new_tree, ctx, index, hierarchical), validation_metrics(method, ctx),
             moved_fraction=moved, objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-            train_seconds=time.perf_counter() - started, tree_report=tree_report,
+            train_seconds=time.perf_counter() - started, tree_report=tree_report, epochs=len(retrained.epochs),
         )
         history.records.append(record)
         _log(record)

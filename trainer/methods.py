@@ -32,6 +32,10 @@ class MethodOptions:
     precision: str | None = None
     guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
     itemcf_neighbours: int | None = None  # Item-CF: K most similar items per history item (None: all)
+    # dnn, tdm and jtm-h train as many epochs as a joint loop spends (epochs + iterations x
+    # retrain_epochs), so that a table compares methods at equal training, not the tree's
+    # effect plus extra epochs. The joint methods still start from their iteration-0 model.
+    equal_epochs: bool = False
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -74,6 +78,10 @@ def deep_config(method: str, options: MethodOptions):
     learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers", "guard"))
     joint = replace(JointConfig(learning=learning),
                     **_overrides(options, "iterations", "retrain_epochs", "internal_init"))
+    if options.equal_epochs and variant["tree_learning"] == "none":
+        # Keep a snapshot after the joint loop's initial epochs: the joint twin starts there.
+        train = replace(train, epochs=train.epochs + joint.iterations * joint.retrain_epochs,
+                        snapshot_epoch=train.epochs if method != "dnn" else None)
     return replace(DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"],
                               joint=joint),
                    **_overrides(options, "arity", "tree_init", "leaf_negatives", "beam"))

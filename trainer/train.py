@@ -35,6 +35,9 @@ class TrainConfig:
     # hardware has native bf16 matrix units (AMX / AVX512-BF16 / CUDA), where it trains
     # 1.4-1.7x faster; "fp32" everywhere else.
     precision: str = "auto"
+    # Also keep what a run of only this many epochs would end with (`compare --equal-epochs`:
+    # the fixed-tree method trains the joint loop's total, its joint twin starts from here).
+    snapshot_epoch: int | None = None
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype | None:
@@ -141,4 +144,5 @@ def fit_scorer(
     step = make_step(model, samples, sampler, tree, hierarchical, rng, config.device,
                      resolve_precision(config.precision, config.device))
     return train_epochs(model, optimizer, step, len(samples), config.batch_size, config.epochs, rng,
-                        validate=validate, patience=config.patience, description=description)
+                        validate=validate, patience=config.patience, description=description,
+                        snapshot_epoch=config.snapshot_epoch)

@@ -34,6 +34,10 @@ class TrainHistory:
     epochs: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     best_score: float = float("-inf")
+    # With `snapshot_epoch`: what a run of only that many epochs would have ended with (its
+    # weights and history). Not serialised; `compare --equal-epochs` starts joint loops from it.
+    snapshot: TrainHistory | None = field(default=None, repr=False)
+    snapshot_state: dict | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -85,6 +89,7 @@ def train_epochs(
     patience: int = 2,
     description: str = "train",
     progress: bool = True,
+    snapshot_epoch: int | None = None,
 ) -> TrainHistory:
     """Run up to `epochs` epochs of `step(batch_indices) -> loss` and keep the best weights.
 
@@ -96,6 +101,11 @@ def train_epochs(
     The order comes from its own generator there, so it cannot drift apart between ranks
     whose negative sampling consumed different amounts of `rng`. Rank 0's validation score
     decides for all.
+
+    `snapshot_epoch` E keeps, beside the result, exactly what a run with `epochs=E` would have
+    returned (its best weights so far and its history): the first E epochs of a longer run are
+    the same computation, because the order and the negatives come from `rng` in the same
+    sequence. That lets one run serve both a longer budget and the shorter one.
     """
     from trainer import distributed
 
@@ -148,17 +158,25 @@ def train_epochs(
         )
         if score is None:
             history.best_epoch, history.best_score = epoch, float("nan")
-            continue
-        if score > history.best_score:
+        elif score > history.best_score:
             history.best_epoch, history.best_score = epoch, score
             best_state = copy.deepcopy(model.state_dict())
             stale = 0
         else:
             stale += 1
-            if stale >= patience:
-                log.info("%s: no validation gain for %d epochs, stopping", description, patience)
-                break
+        if epoch == snapshot_epoch:
+            _take_snapshot(history, best_state if best_state is not None else model.state_dict())
+        if stale >= patience:
+            log.info("%s: no validation gain for %d epochs, stopping", description, patience)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
+    if snapshot_epoch is not None and history.snapshot is None:  # stopped (or ended) before the snapshot
+        _take_snapshot(history, model.state_dict())
     return history
+
+
+def _take_snapshot(history: TrainHistory, state: dict) -> None:
+    history.snapshot = TrainHistory(list(history.epochs), history.best_epoch, history.best_score)
+    history.snapshot_state = copy.deepcopy(state)

@@ -165,3 +165,31 @@ def test_kmeans_reclustering_loop_reports_its_tree_steps(tmp_path: Path) -> None
     assert iterations[0]["global_loss"] > 0 and 0 < iterations[1]["moved_fraction"] <= 1
     assert iterations[1]["objective_before"] < 0 and iterations[1]["objective_after"] < 0
     assert result["options"]["iterations"] == 1 and result["options"]["retrain_epochs"] == 1
+
+
+def test_equal_epochs_gives_fixed_tree_methods_the_joint_budget(tmp_path: Path, capsys) -> None:
+    """--equal-epochs: TDM trains the epochs JTM-J's loop spends (1 + 1 x 1 = 2) and equals a
+    plain 2-epoch TDM run; JTM-J still continues from TDM's model, taken after its own single
+    epoch, and equals a JTM-J run that trained its iteration 0 itself. The table shows the
+    epochs each row trained."""
+    data = tmp_path / "log.parquet"
+    write(generate(SynthConfig(n_items=200, n_users=200, seed=3)), data)
+    common = ["compare", "--data", str(data), "--m", "20", "--per-user", "--iterations", "1", "--retrain-epochs", "1"]
+    assert main([*common, "--methods", "tdm,jtm-j", "--epochs", "1", "--equal-epochs",
+                 "--json", str(tmp_path / "equal.json")]) == 0
+    printed = capsys.readouterr().out
+    assert main([*common, "--methods", "tdm", "--epochs", "2", "--json", str(tmp_path / "tdm2.json")]) == 0
+    assert main([*common, "--methods", "jtm-j", "--epochs", "1", "--json", str(tmp_path / "jtmj.json")]) == 0
+    equal, tdm2, jtmj = (json.loads((tmp_path / f).read_text()) for f in ("equal.json", "tdm2.json", "jtmj.json"))
+    assert equal["options"]["equal_epochs"] is True and tdm2["options"]["equal_epochs"] is False
+    assert equal["per_seed"]["tdm"][0]["users"] == tdm2["per_seed"]["tdm"][0]["users"]
+    assert equal["per_seed"]["tdm"][0]["epochs"] == [2]
+    assert equal["per_seed"]["jtm-j"][0]["users"] == jtmj["per_seed"]["jtm-j"][0]["users"]
+    assert equal["per_seed"]["jtm-j"][0]["epochs"] == [1, 1]
+    losses = [[it["global_loss"] for it in r["per_seed"]["jtm-j"][0]["joint"]["iterations"]] for r in (equal, jtmj)]
+    assert losses[0] == losses[1]
+    assert "epochs trained |" in printed and printed.count("| 2 |") >= 2
+    # Results with and without --equal-epochs do not pool.
+    parts = [str(tmp_path / "equal.json"), str(tmp_path / "tdm2.json")]
+    assert main(["merge", *parts, "--json", str(tmp_path / "x")]) == 2
+    assert "equal_epochs: True vs False" in capsys.readouterr().err

@@ -83,6 +83,26 @@ def test_train_and_evaluate_cli_round_trip(synth_path: Path, tmp_path: Path, cap
     assert "beam search" in capsys.readouterr().out
 
 
+def test_train_start_from_continues_a_fixed_tree_run(synth_path: Path, tmp_path: Path, capsys) -> None:
+    """`train --start-from RUN`: the joint loop's iteration 0 is the named run's model, however
+    many epochs that run trained (its own --epochs need not match); a run with other features
+    (plain TDM for hierarchical JTM) is refused with one line, not a stack trace."""
+    base = tmp_path / "tdm"
+    assert main(["train", "--data", str(synth_path), "--method", "tdm", "--out", str(base), "--epochs", "2",
+                 "--m", "20", "--no-fidelity"]) == 0
+    joint = tmp_path / "jtm-j"
+    assert main(["train", "--data", str(synth_path), "--method", "jtm-j", "--out", str(joint), "--start-from",
+                 str(base), "--epochs", "1", "--iterations", "1", "--retrain-epochs", "1", "--m", "20",
+                 "--no-fidelity"]) == 0
+    history = json.loads((joint / "joint.json").read_text())
+    assert [it["iteration"] for it in history["iterations"]] == [0, 1]
+    assert history["iterations"][1]["epochs"] == 1
+    capsys.readouterr()
+    assert main(["train", "--data", str(synth_path), "--method", "jtm", "--out", str(tmp_path / "jtm"),
+                 "--start-from", str(base), "--iterations", "1", "--m", "20"]) == 2
+    assert "same scorer" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_a_changed_log(synth_path: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "log.parquet"
     data.write_bytes(synth_path.read_bytes())
