@@ -94,6 +94,24 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
     return result
 
 
+def _environment() -> dict:
+    """Where the result was computed. Training is bit-reproducible on one machine, but float
+    sums may differ on another CPU (a seed-0 rerun on another VM changed 9 of 94 users'
+    recall by one item), so duplicates from other machines can disagree in merge."""
+    import os
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
 def _shared_seconds(base, base_seconds: float) -> float:
     """The part of `base`'s cost that a joint method continuing from it shares: all of it, or
     (--equal-epochs, where the base trained on past the joint method's iteration 0) the
@@ -133,6 +151,7 @@ def _result(data: Interactions, config: CompareConfig, options: MethodOptions, r
             "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
         },
         "options": asdict(options),
+        "environment": _environment(),
     }
     if config.per_user:
         result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
@@ -252,6 +271,10 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
               "results": summarize_runs(merged_runs, reference)}
     merged["protocol"] = {**first["protocol"], "seeds": seeds, "methods": order, "reference": reference}
     merged["per_seed"] = {name: [r.to_json() for r in rs] for name, rs in merged_runs.items()}
+    environments = [part["environment"] for part in parts if "environment" in part]
+    merged.pop("environment", None)
+    if environments:  # every machine the parts ran on
+        merged["environments"] = [e for i, e in enumerate(environments) if e not in environments[:i]]
     return merged
 
 

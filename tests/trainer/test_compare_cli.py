@@ -74,6 +74,7 @@ def test_merging_seed_runs_equals_one_run(tmp_path: Path, capsys) -> None:
     assert main(["merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"), "--json",
                  str(tmp_path / "merged.json")]) == 0
     both, merged = (json.loads((tmp_path / f).read_text()) for f in ("both.json", "merged.json"))
+    assert merged["environments"] == [both["environment"]]  # one machine ran both parts
     assert merged["seeds"] == [0, 1]
     for name in ("pop", "itemcf"):
         for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
@@ -109,6 +110,7 @@ def test_merging_method_runs_equals_one_run(tmp_path: Path, capsys) -> None:
     assert main(["merge", str(tmp_path / "pop.json"), str(tmp_path / "cf.json"), "--json",
                  str(tmp_path / "merged.json")]) == 0
     both, merged = (json.loads((tmp_path / f).read_text()) for f in ("both.json", "merged.json"))
+    assert merged["environments"] == [both["environment"]]  # one machine ran both parts
     assert list(merged["results"]) == ["pop", "itemcf"] and merged["protocol"]["methods"] == ["pop", "itemcf"]
     for key in ("precision", "recall", "f_measure", "std", "user_se", "recall_vs_reference"):
         assert merged["results"]["itemcf"][key] == pytest.approx(both["results"]["itemcf"][key])
@@ -189,6 +191,7 @@ def test_equal_epochs_gives_fixed_tree_methods_the_joint_budget(tmp_path: Path, 
     losses = [[it["global_loss"] for it in r["per_seed"]["jtm-j"][0]["joint"]["iterations"]] for r in (equal, jtmj)]
     assert losses[0] == losses[1]
     assert "epochs trained |" in printed and printed.count("| 2 |") >= 2
+    assert equal["environment"]["torch"] and equal["environment"]["cpus"] >= 1
     # Results with and without --equal-epochs do not pool.
     parts = [str(tmp_path / "equal.json"), str(tmp_path / "tdm2.json")]
     assert main(["merge", *parts, "--json", str(tmp_path / "x")]) == 2
