@@ -69,6 +69,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(format_table(result))
     if args.json:
         print(f"\nwrote {args.json}")
+    _plot(result, args.plot)
+
+
+def _plot(result: dict, path: str | None) -> None:
+    if path:
+        from trainer.table_plot import plot_table
+
+        plot_table(result, Path(path))
+        print(f"wrote {path}")
 
 
 def _write_json_atomically(path: Path, value: dict) -> None:
@@ -92,6 +101,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomically(Path(args.json), result)
     print(f"\nwrote {args.json}")
+    _plot(result, args.plot)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -255,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--json", default=None, help="write the results here")
     compare.add_argument("--per-user", action="store_true",
                          help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
+    compare.add_argument("--plot", default=None, metavar="PNG",
+                         help="also draw recall per method and paired differences against the reference")
     _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
 
@@ -264,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--json", required=True, help="write the merged result here")
     merge.add_argument("--reference", default=None,
                        help="method the paired differences are taken against (default: the first part's)")
+    merge.add_argument("--plot", default=None, metavar="PNG",
+                       help="also draw recall per method and paired differences against the reference")
     merge.set_defaults(func=cmd_merge)
 
     train = sub.add_parser("train", help="train one method and write a run directory")

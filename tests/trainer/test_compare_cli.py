@@ -116,7 +116,8 @@ def test_merging_method_runs_equals_one_run(tmp_path: Path, capsys) -> None:
         assert merged["results"]["itemcf"][key] == pytest.approx(both["results"]["itemcf"][key])
     # Re-based paired differences: itemcf - pop from the table equals -(pop - itemcf).
     assert main(["merge", str(tmp_path / "both.json"), "--reference", "itemcf", "--json",
-                 str(tmp_path / "rebased.json")]) == 0
+                 str(tmp_path / "rebased.json"), "--plot", str(tmp_path / "rebased.png")]) == 0
+    assert (tmp_path / "rebased.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     rebased = json.loads((tmp_path / "rebased.json").read_text())
     assert rebased["reference"] == "itemcf" and "recall_vs_reference" not in rebased["results"]["itemcf"]
     assert rebased["results"]["pop"]["recall_vs_reference"]["mean"] == pytest.approx(
