@@ -239,6 +239,10 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
             if part["protocol"][key] != first["protocol"][key]:
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
         _check_same_options(first, part)
+    if any("options" not in part for part in parts):
+        log.warning("merge: %d of %d results do not record their training options (written by an older "
+                    "version): make sure all parts ran with the same --epochs/--iterations/... flags",
+                    sum("options" not in part for part in parts), len(parts))
     runs: dict[str, dict[int, SeedRun]] = {}
     for part in parts:
         for name, records in part["per_seed"].items():
@@ -282,9 +286,7 @@ def _check_same_options(first: dict, other: dict) -> None:
     """Refuse to pool results trained with different budgets or model settings. Results
     written before the options were recorded cannot be checked: say so, and go on."""
     if "options" not in first or "options" not in other:
-        log.warning("merge: a result does not record its training options (written by an older "
-                    "version): make sure all parts ran with the same --epochs/--iterations/... flags")
-        return
+        return  # cannot be checked; merge_results warns once
     defaults = asdict(MethodOptions())  # an option added later was at its default in older results
     theirs = {**defaults, **first["options"]}, {**defaults, **other["options"]}
     keys = (set(theirs[0]) | set(theirs[1])) - set(_EXECUTION_OPTIONS)
