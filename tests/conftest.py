@@ -19,6 +19,18 @@ def real_file(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def generous_queue_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service started by a test waits up to 60 s for a worker before shedding a request.
+
+    The default budget (250 ms) is a production setting: on a loaded CI machine one sequential
+    request can wait that long for a thread and get the 503 the budget promises, which failed
+    correctness tests (A/B routing, batching) that have nothing to do with load shedding. The
+    tests of shedding set their own budget (`tests/reliability/test_backpressure.py`), which
+    overrides this."""
+    monkeypatch.setenv("JTM_QUEUE_BUDGET_MS", "60000")
+
+
 @pytest.fixture
 def movielens_path() -> Path:
     return real_file("movielens-100k/u.data")

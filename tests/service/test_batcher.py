@@ -48,9 +48,10 @@ def test_concurrent_callers_get_their_own_results() -> None:
 
 
 def test_overload_is_refused_immediately() -> None:
-    release = threading.Event()
+    release, entered = threading.Event(), threading.Event()
 
     def slow(history: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        entered.set()
         release.wait(5)
         return np.zeros(nodes.shape, dtype=np.float32)
 
@@ -60,11 +61,18 @@ def test_overload_is_refused_immediately() -> None:
         with batcher.active():
             batcher.score(np.zeros((2, 3)), np.zeros((2, 4)))
 
+    # Step by step rather than by fixed sleeps (which failed on a loaded machine): one search's
+    # rows are in the blocked scorer, then two more searches fill the queue to its 4 rows.
     with batcher.active():  # a long-running search keeps the others from going alone
         started = [threading.Thread(target=search) for _ in range(3)]
-        for t in started:
+        started[0].start()
+        assert entered.wait(10)
+        for t in started[1:]:
             t.start()
-        time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while batcher.queued_rows < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert batcher.queued_rows == 4
         begun = time.perf_counter()
         with pytest.raises(Overloaded):
             batcher.score(np.zeros((2, 3)), np.zeros((2, 4)))
