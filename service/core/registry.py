@@ -19,6 +19,7 @@ Numpy/stdlib only: the trainer (publish) and the service (follow) share it.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -34,6 +35,10 @@ AB_FILE = "AB.json"
 
 def _keys(prefix: str) -> dict[str, str]:
     return {"current": f"{prefix}:model:current", "ab": f"{prefix}:model:ab", "channel": f"{prefix}:model:changes"}
+
+
+_VERSION_MAX = 128
+_VERSION_ID = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{_VERSION_MAX - 1}}}")
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,13 @@ class Registry:
         return self.root / "versions"
 
     def path(self, version: str) -> Path:
-        if not version or "/" in version or version.startswith("."):
-            raise ArtifactError(f"{version!r} is not a version id")
+        """The directory of `version`, refusing anything but a plain short name: version ids
+        arrive from admin requests and manifests, and a path separator, a dot prefix, a NUL or a
+        name over the file system's limit must be a clear refusal, never a path or an OSError."""
+        if not isinstance(version, str) or not _VERSION_ID.fullmatch(version):
+            shown = version if len(str(version)) <= 80 else f"{str(version)[:80]}..."
+            raise ArtifactError(f"{shown!r} is not a version id (letters, digits, '.', '_', '-', "
+                                f"at most {_VERSION_MAX} characters, not starting with '.')")
         return self.versions_dir / version
 
     def versions(self) -> list[str]:

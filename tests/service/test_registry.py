@@ -136,6 +136,13 @@ def test_admin_reload_rollback_and_auth(two_artifacts, tmp_path: Path) -> None:
         r = c.post("/v1/admin/reload", json={"version": vb}, headers=AUTH)
         assert r.status_code == 200 and r.json()["serving"] == vb and registry.current() == vb
         assert c.post("/v1/admin/reload", json={"version": "nope"}, headers=AUTH).status_code == 404
+        # Version ids that are not plain short names are refused with 404 and a reason, never an
+        # OSError: a 300-character name (over NAME_MAX, found by the fuzzer), NUL, a path, a dot.
+        for bad in ("0" * 27 + "\x80" * 300, "a\x00b", "../reg", ".hidden", "v/1"):
+            for method, path, body in (("post", "/v1/admin/reload", {"version": bad}),
+                                       ("put", "/v1/admin/ab", {"candidate": bad, "share": 0.1})):
+                r = getattr(c, method)(path, json=body, headers=AUTH)
+                assert r.status_code == 404 and "is not a version id" in r.json()["message"], (bad, r.text)
         r = c.post("/v1/admin/rollback", headers=AUTH)
         assert r.status_code == 200 and r.json()["serving"] == va and registry.current() == va
     with TestClient(create_app(Settings(registry=tmp_path / "reg"))) as no_token:
