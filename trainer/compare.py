@@ -46,6 +46,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
     a run of hours that is stopped keeps what it measured."""
     runs: dict[str, list[SeedRun]] = {name: [] for name in config.methods}
     split_sizes = None
+    environment = _environment()  # once: the result is rewritten after every method
     for seed in config.seeds:
         split = split_users(data.n_users, seed, config.valid_fraction, config.test_fraction)
         split_sizes = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
@@ -87,8 +88,8 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
             if on_result is not None:
-                on_result(_result(data, config, options, runs, split_sizes, complete=False))
-    result = _result(data, config, options, runs, split_sizes, complete=True)
+                on_result(_result(data, config, options, runs, split_sizes, environment, complete=False))
+    result = _result(data, config, options, runs, split_sizes, environment, complete=True)
     if on_result is not None:
         on_result(result)
     return result
@@ -105,7 +106,8 @@ def _environment() -> dict:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -131,7 +133,7 @@ def _epochs_run(method) -> list[int] | None:
 
 
 def _result(data: Interactions, config: CompareConfig, options: MethodOptions, runs: dict[str, list[SeedRun]],
-            split_sizes: dict | None, complete: bool) -> dict:
+            split_sizes: dict | None, environment: dict, complete: bool) -> dict:
     """The JSON-ready result of the methods fitted so far (all of them when `complete`).
     `options` (the training budget and model overrides) is kept, so `merge_results` can
     refuse to pool runs trained differently."""
@@ -151,7 +153,7 @@ def _result(data: Interactions, config: CompareConfig, options: MethodOptions, r
             "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
         },
         "options": asdict(options),
-        "environment": _environment(),
+        "environment": environment,
     }
     if config.per_user:
         result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
