@@ -35,8 +35,7 @@ from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.sampler import LayerwiseSampler  # noqa: E402
 from trainer.scoring import TorchScoreFn  # noqa: E402
 from trainer.synth import SynthConfig, generate  # noqa: E402
-from trainer.train import make_step, resolve_precision  # noqa: E402
-from trainer.training import AdamWithSparseEmbeddings  # noqa: E402
+from trainer.train import ScorerStep, TrainConfig, make_builder  # noqa: E402
 from trainer.tree_build import category_tree  # noqa: E402
 
 
@@ -65,16 +64,13 @@ def bench_size(n_items: int, train_batches: int, requests: int, k: int, beam: in
     model = TreeScorer(tree.n_rows, ScorerConfig())
     sampler = LayerwiseSampler.create(tree)
     rng = np.random.default_rng(seed)
-    step = make_step(model, samples, sampler, tree, False, rng, autocast=resolve_precision("auto", "cpu"))
-    optimizer = AdamWithSparseEmbeddings(model, lr=1e-3)
+    step = ScorerStep(model, TrainConfig())
+    builder = make_builder(model, samples, sampler, tree, False)
     batch_size = 256
     for i in range(train_batches + 3):
         if i == 3:
             started = time.perf_counter()
-        loss = step(rng.integers(0, len(samples), batch_size))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        step(builder(rng.integers(0, len(samples), batch_size), rng))
     train_seconds = time.perf_counter() - started
     model.eval()
 

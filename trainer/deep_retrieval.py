@@ -141,9 +141,7 @@ class DeepRetrieval:
             n_rows = self.tree.n_rows
         else:
             n_rows = ctx.data.n_items
-        from trainer import distributed
-
-        self.model = TreeScorer(n_rows, cfg.scorer, sparse=distributed.context() is None)
+        self.model = TreeScorer(n_rows, cfg.scorer)
         if cfg.tree_learning == "none":
             self.history = self.train_model(ctx, self.make_sampler(), cfg.train)
         else:

@@ -3,8 +3,10 @@
 Single-process training stays the default; with torchrun's environment (WORLD_SIZE > 1) the
 trainer joins a process group (gloo on CPU, nccl on GPU):
 
-- model training is DistributedDataParallel: every rank walks the same shuffled order and takes
-  every N-th batch; gradients are averaged by DDP; validation runs on rank 0 and its score is
+- model training is data-parallel: every rank walks the same shuffled order and takes its 1/N
+  share of every batch; the dense gradients are averaged (all-reduce, what DDP does) and the
+  embedding rows' gradients exchanged (all-gather of (row, gradient), `row_adam.merge_rows`),
+  so no rank ever all-reduces a whole table; validation runs on rank 0 and its score is
   broadcast so all ranks stop at the same epoch;
 - tree learning spreads the independent subtrees of a segment over the ranks (balanced by
   sample count): each rank computes the weights of its subtrees' items and solves their
@@ -87,6 +89,36 @@ def sum_int(value: int) -> int:
     tensor = torch.tensor([value], dtype=torch.int64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return int(tensor.item())
+
+
+def _device() -> torch.device:
+    """Where collectives run: nccl only moves CUDA tensors."""
+    if _CONTEXT is not None and _CONTEXT.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise mean of `tensor` over all ranks (a new tensor on the input's device)."""
+    work = tensor.detach().to(_device(), copy=True)
+    dist.all_reduce(work, op=dist.ReduceOp.SUM)
+    return work.div_(_CONTEXT.world_size if _CONTEXT is not None else 1).to(tensor.device)
+
+
+def all_gather_sizes(size: int) -> list[int]:
+    """Every rank's `size`, in rank order."""
+    local = torch.tensor([size], dtype=torch.int64, device=_device())
+    parts = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return [int(p.item()) for p in parts]
+
+
+def all_gather_tensor(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor` (same shape on all ranks), in rank order, on the input's device."""
+    local = tensor.to(_device())
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return [p.to(tensor.device) for p in parts]
 
 
 def barrier() -> None:

@@ -73,15 +73,16 @@ class UserState:
 class TreeScorer(nn.Module):
     """p(node | user) as a logit. `n_rows` embedding rows: items, then internal tree nodes."""
 
-    def __init__(self, n_rows: int, config: ScorerConfig, sparse: bool = True) -> None:
+    def __init__(self, n_rows: int, config: ScorerConfig, sparse: bool = False) -> None:
         super().__init__()
         if not config.hidden:
             raise ValueError("the scorer needs at least one hidden layer")
         self.config = config
         self.n_rows = n_rows
         d, n_windows = config.dim, len(config.windows)
-        # Sparse gradients: a batch touches few rows of a table that may hold millions. (Dense
-        # under DistributedDataParallel, whose gradient all-reduce wants dense tensors.)
+        # Training never asks autograd for these tables' gradients (trainer.train computes the
+        # batch's rows directly and updates them with lazy Adam); `sparse` only matters to code
+        # that backpropagates through the module itself (the tests' textbook reference).
         self.embedding = nn.Embedding(n_rows + 1, d, padding_idx=n_rows, sparse=sparse)  # last row: padding
         self.bias = nn.Embedding(n_rows + 1, 1, padding_idx=n_rows, sparse=sparse)
         self.pool = WindowPooling(config.windows, config.max_history)
@@ -190,6 +191,25 @@ class TreeScorer(nn.Module):
                             for a_v, m_v, t_v in zip(a.unbind(0), m_t.unbind(0), target.split(widths, dim=1),
                                                      strict=True)], dim=1)  # (B, C, H1)
         return self._mlp(hidden) + self.bias(rows).squeeze(-1)
+
+    def tower_logits(self, pooled: torch.Tensor, targets: list[torch.Tensor],
+                     node_bias: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Logits from already pooled windows, through autograd: the training path on CUDA (where
+        autocast handles bf16) and the reference `trainer.tower` is tested against.
+
+        pooled: (V, B, W, d) per behaviour mapping; targets[v]: (B, w_v, d) embeddings of the
+        nodes mapping v scores; node_bias[v]: (B, w_v). Returns per group (B, w_v) logits.
+        """
+        groups, batch, n_windows, dim = pooled.shape
+        a_w, b_w, c_w = self.first_layer_blocks()
+        flat = pooled.reshape(groups * batch, n_windows, dim)
+        a = (flat.flatten(1) @ a_w.T + self.first.bias).view(groups, batch, -1)  # (V, B, H1)
+        m_t = torch.bmm(flat.permute(2, 0, 1), c_w.permute(2, 1, 0)).transpose(0, 1) + b_w.T  # (V B, d, H1)
+        m_t = m_t.reshape(groups, batch, dim, -1)
+        widths = [t.shape[1] for t in targets]
+        hidden = torch.cat([torch.baddbmm(a[v][:, None, :], targets[v], m_t[v]) for v in range(groups)], dim=1)
+        logits = self._mlp(hidden)  # (B, C)
+        return [part + bias for part, bias in zip(logits.split(widths, dim=1), node_bias, strict=True)]
 
     def concat_logits(self, histories: torch.Tensor, nodes: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
         """Logits by explicit concatenation [u_1..u_W, t, u_1*t..u_W*t] (no user/node split).

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,29 +48,18 @@ class TrainHistory:
         }
 
 
-class AdamWithSparseEmbeddings:
-    """Adam for dense weights, SparseAdam for sparse embedding tables.
+def autograd_step(loss_of: Callable[[np.ndarray], torch.Tensor], optimizer: torch.optim.Optimizer
+                  ) -> Callable[[np.ndarray], float]:
+    """A `train_epochs` step from a loss function: backward, then one optimizer step."""
 
-    A batch touches a few thousand rows of tables with up to millions: dense gradients would
-    zero, update and write the whole table every step (the training rate halved from 7K to
-    70K items before this). SparseAdam updates only the touched rows ("lazy" Adam).
-    """
+    def step(batch: np.ndarray) -> float:
+        loss = loss_of(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
 
-    def __init__(self, model: torch.nn.Module, lr: float) -> None:
-        sparse = [m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
-        sparse_ids = {id(p) for p in sparse}
-        dense = [p for p in model.parameters() if id(p) not in sparse_ids]
-        self.optimizers: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr)]
-        if sparse:
-            self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for optimizer in self.optimizers:
-            optimizer.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer.step()
+    return step
 
 
 def seed_everything(seed: int) -> None:
@@ -79,8 +69,7 @@ def seed_everything(seed: int) -> None:
 
 def train_epochs(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | AdamWithSparseEmbeddings,
-    step: Callable[[np.ndarray], torch.Tensor],
+    step: Callable[[Any], float],
     n_samples: int,
     batch_size: int,
     epochs: int,
@@ -90,17 +79,19 @@ def train_epochs(
     description: str = "train",
     progress: bool = True,
     snapshot_epoch: int | None = None,
+    make_batch: Callable[[np.ndarray], Any] | None = None,
 ) -> TrainHistory:
-    """Run up to `epochs` epochs of `step(batch_indices) -> loss` and keep the best weights.
+    """Run up to `epochs` epochs of `step(batch) -> loss` and keep the best weights.
 
-    `step` computes the loss of one batch (forward only); this function does backward and the
-    optimizer step, so every method trains the same way. Under torch.distributed the global
-    batch stays `batch_size`: every rank walks the same order and takes its 1/world share of
-    each batch, so DDP's averaged gradient is the single-process step's and an epoch makes the
-    same number of updates (a share per rank instead of a batch per rank would halve them).
-    The order comes from its own generator there, so it cannot drift apart between ranks
-    whose negative sampling consumed different amounts of `rng`. Rank 0's validation score
-    decides for all.
+    `step` does the whole update (forward, backward, optimizer) and returns the batch's mean
+    loss. It receives the batch's sample indices, or, with `make_batch`, what `make_batch`
+    built from them: then the batches are built in a background thread one step ahead
+    (`trainer.batches.prefetch`), so sampling never stalls the model. Under torch.distributed
+    the global batch stays `batch_size`: every rank walks the same order and takes its 1/world
+    share of each batch, so the averaged gradient is the single-process step's and an epoch
+    makes the same number of updates. The order comes from its own generator there, so it
+    cannot drift apart between ranks whose negative sampling consumed different amounts of
+    `rng`. Rank 0's validation score decides for all.
 
     `snapshot_epoch` E keeps, beside the result, exactly what a run with `epochs=E` would have
     returned (its best weights so far and its history): the first E epochs of a longer run are
@@ -108,8 +99,10 @@ def train_epochs(
     sequence. That lets one run serve both a longer budget and the shorter one.
     """
     from trainer import distributed
+    from trainer.batches import batch_indices, prefetch
 
     dist_ctx = distributed.context()
+    rank, world = (0, 1) if dist_ctx is None else (dist_ctx.rank, dist_ctx.world_size)
     history = TrainHistory()
     best_state = None
     stale = 0
@@ -119,24 +112,17 @@ def train_epochs(
         order = order_rng.permutation(n_samples)
         started = time.perf_counter()
         total, seen = 0.0, 0
-        starts = list(range(0, n_samples, batch_size))
-        if dist_ctx is not None and n_samples - starts[-1] < dist_ctx.world_size:
-            starts.pop()  # a last batch too small to give every rank a share
+        indices = list(batch_indices(n_samples, batch_size, order, rank, world))
+        batches = prefetch(make_batch, indices) if make_batch is not None else iter(indices)
         bar = tqdm(
-            starts, desc=f"{description} epoch {epoch}/{epochs}",
+            batches, total=len(indices), desc=f"{description} epoch {epoch}/{epochs}",
             unit="batch", leave=False, disable=None if progress and (dist_ctx is None or dist_ctx.is_main) else True,
             mininterval=1.0,
         )
-        for start in bar:
-            batch = order[start:start + batch_size]
-            if dist_ctx is not None:
-                batch = batch[dist_ctx.rank::dist_ctx.world_size]
+        for index, batch in zip(indices, bar, strict=True):
             loss = step(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-            seen += len(batch)
+            total += loss * len(index)
+            seen += len(index)
             elapsed = time.perf_counter() - started
             rate = seen / max(elapsed, 1e-9)
             bar.set_postfix(loss=f"{total / seen:.4f}", samples_s=f"{rate:,.0f}", refresh=False)

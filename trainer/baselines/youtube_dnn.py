@@ -21,7 +21,7 @@ from trainer.data import PAD, EvalSet
 from trainer.layers import WINDOW_PRESETS, WindowPooling
 from trainer.metrics import user_metrics
 from trainer.recommender import FitContext, rank_by_scores
-from trainer.training import TrainHistory, seed_everything, train_epochs
+from trainer.training import TrainHistory, autograd_step, seed_everything, train_epochs
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class YouTubeDNN:
         n_neg = min(cfg.negatives, n_items - 1)
         full_softmax = n_neg >= n_items - 1
 
-        def step(batch: np.ndarray) -> torch.Tensor:
+        def loss_of(batch: np.ndarray) -> torch.Tensor:
             history = torch.from_numpy(samples.histories(batch).astype(np.int64))
             targets = targets_all[batch]
             users = net.user_vectors(history)
@@ -107,7 +107,7 @@ class YouTubeDNN:
 
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         self.history = train_epochs(
-            net, optimizer, step, len(samples), cfg.batch_size, cfg.epochs, rng,
+            net, autograd_step(loss_of, optimizer), len(samples), cfg.batch_size, cfg.epochs, rng,
             validate=validate if len(ctx.valid) else None, patience=cfg.patience, description="youtube",
         )
 
