@@ -264,7 +264,8 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
 
-    datasets = [d.split("=", 1) for d in args.data] or [["ml", str(ROOT.parent / "shared/data/movielens-100k/u.data")]]
+    datasets = [(name, str(Path(path).resolve())) for name, path in (d.split("=", 1) for d in args.data)]
+    datasets = datasets or [("ml", str(ROOT.parent / "shared/data/movielens-100k/u.data"))]
     methods = [m.strip() for m in args.methods.split(",")]
     worktree = None if args.baseline == "none" else baseline_worktree(args.baseline)
     results = []

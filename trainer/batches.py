@@ -81,6 +81,33 @@ def window_mask(windows: tuple[tuple[int, int], ...], length: int) -> np.ndarray
     return mask
 
 
+@dataclass(frozen=True)
+class WindowBags:
+    """`F.embedding_bag` input for the (V, B, W) window bags of V behaviour mappings:
+    ids (E,) the rows in each bag, offsets (V B W,) where each bag starts, weights (E,)
+    1 / (behaviours in the window), sizes (V B W,) entries per bag."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    weights: np.ndarray
+    sizes: np.ndarray
+
+
+def window_bags(mapped: np.ndarray, valid: np.ndarray, mask: np.ndarray) -> WindowBags:
+    """Bags over `mapped` (V, B, L) rows (behaviours under each mapping, most recent first),
+    `valid` (B, L) which positions hold a behaviour, `mask` (W, L) window membership. A bag
+    with no behaviour is empty (it pools to zeros, like `WindowPooling`)."""
+    in_bag = valid[:, None, :] & mask[None]  # (B, W, L)
+    counts = in_bag.sum(-1)  # (B, W)
+    sample_of, window_of, position_of = np.nonzero(in_bag)  # ordered by sample, window, position
+    n_groups = len(mapped)
+    ids = mapped[:, sample_of, position_of].ravel()  # (V E): the same entries under every mapping
+    weights = np.tile(1.0 / counts[sample_of, window_of], n_groups)  # float64: exact for float64 models
+    sizes = np.tile(counts.ravel(), n_groups)
+    offsets = np.r_[0, np.cumsum(sizes)[:-1]].astype(np.int64)
+    return WindowBags(ids.astype(np.int64, copy=False), offsets, weights, sizes)
+
+
 class BatchBuilder:
     """Sample indices -> `Batch`, for one sampler, tree and feature setting."""
 
@@ -127,28 +154,17 @@ class BatchBuilder:
         else:
             mapped = history[None].astype(np.int64)
         started = self._mark("history mapping (builder thread)", started)
-        valid = history >= 0  # histories are left-aligned: the valid positions come first
-        in_bag = valid[:, None, :] & self.mask[None]  # (B, W, L)
-        counts = in_bag.sum(-1)  # (B, W)
-        sample_of, window_of, position_of = np.nonzero(in_bag)  # ordered by sample, window, position
-        n_groups = len(mapped)
-        entry_ids = mapped[:, sample_of, position_of]  # (V, E): global rows, the same entries per mapping
-        bag_weights = 1.0 / counts[sample_of, window_of]  # float64: exact for float64 models
+        bags = window_bags(mapped, history >= 0, self.mask)
         node_ids = np.where(nodes >= 0, nodes, self.n_rows)
-        rows, local = self._local_ids(np.concatenate([entry_ids.ravel(), node_ids.ravel()]))
-        entries_local = local[:entry_ids.size]
-        nodes_local = local[entry_ids.size:].reshape(node_ids.shape)
-        per_group = np.r_[0, np.cumsum(counts.ravel())]  # bag offsets inside one mapping
-        n_entries = entry_ids.shape[1]
-        offsets = (per_group[:-1][None, :] + n_entries * np.arange(n_groups)[:, None]).ravel()
+        rows, local = self._local_ids(np.concatenate([bags.ids, node_ids.ravel()]))
+        entries_local = local[:len(bags.ids)]
+        nodes_local = local[len(bags.ids):].reshape(node_ids.shape)
         groups = tuple(np.ascontiguousarray(nodes_local[:, span]) for span in self.spans)
-        bag_weights = np.tile(bag_weights, n_groups)
-        n_bags = n_groups * counts.size
+        n_bags = len(bags.offsets)
         # Transposed bags: every bag entry and every node column, grouped by the row it reads.
         readers = np.concatenate([entries_local, *(g.ravel() for g in groups)])
-        sources = np.concatenate([np.repeat(np.arange(n_bags), np.tile(counts.ravel(), n_groups)),
-                                  n_bags + np.arange(nodes_local.size)])
-        weights = np.concatenate([bag_weights, np.ones(nodes_local.size)])
+        sources = np.concatenate([np.repeat(np.arange(n_bags), bags.sizes), n_bags + np.arange(nodes_local.size)])
+        weights = np.concatenate([bags.weights, np.ones(nodes_local.size)])
         key = readers.astype(np.uint16 if len(rows) <= 1 << 16 else np.int32)  # uint16 sorts by radix
         order = np.argsort(key, kind="stable")
         grad_offsets = np.r_[0, np.cumsum(np.bincount(readers, minlength=len(rows)))][:-1]
@@ -157,7 +173,7 @@ class BatchBuilder:
             history_local = np.where(mapped >= 0, np.searchsorted(rows, np.maximum(mapped, 0)), -1)
         self._mark("bags and row ids (builder thread)", started)
         return Batch(rows=rows, groups=groups, labels=self.labels, bag_ids=entries_local,
-                     bag_offsets=offsets.astype(np.int64), bag_weights=bag_weights,
+                     bag_offsets=bags.offsets, bag_weights=bags.weights,
                      grad_sources=sources[order], grad_offsets=grad_offsets.astype(np.int64),
                      grad_weights=weights[order], size=len(index), n_windows=self.mask.shape[0],
                      history=history_local)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from functools import partial
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from trainer.formats import FORMATS
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="interaction log (CSV/TSV/Parquet, .gz ok)")
+    parser.add_argument("--data", required=True,
+                        help="interaction log (CSV/TSV/Parquet, .gz ok), or a directory written by `prepare`")
     parser.add_argument("--format", default="auto", choices=FORMATS, help="log format (default: detect)")
     parser.add_argument("--min-interactions", type=int, default=10, help="keep users with at least this many")
     parser.add_argument("--behaviors", default=None, help="UserBehavior only: comma list of pv,buy,cart,fav")
@@ -29,13 +31,44 @@ def _data_config(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from trainer.synth import SynthConfig, generate, write
+    from trainer.synth import SynthConfig, generate, generate_chunks, write, write_chunks
 
     config = SynthConfig(n_items=args.items, n_users=args.users, n_interactions=args.interactions,
                          seed=args.seed)
+    chunk_users = args.chunk_users
+    if chunk_users is None and config.interactions > 20_000_000:
+        chunk_users = max(1, config.n_users * 10_000_000 // config.interactions)  # ~10M events a chunk
+    if chunk_users:
+        started = time.perf_counter()
+        rows = write_chunks(_progress(generate_chunks(config, chunk_users), config, chunk_users), Path(args.out))
+        print(f"wrote {rows:,} interactions ({config.n_users:,} users, {config.n_items:,} items) to {args.out} "
+              f"in {time.perf_counter() - started:.0f}s, {chunk_users:,} users per chunk")
+        return
     frame = generate(config)
     write(frame, Path(args.out))
     print(f"wrote {len(frame):,} interactions ({config.n_users:,} users, {config.n_items:,} items) to {args.out}")
+
+
+def _progress(chunks, config, chunk_users: int):
+    """Log each chunk as it is written (a 100M-event log takes minutes)."""
+    total = -(-config.n_users // chunk_users)
+    for i, frame in enumerate(chunks, start=1):
+        logging.getLogger("trainer.synth").info("synth: chunk %d/%d, %s events", i, total, f"{len(frame):,}")
+        yield frame
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from trainer.data import load_interactions
+    from trainer.prepared import save_prepared
+
+    started = time.perf_counter()
+    config = _data_config(args)
+    data = load_interactions(config)
+    read_seconds = time.perf_counter() - started
+    save_prepared(data, Path(args.out), config.min_interactions, config.behaviors)
+    print(f"prepared {len(data):,} interactions ({data.n_users:,} users, {data.n_items:,} items) in "
+          f"{read_seconds:.0f}s + {time.perf_counter() - started - read_seconds:.0f}s to write {args.out}; "
+          f"use --data {args.out}")
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -108,15 +141,20 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model and training (defaults: each method's own)")
     group.add_argument("--epochs", type=int, default=None, help="max epochs (validation recall picks the best)")
     group.add_argument("--batch-size", type=int, default=None)
-    group.add_argument("--lr", type=float, default=None)
+    group.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3)")
     group.add_argument("--dim", type=int, default=None, help="embedding size")
     group.add_argument("--arity", type=int, default=None, help="tree arity (default 2)")
     group.add_argument("--tree-init", default=None, choices=["auto", "category", "random", "kmeans"])
-    group.add_argument("--leaf-negatives", type=int, default=None, help="negatives at the leaf level")
+    group.add_argument("--leaf-negatives", type=int, default=None,
+                       help="negatives at the leaf level, halving upward (default 50)")
     group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")
     group.add_argument("--device", default="cpu", help="cpu, or cuda when present")
     group.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                        help="training forward precision (default auto: bf16 on AMX/AVX512-BF16/CUDA)")
+    group.add_argument("--kernel", default=None, choices=["auto", "fused", "autograd"],
+                       help="training kernel (default auto: fused on the CPU, autograd on CUDA or with bf16)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="fused kernel worker threads (default: torch's thread count, i.e. the cores)")
     joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")
     joint.add_argument("--iterations", type=int, default=None, help="joint iterations T (default 3)")
     joint.add_argument("--retrain-epochs", type=int, default=None, help="epochs per iteration (default 2)")
@@ -127,6 +165,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
     joint.add_argument("--tree-guard", default=None, choices=["on", "off"],
                        help="keep the old tree when the learnt one scores worse with the model fixed (default on)")
+    joint.add_argument("--retrain-unchanged", action="store_true",
+                       help="retrain even after a tree step that moved no item (the paper's loop, literally)")
     joint.add_argument("--equal-epochs", action="store_true",
                        help="dnn, tdm and jtm-h train the epochs a joint loop spends (epochs + iterations x "
                             "retrain-epochs), so methods compare at equal training")
@@ -147,6 +187,8 @@ def _method_options(args: argparse.Namespace):
         retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
         max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
         guard=None if args.tree_guard is None else args.tree_guard == "on",
+        retrain_unchanged=True if getattr(args, "retrain_unchanged", False) else None,
+        kernel=args.kernel, threads=args.threads,
         itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
         equal_epochs=getattr(args, "equal_epochs", False),
     )
@@ -246,7 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--users", type=int, default=2_000)
     synth.add_argument("--interactions", type=int, default=None, help="default: 30 per user")
     synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--chunk-users", type=int, default=None,
+                       help="write this many users at a time (default: whole log in memory up to 20M "
+                            "interactions, ~10M-event chunks beyond)")
     synth.set_defaults(func=cmd_synth)
+
+    prepare = sub.add_parser("prepare", help="read, filter and index a log once into memory-mapped arrays "
+                                             "(large logs; torchrun ranks share them)")
+    _add_data_arguments(prepare)
+    prepare.add_argument("--out", required=True, help="directory to write")
+    prepare.set_defaults(func=cmd_prepare)
 
     compare = sub.add_parser("compare", help="evaluate methods under the paper's protocol (Table 1)")
     _add_data_arguments(compare)

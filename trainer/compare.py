@@ -153,6 +153,7 @@ def _result(data: Interactions, config: CompareConfig, options: MethodOptions, r
             "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
         },
         "options": asdict(options),
+        "defaults": training_defaults(),
         "environment": environment,
     }
     if config.per_user:
@@ -213,7 +214,7 @@ def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:
 
 
 # Options that change where or how fast a method runs, not what it learns.
-_EXECUTION_OPTIONS = ("device", "workers")
+_EXECUTION_OPTIONS = ("device", "workers", "kernel", "threads")
 
 
 def merge_results(parts: list[dict], reference: str | None = None) -> dict:
@@ -284,13 +285,32 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
     return merged
 
 
+def training_defaults() -> dict:
+    """The values an option left at None (the method's default) stands for, recorded with
+    every result: a default that changes between versions must not let merge pool results
+    trained differently."""
+    from trainer.deep_retrieval import DeepConfig
+    from trainer.train import TrainConfig
+
+    return {"leaf_negatives": DeepConfig().leaf_negatives, "lr": TrainConfig().lr}
+
+
+# What the defaults were before results recorded them.
+_DEFAULTS_BEFORE_RECORDING = {"leaf_negatives": 100, "lr": 1e-3}
+
+
+def _effective_options(part: dict) -> dict:
+    options = {**asdict(MethodOptions()), **part["options"]}  # a later option was at its default before
+    defaults = part.get("defaults", _DEFAULTS_BEFORE_RECORDING)
+    return {k: defaults.get(k) if v is None and k in defaults else v for k, v in options.items()}
+
+
 def _check_same_options(first: dict, other: dict) -> None:
     """Refuse to pool results trained with different budgets or model settings. Results
     written before the options were recorded cannot be checked: say so, and go on."""
     if "options" not in first or "options" not in other:
         return  # cannot be checked; merge_results warns once
-    defaults = asdict(MethodOptions())  # an option added later was at its default in older results
-    theirs = {**defaults, **first["options"]}, {**defaults, **other["options"]}
+    theirs = _effective_options(first), _effective_options(other)
     keys = (set(theirs[0]) | set(theirs[1])) - set(_EXECUTION_OPTIONS)
     differ = sorted(k for k in keys if theirs[0].get(k) != theirs[1].get(k))
     if differ:

@@ -5,7 +5,9 @@
         tree_t  <- learn the tree with model_{t-1} fixed   (Algorithm 2, or TDM's k-means re-clustering)
         model_t <- retrain model_{t-1} on tree_t, warm-started (hierarchical features recomputed)
 
-Every iteration records the global loss L(theta, pi) of equation (2) (mean per sample over a
+When a step moves no item (tree_t = tree_{t-1}: the guard kept the old tree), model_t is
+model_{t-1}: there is nothing new to fit (`JointConfig.retrain_unchanged` restores the literal
+loop). Every iteration records the global loss L(theta, pi) of equation (2) (mean per sample over a
 fixed subset of the training samples), the tree-learning objective before/after the step with
 the model fixed, the fraction of items that moved, and validation P/R/F@M. The (model, tree)
 pair of the best validation recall is kept: iterations are chosen on validation users.
@@ -40,6 +42,9 @@ class JointConfig:
     iterations: int = 3  # T
     retrain_epochs: int = 2  # per iteration, warm-started (validation still picks the epoch)
     internal_init: str = "keep"  # after a new tree: keep node rows, or "mean" of their items' rows
+    # Retrain even when a tree step moved no item (the paper's loop, literally). Off: such an
+    # iteration costs only its tree step (the model is already trained on that tree).
+    retrain_unchanged: bool = False
     loss_samples: int = 20_000  # fixed subset on which L(theta, pi) is reported
     learning: TreeLearningConfig = field(default_factory=TreeLearningConfig)
 
@@ -48,7 +53,8 @@ class JointConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> JointConfig:
-        return cls(**{**data, "learning": TreeLearningConfig(**data["learning"])})
+        # Runs written before `retrain_unchanged` existed always retrained.
+        return cls(**{"retrain_unchanged": True, **data, "learning": TreeLearningConfig(**data["learning"])})
 
 
 @dataclass
@@ -83,16 +89,17 @@ def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
     centroid of its new items gives the warm start a meaningful point for upper levels.
     """
     with torch.no_grad():
-        items = torch.arange(tree.n_items)
         item_rows = model.embedding.weight[:tree.n_items]
         item_bias = model.bias.weight[:tree.n_items]
+        device, dtype = item_rows.device, item_rows.dtype
         for level in range(tree.depth):
-            ancestors = torch.from_numpy(tree.ancestors(items.numpy(), level))
+            ancestors = torch.from_numpy(tree.ancestors(np.arange(tree.n_items), level)).to(device)
             size = tree.level_size(level)
-            counts = torch.bincount(ancestors, minlength=size).clamp(min=1).unsqueeze(1).float()
-            means = torch.zeros(size, item_rows.shape[1]).index_add_(0, ancestors, item_rows) / counts
-            bias = torch.zeros(size, 1).index_add_(0, ancestors, item_bias) / counts
-            rows = torch.from_numpy(tree.node_ids(level, np.arange(size)))
+            counts = torch.bincount(ancestors, minlength=size).clamp(min=1).unsqueeze(1).to(dtype)
+            means = torch.zeros(size, item_rows.shape[1], device=device, dtype=dtype).index_add_(
+                0, ancestors, item_rows) / counts
+            bias = torch.zeros(size, 1, device=device, dtype=dtype).index_add_(0, ancestors, item_bias) / counts
+            rows = torch.from_numpy(tree.node_ids(level, np.arange(size))).to(device)
             model.embedding.weight[rows] = means
             model.bias.weight[rows] = bias
 
@@ -135,13 +142,24 @@ def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool 
             before, after = report.objective_before, report.objective_after
             tree_report = report.to_json()
         else:
-            embeddings = method.model.embedding.weight[:old_tree.n_items].detach().numpy()
+            embeddings = method.model.embedding.weight[:old_tree.n_items].detach().float().cpu().numpy()
             new_tree = kmeans_tree(embeddings, seed=ctx.seed + iteration, arity=old_tree.arity)
             before, after = (-v for v in tree_objectives(method.model, [old_tree, new_tree], old_tree,
                                                            ctx.samples, index, hierarchical))
             tree_report = None
         tree_seconds = time.perf_counter() - started
         moved = float((new_tree.item_leaf != old_tree.item_leaf).mean())
+        if moved == 0.0 and not config.retrain_unchanged:
+            # A fixed point: the step kept every item where it was (the guard rejected it, or it
+            # found nothing better), so retraining would only continue training the model on the
+            # tree that early stopping already stopped it on. Record the iteration and go on.
+            previous = history.records[-1]
+            record = IterationRecord(iteration, previous.global_loss, previous.valid, moved_fraction=0.0,
+                                     objective_before=before, objective_after=after, tree_seconds=tree_seconds,
+                                     tree_report=tree_report, epochs=0)
+            history.records.append(record)
+            _log(record)
+            continue
         method.tree = new_tree
         if config.internal_init == "mean":
             reinit_internal_nodes(method.model, new_tree)

@@ -31,6 +31,9 @@ class MethodOptions:
     workers: int | None = None
     precision: str | None = None
     guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
+    retrain_unchanged: bool | None = None  # retrain after a tree step that moved nothing
+    kernel: str | None = None  # training kernel: fused / autograd (execution only: same gradients)
+    threads: int | None = None  # fused kernel workers (execution only)
     itemcf_neighbours: int | None = None  # Item-CF: K most similar items per history item (None: all)
     # dnn, tdm and jtm-h train as many epochs as a joint loop spends (epochs + iterations x
     # retrain_epochs), so that a table compares methods at equal training, not the tree's
@@ -72,12 +75,12 @@ def deep_config(method: str, options: MethodOptions):
 
     variant = METHOD_VARIANTS[method]
     train = replace(TrainConfig(device=options.device),
-                    **_overrides(options, "epochs", "batch_size", "lr", "precision"))
+                    **_overrides(options, "epochs", "batch_size", "lr", "precision", "kernel", "threads"))
     scorer = replace(ScorerConfig(max_history=options.max_history, hierarchical=variant["hierarchical"]),
                      **_overrides(options, "dim"))
     learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers", "guard"))
     joint = replace(JointConfig(learning=learning),
-                    **_overrides(options, "iterations", "retrain_epochs", "internal_init"))
+                    **_overrides(options, "iterations", "retrain_epochs", "internal_init", "retrain_unchanged"))
     if options.equal_epochs and variant["tree_learning"] == "none":
         # Keep a snapshot after the joint loop's initial epochs: the joint twin starts there.
         train = replace(train, epochs=train.epochs + joint.iterations * joint.retrain_epochs,

@@ -25,7 +25,12 @@ from trainer import distributed
 
 
 class RowAdam:
-    """Lazy Adam over the rows of several tables that share their row ids (embedding, bias)."""
+    """Lazy Adam over the rows of several tables that share their row ids.
+
+    Each table's two moments live interleaved in one (rows, 2 x width) tensor, so a step reads
+    and writes each touched row's state with one gather and one scatter: at Ciao's size (a
+    quarter of a 233K-row table touched per batch) the random row accesses, not the arithmetic,
+    are the cost."""
 
     def __init__(self, tables: list[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8) -> None:
@@ -34,8 +39,7 @@ class RowAdam:
         self.betas = betas
         self.eps = eps
         self.step_count = 0
-        self.exp_avg = [torch.zeros_like(t) for t in tables]
-        self.exp_avg_sq = [torch.zeros_like(t) for t in tables]
+        self.moments = [torch.zeros(len(t), 2 * t[0].numel(), dtype=t.dtype, device=t.device) for t in tables]
 
     @torch.no_grad()
     def step(self, rows: torch.Tensor, grads: list[torch.Tensor]) -> None:
@@ -43,15 +47,25 @@ class RowAdam:
         self.step_count += 1
         beta1, beta2 = self.betas
         step_size = self.lr * math.sqrt(1 - beta2**self.step_count) / (1 - beta1**self.step_count)
-        for table, exp_avg, exp_avg_sq, grad in zip(self.tables, self.exp_avg, self.exp_avg_sq, grads, strict=True):
-            m = exp_avg.index_select(0, rows).mul_(beta1).add_(grad, alpha=1 - beta1)
-            v = exp_avg_sq.index_select(0, rows).mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            exp_avg.index_copy_(0, rows, m)
-            exp_avg_sq.index_copy_(0, rows, v)
-            table.index_add_(0, rows, m.div_(v.sqrt_().add_(self.eps)), alpha=-step_size)
+        for table, moments, grad in zip(self.tables, self.moments, grads, strict=True):
+            grad = grad.reshape(len(rows), -1)
+            width = grad.shape[1]
+            state = moments.index_select(0, rows)  # (U, 2 width): [m | v]
+            m, v = state[:, :width], state[:, width:]
+            m.mul_(beta1).add_(grad, alpha=1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            moments.index_copy_(0, rows, state)
+            weights = table.index_select(0, rows).reshape(len(rows), width)
+            weights.addcdiv_(m, v.sqrt().add_(self.eps), value=-step_size)
+            table.index_copy_(0, rows, weights.reshape(len(rows), *table.shape[1:]))
+
+    @property
+    def exp_avg(self) -> list[torch.Tensor]:
+        """First moments, table-shaped (a copy; for inspection and tests)."""
+        return [mo[:, :mo.shape[1] // 2].reshape(t.shape) for mo, t in zip(self.moments, self.tables, strict=True)]
 
     def state_dict(self) -> dict:
-        return {"step": self.step_count, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq}
+        return {"step": self.step_count, "moments": self.moments}
 
 
 def merge_rows(rows: torch.Tensor, grads: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:

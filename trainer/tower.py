@@ -37,13 +37,14 @@ the reference the tests hold this against.
 
 from __future__ import annotations
 
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
+
+from trainer.fused_ops import prelu_backward
+from trainer.threads import run_parallel
 
 CONCAT_WIDTH = 8  # groups with at most this many columns use the concat form (measured: bench/)
 
@@ -130,17 +131,6 @@ class _Accumulators:
         return torch.cat([self.a, self.wc + split], dim=1)
 
 
-def _prelu_backward(grad: torch.Tensor, x: torch.Tensor, slope: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """d PReLU: (grad where x > 0, slope * grad elsewhere) and the slope's gradient.
-
-    threshold_backward is the fast fused kernel for `grad * (x > 0)`; a boolean mask with
-    torch.where was 8x slower per pass on the AVX2 CPU profiled here."""
-    positive = torch.ops.aten.threshold_backward(grad, x, 0.0)
-    negative = grad - positive
-    slope_grad = (negative * x).sum(0)
-    return torch.addcmul(positive, negative, slope), slope_grad
-
-
 @dataclass(frozen=True)
 class _Layout:
     """Where each group's pairs sit in a chunk of `b` samples. Pair rows are ordered: narrow
@@ -151,9 +141,15 @@ class _Layout:
     offsets: dict[int, tuple[int, int]]  # group -> (first row, end row)
     n_narrow: int  # rows of narrow pairs (they come first)
     owner: torch.Tensor | None  # (n_narrow,) row of p (group-major: v * b + sample) of each narrow pair
+    label_rows: torch.Tensor | None = None  # (pairs,) each row's label, when training
+
+    @property
+    def order(self) -> tuple[int, ...]:
+        return self.narrow + self.wide
 
     @classmethod
-    def build(cls, widths: list[int], b: int, concat_width: int, device: torch.device) -> _Layout:
+    def build(cls, widths: list[int], b: int, concat_width: int, device: torch.device,
+              labels: list[torch.Tensor] | None = None) -> _Layout:
         narrow = tuple(v for v, w in enumerate(widths) if w <= concat_width)
         wide = tuple(v for v, w in enumerate(widths) if w > concat_width)
         offsets, row, owners = {}, 0, []
@@ -163,7 +159,68 @@ class _Layout:
             if v in narrow:
                 owners.append(torch.arange(v * b, (v + 1) * b, device=device).repeat_interleave(widths[v]))
         n_narrow = offsets[narrow[-1]][1] if narrow else 0
-        return cls(narrow, wide, offsets, n_narrow, torch.cat(owners) if owners else None)
+        label_rows = None
+        if labels is not None:
+            label_rows = torch.cat([labels[v].expand(b, widths[v]).reshape(-1) for v in narrow + wide])
+        return cls(narrow, wide, offsets, n_narrow, torch.cat(owners) if owners else None, label_rows)
+
+
+@dataclass
+class _Forward:
+    """A chunk's forward pass: what the backward pass reuses."""
+
+    b: int
+    p: torch.Tensor  # (V b, W, d) pooled windows, rows (v, sample)
+    a: torch.Tensor  # (V b, H1)
+    inputs: list[torch.Tensor]  # pre-activation per hidden layer, rows = pairs
+    acts: list[torch.Tensor]  # PReLU outputs
+    logit: torch.Tensor  # (pairs,) without the node bias
+    x: torch.Tensor | None = None  # narrow groups: [t, p_w * t]
+    t_n: torch.Tensor | None = None
+    p_n: torch.Tensor | None = None
+    m: torch.Tensor | None = None  # wide groups: M, k-major (d, V_w b, H1)
+    p_w: torch.Tensor | None = None
+    rows_w: torch.Tensor | None = None
+
+
+def _forward(w: TowerWeights, pooled: torch.Tensor, targets: list[torch.Tensor], start: int, stop: int,
+             layout: _Layout) -> _Forward:
+    """The tower on every pair of samples [start, stop), rows ordered as `layout` says."""
+    b = stop - start
+    n_groups, _, n_windows, dim = pooled.shape
+    h1_width = w.b1.shape[0]
+    widths = [t.shape[1] for t in targets]
+    p = pooled[:, start:stop].reshape(n_groups * b, n_windows, dim)  # rows (v, sample)
+    a = torch.addmm(w.b1, p.view(n_groups * b, n_windows * dim), w.a.t())  # (V b, H1)
+    h = torch.empty(b * sum(widths), h1_width, dtype=p.dtype, device=p.device)
+    out = _Forward(b, p, a, [h], [], h)
+    # Narrow groups: one GEMM on x = [t, p_w * t]
+    if layout.narrow:
+        out.t_n = torch.cat([targets[v][start:stop].reshape(-1, dim) for v in layout.narrow])  # (n_N, d)
+        out.p_n = p[layout.owner]  # (n_N, W, d)
+        out.x = torch.empty(layout.n_narrow, (n_windows + 1) * dim, dtype=p.dtype, device=p.device)
+        out.x[:, :dim] = out.t_n
+        torch.mul(out.p_n, out.t_n[:, None, :], out=out.x[:, dim:].view(-1, n_windows, dim))
+        torch.addmm(a[layout.owner], out.x, w.wc.t(), out=h[:layout.n_narrow])
+    # Wide groups: M (k-major, (d, V_w b, H1)) once per (sample, group), then t M per pair
+    if layout.wide:
+        if len(layout.wide) == n_groups:
+            out.p_w = p
+        else:
+            out.rows_w = torch.cat([torch.arange(v * b, (v + 1) * b, device=p.device) for v in layout.wide])
+            out.p_w = p[out.rows_w]  # (V_w b, W, d)
+        out.m = m = torch.baddbmm(w.bt[:, None, :], out.p_w.permute(2, 0, 1).contiguous(), w.ct_k)
+        for i, v in enumerate(layout.wide):
+            r0, r1 = layout.offsets[v]
+            torch.baddbmm(a[v * b:(v + 1) * b, None, :], targets[v][start:stop],
+                          m[:, i * b:(i + 1) * b].transpose(0, 1), out=h[r0:r1].view(b, widths[v], h1_width))
+    # The rest of the tower
+    out.acts.append(F.prelu(h, w.slopes[0]))
+    for (weight, bias), slope in zip(w.hidden, w.slopes[1:], strict=True):
+        out.inputs.append(torch.addmm(bias, out.acts[-1], weight.t()))
+        out.acts.append(F.prelu(out.inputs[-1], slope))
+    out.logit = torch.addmv(w.out_b, out.acts[-1], w.out_w)
+    return out
 
 
 def _chunk(w: TowerWeights, acc: _Accumulators, out: TowerGrads, pooled: torch.Tensor,
@@ -172,68 +229,36 @@ def _chunk(w: TowerWeights, acc: _Accumulators, out: TowerGrads, pooled: torch.T
     """Forward and backward for samples [start, stop): input gradients into `out`, weight
     gradients added to `acc` (and, when profiling, seconds into `acc.seconds`)."""
     began = time.perf_counter()
-    b = stop - start
+    f = _forward(w, pooled, targets, start, stop, layout)
+    b, p, a = f.b, f.p, f.a
     n_groups, _, n_windows, dim = pooled.shape
     h1_width = w.b1.shape[0]
     widths = [t.shape[1] for t in targets]
-    p = pooled[:, start:stop].reshape(n_groups * b, n_windows, dim)  # rows (v, sample)
-    p_flat = p.view(n_groups * b, n_windows * dim)
-    a = torch.addmm(w.b1, p_flat, w.a.t())  # (V b, H1)
-    n = b * sum(widths)
-    h = torch.empty(n, h1_width, dtype=p.dtype, device=p.device)
-
-    # ---- first layer, forward. Narrow groups: one GEMM on x = [t, p_w * t]
-    if layout.narrow:
-        t_n = torch.cat([targets[v][start:stop].reshape(-1, dim) for v in layout.narrow])  # (n_N, d)
-        p_n = p[layout.owner]  # (n_N, W, d)
-        x = torch.empty(layout.n_narrow, (n_windows + 1) * dim, dtype=p.dtype, device=p.device)
-        x[:, :dim] = t_n
-        torch.mul(p_n, t_n[:, None, :], out=x[:, dim:].view(-1, n_windows, dim))
-        torch.addmm(a[layout.owner], x, w.wc.t(), out=h[:layout.n_narrow])
-    # Wide groups: M (k-major, (d, V_w b, H1)) once per (sample, group), then t M per pair
-    if layout.wide:
-        rows_w = torch.cat([torch.arange(v * b, (v + 1) * b, device=p.device) for v in layout.wide])
-        p_w = p[rows_w]  # (V_w b, W, d)
-        m = torch.baddbmm(w.bt[:, None, :], p_w.permute(2, 0, 1).contiguous(), w.ct_k)
-        for i, v in enumerate(layout.wide):
-            r0, r1 = layout.offsets[v]
-            torch.baddbmm(a[v * b:(v + 1) * b, None, :], targets[v][start:stop],
-                          m[:, i * b:(i + 1) * b].transpose(0, 1), out=h[r0:r1].view(b, widths[v], h1_width))
-
-    # ---- the rest of the tower, forward
-    inputs = [h]  # pre-activations, per hidden layer
-    acts = [F.prelu(h, w.slopes[0])]
-    for (weight, bias), slope in zip(w.hidden, w.slopes[1:], strict=True):
-        inputs.append(torch.addmm(bias, acts[-1], weight.t()))
-        acts.append(F.prelu(inputs[-1], slope))
-    logit = torch.addmv(w.out_b, acts[-1], w.out_w)
-    grad_logit = torch.empty_like(logit)
+    # Loss over every pair of the chunk at once (rows in layout order; labels cached per layout).
+    assert layout.label_rows is not None
+    logit = f.logit.add_(torch.cat([node_bias[v][start:stop].reshape(-1) for v in layout.order]))
+    acc.loss += F.binary_cross_entropy_with_logits(logit, layout.label_rows, reduction="sum").double()
+    grad_logit = torch.sigmoid(logit).sub_(layout.label_rows)  # d loss / d logit
     for v, width in enumerate(widths):
         r0, r1 = layout.offsets[v]
-        logit_v = logit[r0:r1].view(b, width).add_(node_bias[v][start:stop])
-        target = labels[v].expand(b, width)
-        acc.loss += F.binary_cross_entropy_with_logits(logit_v, target, reduction="sum").double()
-        g_v = torch.sigmoid(logit_v).sub_(target)  # d loss / d logit
-        grad_logit[r0:r1] = g_v.view(-1)
-        out.node_bias[v][start:stop] = g_v
-
+        out.node_bias[v][start:stop] = grad_logit[r0:r1].view(b, width)
     if acc.seconds is not None:
         now = time.perf_counter()
         acc.seconds["forward"] += now - began
         began = now
 
     # ---- backward through the tower
-    acc.out_w.addmv_(acts[-1].t(), grad_logit)
+    acc.out_w.addmv_(f.acts[-1].t(), grad_logit)
     acc.out_b += grad_logit.sum()
     grad = torch.outer(grad_logit, w.out_w)  # d loss / d last activation
     for layer in range(len(w.hidden), -1, -1):
-        grad, slope_grad = _prelu_backward(grad, inputs[layer], w.slopes[layer])
+        grad, slope_grad = prelu_backward(grad, f.inputs[layer], w.slopes[layer])
         acc.slopes[layer] += slope_grad
         if layer == 0:
             break
         weight, _ = w.hidden[layer - 1]
         gw, gb = acc.hidden[layer - 1]
-        gw.addmm_(grad.t(), acts[layer - 1])
+        gw.addmm_(grad.t(), f.acts[layer - 1])
         gb += grad.sum(0)
         grad = grad @ weight
 
@@ -242,15 +267,16 @@ def _chunk(w: TowerWeights, acc: _Accumulators, out: TowerGrads, pooled: torch.T
     gp = torch.zeros_like(p)
     if layout.narrow:
         gh_n = grad[:layout.n_narrow]
-        acc.wc.addmm_(gh_n.t(), x)
+        acc.wc.addmm_(gh_n.t(), f.x)
         gx = (gh_n @ w.wc).view(-1, n_windows + 1, dim)  # (n_N, W + 1, d)
         ga.index_add_(0, layout.owner, gh_n)
-        gp.index_add_(0, layout.owner, gx[:, 1:] * t_n[:, None, :])
-        gt_n = gx[:, 0] + (gx[:, 1:] * p_n).sum(1)
+        gp.index_add_(0, layout.owner, gx[:, 1:] * f.t_n[:, None, :])
+        gt_n = gx[:, 0] + (gx[:, 1:] * f.p_n).sum(1)
         for v in layout.narrow:
             r0, r1 = layout.offsets[v]
             out.targets[v][start:stop] = gt_n[r0:r1].view(b, widths[v], dim)
     if layout.wide:
+        m = f.m
         gm = torch.empty_like(m)
         for i, v in enumerate(layout.wide):
             r0, r1 = layout.offsets[v]
@@ -260,29 +286,65 @@ def _chunk(w: TowerWeights, acc: _Accumulators, out: TowerGrads, pooled: torch.T
             gm[:, i * b:(i + 1) * b] = torch.bmm(t_v.transpose(1, 2), gh_v).transpose(0, 1)
             torch.bmm(gh_v, m[:, i * b:(i + 1) * b].permute(1, 2, 0), out=out.targets[v][start:stop])
         acc.bt += gm.sum(1)
-        acc.ct_k += torch.bmm(p_w.permute(2, 1, 0), gm)  # (d, W, V_w b) @ (d, V_w b, H1)
-        gp[rows_w] += torch.bmm(gm, w.ct_k.transpose(1, 2)).permute(1, 2, 0)  # (d, V_w b, W) -> (V_w b, W, d)
+        acc.ct_k += torch.bmm(f.p_w.permute(2, 1, 0).contiguous(), gm)  # (d, W, V_w b) @ (d, V_w b, H1)
+        gp_w = torch.bmm(gm, w.ct_k.transpose(1, 2)).permute(1, 2, 0)  # (d, V_w b, W) -> (V_w b, W, d)
+        if f.rows_w is None:
+            gp += gp_w
+        else:
+            gp[f.rows_w] += gp_w
     acc.b1 += ga.sum(0)
-    acc.a.addmm_(ga.t(), p_flat)
+    acc.a.addmm_(ga.t(), p.view(n_groups * b, n_windows * dim))
     gp.view(n_groups * b, n_windows * dim).addmm_(ga, w.a)
     out.pooled[:, start:stop] = gp.view(n_groups, b, n_windows, dim)
     if acc.seconds is not None:
         acc.seconds["backward"] += time.perf_counter() - began
 
 
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOL_LOCK = threading.Lock()
+def _layouts(widths: list[int], batch: int, chunk: int, concat_width: int, device: torch.device,
+             labels: list[torch.Tensor] | None = None) -> tuple[list[int], dict[int, _Layout]]:
+    starts = list(range(0, batch, chunk))
+    layouts: dict[int, _Layout] = {}
+    for start in starts:
+        size = min(start + chunk, batch) - start
+        if size not in layouts:
+            layouts[size] = _Layout.build(widths, size, concat_width, device, labels)
+    return starts, layouts
 
 
-def _pool(threads: int) -> ThreadPoolExecutor:
-    with _POOL_LOCK:
-        pool = _POOLS.get(threads)
-        if pool is None:
-            # Each worker runs its ops on one intra-op thread: parallelism comes from the workers.
-            pool = ThreadPoolExecutor(threads, thread_name_prefix="tower", initializer=torch.set_num_threads,
-                                      initargs=(1,))
-            _POOLS[threads] = pool
-        return pool
+@torch.no_grad()
+def tower_logits(
+    weights: TowerWeights,
+    pooled: torch.Tensor,
+    targets: list[torch.Tensor],
+    node_bias: list[torch.Tensor],
+    chunk: int = 64,
+    threads: int = 1,
+    concat_width: int = CONCAT_WIDTH,
+) -> list[torch.Tensor]:
+    """Forward only: per group (B, w_v) logits, same inputs as `tower_loss_and_grads`. Tree
+    learning's scoring: in chunks that stay in cache, on worker threads."""
+    n_groups, batch = pooled.shape[:2]
+    if not len(targets) == len(node_bias) == n_groups:
+        raise ValueError(f"{n_groups} behaviour mappings but {len(targets)} target and {len(node_bias)} bias groups")
+    pooled = pooled.contiguous()
+    targets = [t.contiguous() for t in targets]
+    widths = [t.shape[1] for t in targets]
+    logits = [pooled.new_empty(batch, width) for width in widths]
+    starts, layouts = _layouts(widths, batch, chunk, concat_width, pooled.device)
+    workers = max(1, min(threads, len(starts))) if pooled.device.type == "cpu" else 1
+
+    def run(worker: int) -> None:
+        for start in starts[worker::workers]:
+            stop = min(start + chunk, batch)
+            layout = layouts[stop - start]
+            f = _forward(weights, pooled, targets, start, stop, layout)
+            for v, width in enumerate(widths):
+                r0, r1 = layout.offsets[v]
+                torch.add(f.logit[r0:r1].view(stop - start, width), node_bias[v][start:stop],
+                          out=logits[v][start:stop])
+
+    run_parallel(run, workers)
+    return logits
 
 
 def tower_loss_and_grads(
@@ -335,15 +397,11 @@ def tower_loss_and_grads(
         targets=grad_targets, node_bias=[torch.empty_like(nb) for nb in node_bias],
         first=weights.a, b1=weights.b1, slopes=[], hidden=[], out_w=weights.out_w, out_b=weights.out_b,
     )
-    starts = list(range(0, batch, chunk))
+    widths = [t.shape[1] for t in targets]
+    starts, layouts = _layouts(widths, batch, chunk, concat_width, pooled.device,
+                               [label.to(pooled.dtype) for label in labels])
     workers = max(1, min(threads, len(starts))) if pooled.device.type == "cpu" else 1
     accumulators = [_Accumulators(weights, profile=seconds is not None) for _ in range(workers)]
-    widths = [t.shape[1] for t in targets]
-    layouts: dict[int, _Layout] = {}
-    for start in starts:
-        size = min(start + chunk, batch) - start
-        if size not in layouts:
-            layouts[size] = _Layout.build(widths, size, concat_width, pooled.device)
 
     def run(worker: int) -> None:
         for start in starts[worker::workers]:
@@ -351,10 +409,7 @@ def tower_loss_and_grads(
             _chunk(weights, accumulators[worker], out, pooled, targets, node_bias, labels, start, stop,
                    layouts[stop - start])
 
-    if workers == 1:
-        run(0)
-    else:
-        list(_pool(workers).map(run, range(workers)))
+    run_parallel(run, workers)
     total = accumulators[0]
     for other in accumulators[1:]:
         for mine, theirs in zip(total.tensors(), other.tensors(), strict=True):

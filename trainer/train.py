@@ -45,7 +45,7 @@ KERNELS = ("auto", "fused", "autograd")
 @dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 256
-    lr: float = 1e-3  # Adam, as in TDM/JTM
+    lr: float = 2e-3  # Adam (TDM/JTM use 1e-3; 2e-3 reached the same recall in fewer epochs, validated)
     epochs: int = 10  # upper bound: validation recall picks the epoch
     patience: int = 2
     device: str = "cpu"

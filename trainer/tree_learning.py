@@ -42,11 +42,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from service.core.tree import Tree
 from trainer.data import SampleSet
 from trainer.model import TreeScorer
+from trainer.pair_scores import PairScorer
+from trainer.threads import default_threads, run_parallel
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class TreeLearningConfig:
     # scores worse than the old one on the samples used, keep the old one (a step never
     # increases L(theta, pi)).
     guard: bool = True
-    batch_size: int = 256  # samples per scorer call
+    batch_size: int = 1024  # samples per scorer call
     workers: int = 1  # >1: weights computed in a process pool
     seed: int = 0
 
@@ -170,6 +171,7 @@ def weights_for_items(
     top_of_item: np.ndarray,
     sample_item: np.ndarray,
     histories: np.ndarray | SampleHistories,
+    threads: int = 1,
 ) -> tuple[np.ndarray, int]:
     """Sum over each item's samples of log p(node | u) for every node of its candidate subtree.
 
@@ -179,37 +181,74 @@ def weights_for_items(
     Returns (K, N) float64 node-score sums (N nodes of the subtree) and the evaluation count.
     At the leaf level the node *is* the item (its own embedding row), so its score is the same
     for every candidate leaf: it is computed once per sample and broadcast.
-    This is what a process-pool worker or a torch.distributed rank runs on its share.
+    This is what a process-pool worker or a torch.distributed rank runs on its share. With
+    `threads` > 1 the samples are cut at item boundaries into that many contiguous parts, one
+    per worker thread (`trainer.threads`), which then write disjoint rows of the sums.
     """
     tree, span = job.tree, job.end - job.start
     level_of_node, offset_of_node, _ = subtree_layout(tree.arity, span)
     n_nodes = len(level_of_node)
     sums = np.zeros((len(top_of_item), n_nodes), dtype=np.float64)
     levels = np.unique(level_of_node)
-    evaluations = 0
-    with torch.no_grad():
-        for batch_start in range(0, len(sample_item), job.batch_size):
-            batch = slice(batch_start, batch_start + job.batch_size)
+    device = model.embedding.weight.device
+    parts = _item_aligned_parts(sample_item, threads if device.type == "cpu" else 1)
+
+    scorer = PairScorer(model, tree, job.hierarchical)
+
+    def work(part: int) -> int:
+        evaluations = 0
+        first, last = parts[part]
+        for batch_start in range(first, last, job.batch_size):
+            batch = slice(batch_start, min(batch_start + job.batch_size, last))
             items_in_batch = sample_item[batch]
             top = top_of_item[items_in_batch]  # (B,)
-            hist = histories[batch]
-            scores = np.empty((len(items_in_batch), n_nodes), dtype=np.float32)
-            state = None if job.hierarchical else model.user_state(torch.from_numpy(hist.astype(np.int64)))
+            nodes = {}
             for rel in levels:
-                columns = level_of_node == rel
                 level = job.start + int(rel)
-                if job.hierarchical:
-                    state = model.user_state(torch.from_numpy(tree.ancestor_ids(hist, level)))
                 if level == tree.depth:
-                    nodes = items[items_in_batch][:, None].astype(np.int64)  # the item's own row
+                    nodes[level] = items[items_in_batch][:, None].astype(np.int64)  # the item's own row
                 else:
-                    positions = top[:, None] * tree.arity**rel + offset_of_node[columns][None, :]
-                    nodes = tree.node_ids(level, positions)
-                logits = F.logsigmoid(model.score(state, torch.from_numpy(nodes))).numpy()
-                scores[:, columns] = logits  # (B, 1) broadcasts over the leaf columns
+                    positions = top[:, None] * tree.arity**rel + offset_of_node[level_of_node == rel][None, :]
+                    nodes[level] = tree.node_ids(level, positions)
+            scored = scorer.log_probs(histories[batch], nodes)
+            scores = np.empty((len(items_in_batch), n_nodes), dtype=np.float32)
+            for rel in levels:
+                logits = scored[job.start + int(rel)]
+                scores[:, level_of_node == rel] = logits  # (B, 1) broadcasts over the leaf columns
                 evaluations += logits.size
-            np.add.at(sums, items_in_batch, scores.astype(np.float64))
+            _add_rows(sums, items_in_batch, scores)
+        return evaluations
+
+    evaluations = sum(run_parallel(work, len(parts)))
     return sums, evaluations
+
+
+def _add_rows(sums: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """sums[rows] += values with repeated rows summed (np.add.at), by segment sums when the
+    rows come grouped (tree learning's samples are ordered by item): ~10x faster."""
+    if len(rows) > 1 and (np.diff(rows) >= 0).all():
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        sums[rows[starts]] += np.add.reduceat(values.astype(np.float64), starts, axis=0)
+    else:
+        np.add.at(sums, rows, values.astype(np.float64))
+
+
+def _item_aligned_parts(sample_item: np.ndarray, threads: int) -> list[tuple[int, int]]:
+    """Contiguous (first, last) sample ranges, about equal, that never split an item's samples
+    (so parallel workers never add into the same row). One range when the samples are not
+    grouped by item."""
+    n = len(sample_item)
+    if threads <= 1 or n < 2 or (np.diff(sample_item) < 0).any():
+        return [(0, n)]
+    changes = np.flatnonzero(np.diff(sample_item)) + 1  # first sample of each new item
+    cuts = [0]
+    for target in (n * part // threads for part in range(1, threads)):
+        cut = int(changes[np.searchsorted(changes, target)]) if len(changes) and target <= changes[-1] else n
+        if cut > cuts[-1]:
+            cuts.append(cut)
+    if cuts[-1] != n:
+        cuts.append(n)
+    return list(zip(cuts[:-1], cuts[1:], strict=True))
 
 
 # --------------------------------------------------------------------------- assignment
@@ -471,22 +510,27 @@ def tree_objectives(
     if len({t.depth for t in trees}) != 1:
         raise ValueError("tree_objectives needs trees of one depth")
     model.eval()
-    totals = np.zeros(len(trees))
     targets = samples.targets
     ctx = distributed.context()
     if ctx is not None:  # each rank sums its share; all-reduced below
         index = index[ctx.rank::ctx.world_size]
-    with torch.no_grad():
-        for start in range(0, len(index), batch_size):
-            batch = index[start:start + batch_size]
-            hist = samples.histories(batch)
-            state = None if hierarchical else model.user_state(torch.from_numpy(hist.astype(np.int64)))
-            for level in range(1, trees[0].depth + 1):
-                if hierarchical:
-                    state = model.user_state(torch.from_numpy(feature_tree.ancestor_ids(hist, level)))
-                for which, tree in enumerate(trees):
-                    nodes = tree.ancestor_ids(targets[batch], level)[:, None]
-                    totals[which] -= float(F.logsigmoid(model.score(state, torch.from_numpy(nodes))).sum())
+    batches = [index[start:start + batch_size] for start in range(0, len(index), batch_size)]
+    device = next(model.parameters()).device
+    workers = min(default_threads() if device.type == "cpu" else 1, max(len(batches), 1))
+
+    scorer = PairScorer(model, feature_tree, hierarchical)
+    levels = range(1, trees[0].depth + 1)
+
+    def work(worker: int) -> np.ndarray:
+        part = np.zeros(len(trees))
+        for batch in batches[worker::workers]:
+            nodes = {level: np.stack([tree.ancestor_ids(targets[batch], level) for tree in trees], axis=1)
+                     for level in levels}  # (B, trees) per level
+            scored = scorer.log_probs(samples.histories(batch), nodes)
+            part -= sum(scored[level].astype(np.float64).sum(axis=0) for level in levels)
+        return part
+
+    totals = np.sum(run_parallel(work, workers), axis=0)  # fixed order: deterministic
     if ctx is not None:
         totals = distributed.sum_array(totals)
     return [float(t) for t in totals]
@@ -502,12 +546,12 @@ def _pool(model: TreeScorer, config: TreeLearningConfig) -> ProcessPoolExecutor 
         return None
     import multiprocessing
 
-    checkpoint = model.checkpoint()
+    checkpoint = {**model.checkpoint(), "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}}
     return ProcessPoolExecutor(max_workers=config.workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_worker, initargs=(checkpoint,))
 
 
-def _init_worker(checkpoint: dict) -> None:
+def _init_worker(checkpoint: dict) -> None:  # pool workers score on the CPU
     torch.set_num_threads(1)
     _WORKER["model"] = TreeScorer.from_checkpoint(checkpoint)
 
@@ -522,7 +566,7 @@ def _local_weights(model, job: WeightJob, items: np.ndarray, top: np.ndarray, sa
     """Node-score sums (K, N) in this process: directly, or sharded by items over the pool
     (each shard's histories are gathered only when it is sent)."""
     if pool is None:
-        return weights_for_items(model, job, items, top, sample_row, histories)
+        return weights_for_items(model, job, items, top, sample_row, histories, threads=default_threads())
     n_items = len(top)
     futures = []
     for shard in np.array_split(np.arange(n_items), workers * 4):

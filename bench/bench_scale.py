@@ -1,0 +1,191 @@
+"""The JTM paper's scale on one box: a UserBehavior-shaped log (1M users, 4M items, 100M
+events), loaded, indexed, turned into samples and trained on, within 16 GB of peak RSS.
+
+    .venv/bin/python bench/bench_scale.py --events data/ub-synth.parquet --generate \\
+        --steps 300 --json bench/results/training/scale.json
+
+Each stage runs in its own process, so its peak RSS is its own:
+1. `generate` (optional): `python -m trainer synth` in ~10M-event chunks, streamed to Parquet.
+2. `prepare`: read the log, keep users with >= 10 events, contiguous int32 ids, sort each
+   user's events by time, and write memory-mapped arrays (`trainer.prepared`).
+3. `train`: map the arrays, build the training samples (int32 row indices, histories gathered
+   per batch, never materialised) and the category tree, then train JTM-H (the hierarchical
+   representation, the costly case) and TDM for `--steps` steps each: samples/s, and the
+   projected time of one epoch over every training sample.
+4. `train` again under `torchrun --nproc_per_node 2` (two data-parallel ranks sharing the mapped
+   arrays, one core each): the scaling of 2 ranks against 1 process using both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def stage_prepare(args: argparse.Namespace) -> dict:
+    from trainer.data import DataConfig, load_interactions
+    from trainer.prepared import save_prepared
+
+    started = time.perf_counter()
+    data = load_interactions(DataConfig(args.events))
+    load_seconds = time.perf_counter() - started
+    save_prepared(data, Path(args.prepared), 10, None)
+    return {"interactions": len(data), "users": data.n_users, "items": data.n_items,
+            "categories": data.n_categories, "read_and_index_s": load_seconds,
+            "write_s": time.perf_counter() - started - load_seconds, "peak_rss_gb": peak_rss_gb()}
+
+
+def stage_train(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    from trainer import distributed
+    from trainer.batches import batch_indices, prefetch
+    from trainer.data import DataConfig, load_interactions, make_samples, split_users
+    from trainer.model import ScorerConfig, TreeScorer
+    from trainer.sampler import LayerwiseSampler
+    from trainer.train import ScorerStep, TrainConfig, make_builder
+    from trainer.tree_build import category_tree
+
+    ctx = distributed.init_from_env("cpu")
+    rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
+    out: dict = {"world_size": world, "threads": torch.get_num_threads()}
+    started = time.perf_counter()
+    data = load_interactions(DataConfig(args.prepared))
+    out["map_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    split = split_users(data.n_users, 0)
+    samples = make_samples(data, split.train)
+    out["samples_s"] = time.perf_counter() - started
+    out["training_samples"] = len(samples)
+    started = time.perf_counter()
+    tree = category_tree(data.item_category, 0)
+    out["tree_s"] = time.perf_counter() - started
+    out["tree_depth"], out["tree_rows"] = tree.depth, tree.n_rows
+
+    def train(method: str) -> dict:
+        hierarchical = method == "jtm-h"
+        torch.manual_seed(0)
+        model = TreeScorer(tree.n_rows, ScorerConfig(hierarchical=hierarchical))
+        step = ScorerStep(model, TrainConfig(batch_size=args.batch_size))
+        builder = make_builder(model, samples, LayerwiseSampler.create(tree), tree, hierarchical)
+        rng = np.random.default_rng(0)
+        order = np.random.default_rng(1).integers(0, len(samples), (args.warmup + args.steps) * args.batch_size)
+        indices = list(batch_indices(len(order), args.batch_size, order, rank, world))
+        losses, begun = [], time.perf_counter()
+        for i, batch in enumerate(prefetch(lambda index: builder(index, rng), indices)):
+            if i == args.warmup:
+                distributed.barrier()
+                begun = time.perf_counter()
+            losses.append(step(batch))
+        distributed.barrier()
+        rate = args.steps * args.batch_size / (time.perf_counter() - begun)  # global: every rank's share
+        return {"samples_per_s": rate, "epoch_hours": len(samples) / rate / 3600, "loss_first": losses[0],
+                "loss_last": losses[-1], "pairs_per_sample": len(builder.sampler.label)}
+
+    for method in args.methods.split(","):
+        out[method] = train(method)
+    out["peak_rss_gb"] = peak_rss_gb()
+    if ctx is not None:
+        out["peak_rss_gb_all_ranks"] = float(distributed.sum_array(np.array([out["peak_rss_gb"]]))[0])
+        if rank != 0:
+            return {}
+    return out
+
+
+def run_stage(command: list[str], name: str) -> dict:
+    print(f"{name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{result.stderr[-4000:]}")
+    lines = [line for line in result.stdout.strip().splitlines() if line.startswith("{")]
+    out = json.loads(lines[-1]) if lines else {}
+    out["wall_s"] = time.perf_counter() - started
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # (Not --log, nor --role below: torchrun's own parser would take them.)
+    parser.add_argument("--events", required=True, help="the log (Parquet); made with --generate")
+    parser.add_argument("--prepared", default=None, help="where the prepared arrays go (default: LOG.prepared)")
+    parser.add_argument("--generate", action="store_true", help="generate the log first if it is absent")
+    parser.add_argument("--items", type=int, default=4_000_000)
+    parser.add_argument("--users", type=int, default=1_000_000)
+    parser.add_argument("--interactions", type=int, default=100_000_000)
+    parser.add_argument("--methods", default="jtm-h,tdm")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--ranks", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--stage", default="main", choices=["main", "prepare", "train"])
+    args = parser.parse_args()
+    args.prepared = args.prepared or f"{args.events}.prepared"
+    if args.stage != "main":
+        result = {"prepare": stage_prepare, "train": stage_train}[args.stage](args)
+        if result:
+            print(json.dumps(result))
+        return
+
+    me = [sys.executable, str(Path(__file__).resolve())]
+    common = ["--events", args.events, "--prepared", args.prepared, "--methods", args.methods, "--steps",
+              str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+    report: dict = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count()}
+    if args.generate and not Path(args.events).exists():
+        report["generate"] = run_stage([sys.executable, "-m", "trainer", "synth", "--out", args.events, "--items",
+                                        str(args.items), "--users", str(args.users), "--interactions",
+                                        str(args.interactions)], "generate")
+    report["prepare"] = run_stage([*me, *common, "--stage", "prepare"], "prepare (read + index + write)")
+    report["train_1_process"] = run_stage([*me, *common, "--stage", "train"], "train, one process")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.ranks)]
+    report[f"train_{args.ranks}_ranks"] = run_stage([*torchrun, *me[1:], *common, "--stage", "train"],
+                                                    f"train, {args.ranks} ranks")
+    print_report(report, args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+
+
+def print_report(report: dict, args: argparse.Namespace) -> None:
+    prep, one, many = report["prepare"], report["train_1_process"], report[f"train_{args.ranks}_ranks"]
+    print(f"\n{prep['interactions']:,} interactions kept, {prep['users']:,} users, {prep['items']:,} items, "
+          f"{prep['categories']:,} categories; {one['training_samples']:,} training samples; tree depth "
+          f"{one['tree_depth']}, {one['tree_rows']:,} embedding rows\n")
+    print("| stage | wall s | peak RSS GB |\n|---|---|---|")
+    if "generate" in report:
+        print(f"| generate (synth, chunked) | {report['generate']['wall_s']:.0f} | - |")
+    print(f"| read + index the log | {prep['read_and_index_s']:.0f} | {prep['peak_rss_gb']:.1f} |")
+    print(f"| write prepared arrays | {prep['write_s']:.0f} | (same process) |")
+    print(f"| map prepared arrays | {one['map_s']:.1f} | - |")
+    print(f"| build training samples | {one['samples_s']:.1f} | - |")
+    print(f"| category tree | {one['tree_s']:.1f} | - |")
+    print(f"| training, one process, {one['threads']} threads | - | {one['peak_rss_gb']:.1f} |")
+    print(f"| training, {args.ranks} ranks | - | {many['peak_rss_gb']:.1f} per rank, "
+          f"{many.get('peak_rss_gb_all_ranks', 0):.1f} summed (mapped pages shared) |")
+    print("\n| method | pairs/sample | 1 process samples/s | epoch h | "
+          f"{args.ranks} ranks samples/s | epoch h | scaling |\n|---|---|---|---|---|---|---|")
+    for method in args.methods.split(","):
+        a, b = one[method], many[method]
+        print(f"| {method} | {a['pairs_per_sample']} | {a['samples_per_s']:,.0f} | {a['epoch_hours']:.1f} | "
+              f"{b['samples_per_s']:,.0f} | {b['epoch_hours']:.1f} | {b['samples_per_s'] / a['samples_per_s']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
