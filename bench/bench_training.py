@@ -16,6 +16,10 @@ the roofline says what is left.
         --data ml=../shared/data/movielens-100k/u.data --data ciao=../shared/data/ciao/ciao_ratings.csv.gz \\
         --json bench/results/training/profile.json
 
+`--leaf-negatives` sets the sampler for both (the same work per sample: the implementation's
+speed-up); `--baseline-leaf-negatives 100` runs the baseline at its own default instead (what
+a user gets from upgrading).
+
 The baseline is checked out into a temporary git worktree (`git worktree add --detach`) and
 driven through its own API (`trainer.train.make_step` and `AdamWithSparseEmbeddings` before
 the fused kernel); `--baseline none` measures ours alone.
@@ -207,10 +211,13 @@ def flop_per_sample(pairs: int, groups: int, dim: int = 32, hidden=(128, 64, 24)
 
 
 def run_worker(role: str, code_root: Path, data_path: str, method: str, args: argparse.Namespace) -> dict:
+    leaf = args.leaf_negatives
+    if role == "baseline" and args.baseline_leaf_negatives is not None:
+        leaf = args.baseline_leaf_negatives
     command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--code-root", str(code_root),
                "--data-path", data_path, "--method", method, "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-               "--leaf-negatives", str(args.leaf_negatives), "--threads", str(args.threads)]
+               "--leaf-negatives", str(leaf), "--threads", str(args.threads)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=code_root, timeout=3600)
     if result.returncode != 0:
         raise SystemExit(f"{role} worker failed on {data_path} {method}:\n{result.stderr[-3000:]}")
@@ -247,7 +254,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--leaf-negatives", type=int, default=100)
+    parser.add_argument("--leaf-negatives", type=int, default=50, help="ours (default: the trainer's default)")
+    parser.add_argument("--baseline-leaf-negatives", type=int, default=None,
+                        help="the baseline's (default: the same as ours, i.e. the same work per sample)")
     parser.add_argument("--threads", type=int, default=0, help="fused kernel workers (0: all torch threads)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)

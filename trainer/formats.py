@@ -138,11 +138,12 @@ def read_generic(path: Path) -> pd.DataFrame:
             frame = pd.read_csv(path, sep=sep, usecols=list(mapping.values()), low_memory=False)
         except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
             raise DataError(f"cannot parse as CSV: {_one_line(exc)}", path) from exc
-    frame = frame.rename(columns={v: k for k, v in mapping.items()})[list(mapping)]
+    # Renamed in place, not re-selected: each copy of a 100M-row frame costs 3 GB.
+    frame.columns = [{v: k for k, v in mapping.items()}[c] for c in frame.columns]
     _drop_missing_ids(path, frame)
     if "timestamp" in frame.columns:
         frame["timestamp"] = _timestamps(path, frame["timestamp"], header_rows=1)
-    return frame.reset_index(drop=True)
+    return frame if isinstance(frame.index, pd.RangeIndex) and frame.index.start == 0 else frame.reset_index(drop=True)
 
 
 def read_userbehavior(path: Path, behaviors: tuple[str, ...] | None = None) -> pd.DataFrame:
@@ -227,7 +228,9 @@ def _read_headerless(path: Path, sep: str, names: list[str], numeric: tuple[str,
     is the file re-read as text to name the first offending line.
     """
     usecols = [n for n in names if not n.startswith("_")]
-    dtypes = {n: (np.int64 if n in numeric else str) for n in usecols}
+    # Text columns as categoricals: UserBehavior's 100M behaviour strings would take ~6 GB as
+    # Python objects, 100 MB as codes.
+    dtypes = {n: (np.int64 if n in numeric else "category") for n in usecols}
     try:
         return pd.read_csv(path, sep=sep, header=None, names=names, usecols=usecols, dtype=dtypes)
     except (ValueError, TypeError, OverflowError):

@@ -17,6 +17,7 @@ ever all-reducing a full table.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -71,30 +72,31 @@ class RowAdam:
 def merge_rows(rows: torch.Tensor, grads: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Under torch.distributed: the union of every rank's rows with their summed gradients, the
     same on every rank (ranks are concatenated in rank order, so the sums are bit-identical);
-    a bool column comes back as "true on any rank". Without it: the input unchanged."""
+    a bool column comes back as "true on any rank". Without it: the input unchanged.
+
+    Two all-gathers per step: the row ids (int64) and the gradients packed in their own dtype
+    (33 floats a row for the embedding and bias tables), padded to the longest rank's rows."""
     ctx = distributed.context()
     if ctx is None:
         return rows, grads
     sizes = distributed.all_gather_sizes(len(rows))
     longest = max(sizes)
-    width = sum(g[0].numel() if g.dim() > 1 else 1 for g in grads)
-    packed = torch.zeros(longest, 1 + width, dtype=torch.float64)
-    packed[:len(rows), 0] = rows.double()
-    column = 1
-    for grad in grads:
-        flat = grad.reshape(len(rows), -1)
-        packed[:len(rows), column:column + flat.shape[1]] = flat.double()
-        column += flat.shape[1]
-    gathered = distributed.all_gather_tensor(packed)
-    parts = torch.cat([part[:size] for part, size in zip(gathered, sizes, strict=True)])
-    all_rows = parts[:, 0].long()
+    flats = [g.reshape(len(rows), -1).to(torch.float32 if g.dtype == torch.bool else g.dtype) for g in grads]
+    dtype = functools.reduce(torch.promote_types, [f.dtype for f in flats])
+    width = sum(f.shape[1] for f in flats)
+    packed = torch.zeros(longest, width, dtype=dtype, device=rows.device)
+    packed[:len(rows)] = torch.cat([f.to(dtype) for f in flats], dim=1)
+    padded_rows = torch.full((longest,), -1, dtype=torch.int64, device=rows.device)
+    padded_rows[:len(rows)] = rows
+    all_rows = torch.cat([part[:size] for part, size in
+                          zip(distributed.all_gather_tensor(padded_rows), sizes, strict=True)])
+    parts = torch.cat([part[:size] for part, size in zip(distributed.all_gather_tensor(packed), sizes, strict=True)])
     merged_rows, inverse = torch.unique(all_rows, sorted=True, return_inverse=True)
-    summed = torch.zeros(len(merged_rows), width, dtype=torch.float64).index_add_(0, inverse, parts[:, 1:])
+    summed = torch.zeros(len(merged_rows), width, dtype=dtype, device=rows.device).index_add_(0, inverse, parts)
     out, column = [], 0
-    for grad in grads:
-        size = grad[0].numel() if grad.dim() > 1 else 1
-        part = summed[:, column:column + size]
+    for grad, flat in zip(grads, flats, strict=True):
+        part = summed[:, column:column + flat.shape[1]]
         out.append((part if grad.dtype != torch.bool else part > 0).to(grad.dtype)
                    .reshape(len(merged_rows), *grad.shape[1:]))
-        column += size
+        column += flat.shape[1]
     return merged_rows, out

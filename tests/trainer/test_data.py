@@ -82,3 +82,25 @@ def test_eval_set_halves() -> None:
     assert np.array_equal(sub.users, users[[2, 0]])
     third_truth = ev.truth_items[ev.truth_offsets[2]:ev.truth_offsets[3]]
     assert np.array_equal(sub.truth_items[:sub.truth_offsets[1]], third_truth)
+
+
+def test_time_order_is_stable_with_and_without_the_packed_key() -> None:
+    from trainer.data import _user_time_order
+
+    rng = np.random.default_rng(0)
+    user = rng.integers(0, 50, 3000).astype(np.int32)
+    timestamp = rng.integers(0, 20, 3000)  # many ties: file order must break them
+    expected = np.lexsort((np.arange(3000), timestamp, user))
+    assert np.array_equal(_user_time_order(user, timestamp), expected)
+    huge = timestamp * 2**60 // 20  # a span that cannot be packed beside the user: lexsort path
+    assert np.array_equal(_user_time_order(user, huge), np.lexsort((np.arange(3000), huge, user)))
+
+
+def test_item_category_is_the_majority_then_the_first_seen() -> None:
+    from trainer.data import _majority_category
+
+    items = np.array([0, 0, 1, 1, 1, 2, 2, 3], dtype=np.int32)
+    categories = np.array([4, 4, 2, 3, 3, 1, 0, 5], dtype=np.int32)
+    # item 0: always 4; item 1: 3 twice beats 2; item 2: a tie goes to 1 (seen first); item 3: 5
+    assert _majority_category(items, categories, 4, 6).tolist() == [4, 3, 1, 5]
+    assert _majority_category(items[[0, 1, 7]], categories[[0, 1, 7]], 4, 6).tolist() == [4, 0, 0, 5]

@@ -124,3 +124,27 @@ def test_tdm_beats_popularity_on_movielens(movielens_path: Path) -> None:
     r_pop = user_metrics(pop.recommend(test, 200, False), test, 200).recall
     diff = r_tdm - r_pop
     assert diff.mean() > 2 * diff.std(ddof=1) / np.sqrt(len(diff)), (r_tdm.mean(), r_pop.mean())
+
+
+@pytest.mark.parametrize("retrain_unchanged", [False, True])
+def test_a_tree_step_that_moves_nothing_is_not_retrained(synth_path: Path, monkeypatch,
+                                                         retrain_unchanged: bool) -> None:
+    """A joint iteration whose tree step keeps every item in place (the guard rejected it)
+    costs only the step: the model is already trained on that tree. `retrain_unchanged`
+    restores the literal loop."""
+    import trainer.joint as joint
+    from trainer.tree_learning import TreeLearningReport
+
+    monkeypatch.setattr(joint, "learn_tree", lambda model, tree, *args, **kwargs: (tree, TreeLearningReport()))
+    data = load_interactions(DataConfig(path=str(synth_path)))
+    split = split_users(data.n_users, 0)
+    ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train),
+                     valid=make_eval_set(data, split.valid), m=50, exclude_seen=False, seed=0)
+    options = MethodOptions(epochs=1, iterations=2, retrain_epochs=1, retrain_unchanged=retrain_unchanged or None)
+    method = DeepRetrieval(deep_config("jtm-j", options))
+    method.fit(ctx)
+    records = method.joint_history.records
+    assert [r.epochs for r in records] == ([1, 1, 1] if retrain_unchanged else [1, 0, 0])
+    assert all(r.moved_fraction == 0.0 for r in records[1:])
+    if not retrain_unchanged:
+        assert records[1].valid == records[0].valid and records[2].global_loss == records[0].global_loss

@@ -81,3 +81,17 @@ def test_mismatched_groups_are_refused() -> None:
         tower_loss_and_grads(weights, pooled, targets[:1], node_bias[:1], labels[:1])
     with pytest.raises(ValueError, match="group shapes disagree"):
         tower_loss_and_grads(weights, pooled, targets, node_bias, [labels[1], labels[0]])
+
+
+@pytest.mark.parametrize("widths", [[40], [2, 3, 5, 9, 17]])
+def test_forward_only_logits_equal_autograd(widths: list[int]) -> None:
+    from trainer.tower import tower_logits
+
+    model, pooled, targets, node_bias, _ = problem(widths, batch=70)
+    weights = TowerWeights.of(model.first, model.rest, pooled.shape[2], pooled.shape[3])
+    with torch.no_grad():
+        expected = model.tower_logits(pooled, targets, node_bias)
+    for threads in (1, 2):
+        got = tower_logits(weights, pooled, targets, node_bias, chunk=16, threads=threads)
+        for mine, ref in zip(got, expected, strict=True):
+            torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-12)
