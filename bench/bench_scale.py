@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+PREPARE_STATS = "bench-prepare.json"  # the prepare stage's figures, kept beside the arrays it wrote
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -44,9 +47,11 @@ def stage_prepare(args: argparse.Namespace) -> dict:
     data = load_interactions(DataConfig(args.events))
     load_seconds = time.perf_counter() - started
     save_prepared(data, Path(args.prepared), 10, None)
-    return {"interactions": len(data), "users": data.n_users, "items": data.n_items,
-            "categories": data.n_categories, "read_and_index_s": load_seconds,
-            "write_s": time.perf_counter() - started - load_seconds, "peak_rss_gb": peak_rss_gb()}
+    stats = {"interactions": len(data), "users": data.n_users, "items": data.n_items,
+             "categories": data.n_categories, "read_and_index_s": load_seconds,
+             "write_s": time.perf_counter() - started - load_seconds, "peak_rss_gb": peak_rss_gb()}
+    (Path(args.prepared) / PREPARE_STATS).write_text(json.dumps(stats))
+    return stats
 
 
 def stage_train(args: argparse.Namespace) -> dict:
@@ -57,8 +62,8 @@ def stage_train(args: argparse.Namespace) -> dict:
     from trainer.batches import batch_indices, prefetch
     from trainer.data import DataConfig, load_interactions, make_samples, split_users
     from trainer.model import ScorerConfig, TreeScorer
-    from trainer.sampler import LayerwiseSampler
-    from trainer.train import ScorerStep, TrainConfig, make_builder
+    from trainer.sampler import LayerwiseSampler, default_negative_counts
+    from trainer.train import ScorerStep, StepTimes, TrainConfig, make_builder
     from trainer.tree_build import category_tree
 
     ctx = distributed.init_from_env("cpu")
@@ -81,8 +86,10 @@ def stage_train(args: argparse.Namespace) -> dict:
         hierarchical = method == "jtm-h"
         torch.manual_seed(0)
         model = TreeScorer(tree.n_rows, ScorerConfig(hierarchical=hierarchical))
-        step = ScorerStep(model, TrainConfig(batch_size=args.batch_size))
-        builder = make_builder(model, samples, LayerwiseSampler.create(tree), tree, hierarchical)
+        times = StepTimes()
+        step = ScorerStep(model, TrainConfig(batch_size=args.batch_size), times)
+        sampler = LayerwiseSampler.create(tree, default_negative_counts(tree, args.leaf_negatives))
+        builder = make_builder(model, samples, sampler, tree, hierarchical, times)
         rng = np.random.default_rng(0)
         order = np.random.default_rng(1).integers(0, len(samples), (args.warmup + args.steps) * args.batch_size)
         indices = list(batch_indices(len(order), args.batch_size, order, rank, world))
@@ -90,12 +97,16 @@ def stage_train(args: argparse.Namespace) -> dict:
         for i, batch in enumerate(prefetch(lambda index: builder(index, rng), indices)):
             if i == args.warmup:
                 distributed.barrier()
+                times.seconds.clear()
+                times.steps = 0
                 begun = time.perf_counter()
             losses.append(step(batch))
         distributed.barrier()
         rate = args.steps * args.batch_size / (time.perf_counter() - begun)  # global: every rank's share
         return {"samples_per_s": rate, "epoch_hours": len(samples) / rate / 3600, "loss_first": losses[0],
-                "loss_last": losses[-1], "pairs_per_sample": len(builder.sampler.label)}
+                "loss_last": losses[-1], "pairs_per_sample": len(builder.sampler.label), "kernel": step.kernel,
+                "autocast": str(step.autocast), "threads": step.threads,
+                "phases_ms": times.per_step_ms()}
 
     for method in args.methods.split(","):
         out[method] = train(method)
@@ -132,11 +143,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--leaf-negatives", type=int, default=None, help="default: the trainer's")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--reprepare", action="store_true", help="prepare again even if LOG.prepared exists")
     parser.add_argument("--stage", default="main", choices=["main", "prepare", "train"])
     args = parser.parse_args()
     args.prepared = args.prepared or f"{args.events}.prepared"
+    if args.leaf_negatives is None:
+        from trainer.sampler import DEFAULT_LEAF_NEGATIVES
+
+        args.leaf_negatives = DEFAULT_LEAF_NEGATIVES
     if args.stage != "main":
         result = {"prepare": stage_prepare, "train": stage_train}[args.stage](args)
         if result:
@@ -145,14 +162,20 @@ def main() -> None:
 
     me = [sys.executable, str(Path(__file__).resolve())]
     common = ["--events", args.events, "--prepared", args.prepared, "--methods", args.methods, "--steps",
-              str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)]
+              str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
+              "--leaf-negatives", str(args.leaf_negatives)]
     report: dict = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()}
     if args.generate and not Path(args.events).exists():
         report["generate"] = run_stage([sys.executable, "-m", "trainer", "synth", "--out", args.events, "--items",
                                         str(args.items), "--users", str(args.users), "--interactions",
                                         str(args.interactions)], "generate")
-    report["prepare"] = run_stage([*me, *common, "--stage", "prepare"], "prepare (read + index + write)")
+    stats = Path(args.prepared) / PREPARE_STATS
+    if stats.exists() and not args.reprepare:
+        print(f"prepare: reusing {args.prepared} (its figures from when it was made)", file=sys.stderr)
+        report["prepare"] = {**json.loads(stats.read_text()), "reused": True}
+    else:
+        report["prepare"] = run_stage([*me, *common, "--stage", "prepare"], "prepare (read + index + write)")
     report["train_1_process"] = run_stage([*me, *common, "--stage", "train"], "train, one process")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.ranks)]
     report[f"train_{args.ranks}_ranks"] = run_stage([*torchrun, *me[1:], *common, "--stage", "train"],
@@ -179,12 +202,25 @@ def print_report(report: dict, args: argparse.Namespace) -> None:
     print(f"| training, one process, {one['threads']} threads | - | {one['peak_rss_gb']:.1f} |")
     print(f"| training, {args.ranks} ranks | - | {many['peak_rss_gb']:.1f} per rank, "
           f"{many.get('peak_rss_gb_all_ranks', 0):.1f} summed (mapped pages shared) |")
-    print("\n| method | pairs/sample | 1 process samples/s | epoch h | "
-          f"{args.ranks} ranks samples/s | epoch h | scaling |\n|---|---|---|---|---|---|---|")
+    print("\n| method | kernel | pairs/sample | 1 process samples/s | epoch h | "
+          f"{args.ranks} ranks samples/s | epoch h | scaling |\n|---|---|---|---|---|---|---|---|")
     for method in args.methods.split(","):
         a, b = one[method], many[method]
-        print(f"| {method} | {a['pairs_per_sample']} | {a['samples_per_s']:,.0f} | {a['epoch_hours']:.1f} | "
+        kernel = a.get("kernel", "?") + (" bf16" if a.get("autocast") == "torch.bfloat16" else "")
+        print(f"| {method} | {kernel} | {a['pairs_per_sample']} | {a['samples_per_s']:,.0f} | {a['epoch_hours']:.1f} | "
               f"{b['samples_per_s']:,.0f} | {b['epoch_hours']:.1f} | {b['samples_per_s'] / a['samples_per_s']:.2f}x |")
+    methods = args.methods.split(",")
+    from bench.bench_training import PHASE_ORDER
+
+    phases = sorted({p for m in methods for p in one[m].get("phases_ms", {})}, key=lambda p: PHASE_ORDER.get(p, 99))
+    if phases:
+        print(f"\nms per step of {args.batch_size} samples, one process (builder-thread phases overlap the step)\n")
+        print("| phase | " + " | ".join(methods) + " |\n|---|" + "---|" * len(methods))
+        for phase in phases:
+            cells = [f"{one[m]['phases_ms'][phase]:.1f}" if one[m]["phases_ms"].get(phase) else "-" for m in methods]
+            print(f"| {phase} | " + " | ".join(cells) + " |")
+        print("| **step (wall)** | " + " | ".join(
+            f"**{1000 * args.batch_size / one[m]['samples_per_s']:.1f}**" for m in methods) + " |")
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
     from trainer.train import ScorerStep, StepTimes, TrainConfig, make_builder
 
     times = StepTimes()
-    step = ScorerStep(model, TrainConfig(batch_size=args.batch_size, threads=args.threads), times)
+    step = ScorerStep(model, TrainConfig(batch_size=args.batch_size, threads=args.threads, precision=args.precision,
+                                         kernel=args.kernel), times)
     builder = make_builder(model, samples, sampler, tree, args.hierarchical, times)
     rng = np.random.default_rng(args.seed)
     indices = [rng.integers(0, len(samples), args.batch_size) for _ in range(args.warmup + args.steps)]
@@ -110,7 +111,8 @@ def worker_ours(args: argparse.Namespace) -> dict:
     return {"samples_per_s": args.steps * args.batch_size / seconds, "step_ms": 1000 * seconds / args.steps,
             "phases_ms": phases, "validation_s": _validation_seconds(model, valid, tree, args.hierarchical),
             "pairs_per_sample": int(len(sampler.label)), "groups": tree.depth if args.hierarchical else 1,
-            "threads": step.threads, "kernel": step.kernel, "peak_rss_gb": _peak_rss_gb(),
+            "threads": step.threads, "kernel": step.kernel, "autocast": str(step.autocast),
+            "peak_rss_gb": _peak_rss_gb(),
             "torch": torch.__version__, "valid_users": len(valid), "depth": tree.depth, "items": tree.n_items}
 
 
@@ -169,7 +171,8 @@ def worker_baseline(args: argparse.Namespace) -> dict:
             "phases_ms": {k: 1000 * v / args.steps for k, v in phases.items()},
             "validation_s": _validation_seconds(model, valid, tree, args.hierarchical),
             "pairs_per_sample": int(len(sampler.label)), "groups": tree.depth if args.hierarchical else 1,
-            "threads": torch.get_num_threads(), "kernel": "autograd", "peak_rss_gb": _peak_rss_gb(),
+            "threads": torch.get_num_threads(), "kernel": "autograd", "autocast": str(autocast),
+            "peak_rss_gb": _peak_rss_gb(),
             "torch": torch.__version__, "valid_users": len(valid), "depth": tree.depth, "items": tree.n_items}
 
 
@@ -178,8 +181,8 @@ def worker_gemm(args: argparse.Namespace) -> dict:
     large square one (the practical peak), on all threads and on one."""
     import torch
 
-    def rate(m: int, k: int, n: int, repeats: int) -> float:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+    def rate(m: int, k: int, n: int, repeats: int, dtype=torch.float32) -> float:
+        a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
         a @ b
         started = time.perf_counter()
         for _ in range(repeats):
@@ -195,6 +198,10 @@ def worker_gemm(args: argparse.Namespace) -> dict:
         torch.set_num_threads(1)
         one = max(rate(*shape, repeats) for _ in range(3))
         out[label] = {"all_threads_gflops": all_threads, "one_thread_gflops": one}
+    torch.set_num_threads(threads)
+    # bf16 (fp32 accumulation): the rate the autograd kernel reaches under bf16 autocast
+    out["training shape, bf16"] = {"all_threads_gflops": max(rate(57856, 128, 64, 30, torch.bfloat16)
+                                                             for _ in range(3))}
     return out
 
 
@@ -217,7 +224,8 @@ def run_worker(role: str, code_root: Path, data_path: str, method: str, args: ar
     command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--code-root", str(code_root),
                "--data-path", data_path, "--method", method, "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
-               "--leaf-negatives", str(leaf), "--threads", str(args.threads)]
+               "--leaf-negatives", str(leaf), "--threads", str(args.threads), "--precision", args.precision,
+               "--kernel", args.kernel]
     result = subprocess.run(command, capture_output=True, text=True, cwd=code_root, timeout=3600)
     if result.returncode != 0:
         raise SystemExit(f"{role} worker failed on {data_path} {method}:\n{result.stderr[-3000:]}")
@@ -239,8 +247,8 @@ def median_result(runs: list[dict]) -> dict:
         "validation_s": statistics.median(r["validation_s"] for r in runs),
         "phases_ms": {p: statistics.median(r["phases_ms"].get(p, 0.0) for r in runs) for p in phases},
         "rounds": [r["samples_per_s"] for r in runs],
-        **{k: runs[0][k] for k in ("pairs_per_sample", "groups", "threads", "kernel", "torch", "valid_users",
-                                   "depth", "items")},
+        **{k: runs[0][k] for k in ("pairs_per_sample", "groups", "threads", "kernel", "autocast", "torch",
+                                   "valid_users", "depth", "items")},
         "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
     }
 
@@ -258,6 +266,9 @@ def main() -> None:
     parser.add_argument("--baseline-leaf-negatives", type=int, default=None,
                         help="the baseline's (default: the same as ours, i.e. the same work per sample)")
     parser.add_argument("--threads", type=int, default=0, help="fused kernel workers (0: all torch threads)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="ours (the baseline always runs its own default, `auto`)")
+    parser.add_argument("--kernel", default="auto", help="ours: auto, fused or autograd")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None)
     # worker flags
@@ -305,10 +316,11 @@ def report(results: list[dict], gemm: dict, args: argparse.Namespace) -> None:
     square = gemm["square 2048"]
     print(f"\nGEMM rate, {gemm['threads']} threads: {shape['all_threads_gflops']:.0f} GFLOP/s at the training "
           f"shape ({shape['one_thread_gflops']:.0f} on one thread), {square['all_threads_gflops']:.0f} on a 2048 "
-          f"square ({square['one_thread_gflops']:.0f} on one)\n")
-    print("| data | method | code | samples/s | vs baseline | pairs/sample | MFLOP/sample | GFLOP/s | "
+          f"square ({square['one_thread_gflops']:.0f} on one); bf16 at the training shape "
+          f"{gemm['training shape, bf16']['all_threads_gflops']:.0f} (the roofline of rows under bf16 autocast)\n")
+    print("| data | method | code | kernel | samples/s | vs baseline | pairs/sample | MFLOP/sample | GFLOP/s | "
           "% of GEMM rate | roofline samples/s | validation pass s | peak RSS GB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for row in results:
         for code in ("baseline", "ours"):
             if code not in row:
@@ -317,15 +329,19 @@ def report(results: list[dict], gemm: dict, args: argparse.Namespace) -> None:
             flop = flop_per_sample(r["pairs_per_sample"], r["groups"])
             r["mflop_per_sample"] = flop / 1e6
             r["gflops"] = flop * r["samples_per_s"] / 1e9
-            r["roofline_samples_per_s"] = shape["all_threads_gflops"] * 1e9 / flop
+            bf16 = r.get("autocast") == "torch.bfloat16"
+            rate = (gemm["training shape, bf16"] if bf16 else shape)["all_threads_gflops"]
+            r["gemm_gflops"] = rate
+            r["roofline_samples_per_s"] = rate * 1e9 / flop
             ratio = f"{r['samples_per_s'] / row['baseline']['samples_per_s']:.2f}x" if "baseline" in row else "-"
-            print(f"| {row['data']} | {row['method']} | {code} | {r['samples_per_s']:,.0f} | {ratio} | "
+            kernel = r["kernel"] + (" bf16" if r.get("autocast") == "torch.bfloat16" else "")
+            print(f"| {row['data']} | {row['method']} | {code} | {kernel} | {r['samples_per_s']:,.0f} | {ratio} | "
                   f"{r['pairs_per_sample']} | {flop / 1e6:.1f} | {r['gflops']:.1f} | "
-                  f"{100 * r['gflops'] / shape['all_threads_gflops']:.0f}% | {r['roofline_samples_per_s']:,.0f} | "
+                  f"{100 * r['gflops'] / rate:.0f}% | {r['roofline_samples_per_s']:,.0f} | "
                   f"{r['validation_s']:.2f} | {r['peak_rss_gb']:.2f} |")
     for row in results:
         codes = [c for c in ("baseline", "ours") if c in row]
-        phases = sorted({p for c in codes for p in row[c]["phases_ms"]}, key=lambda p: _PHASE_ORDER.get(p, 99))
+        phases = sorted({p for c in codes for p in row[c]["phases_ms"]}, key=lambda p: PHASE_ORDER.get(p, 99))
         print(f"\n{row['data']} {row['method']}: ms per step of {args.batch_size} samples "
               f"(medians of {args.rounds} rounds; builder-thread phases overlap the step)\n")
         print("| phase | " + " | ".join(codes) + " |")
@@ -343,7 +359,7 @@ def report(results: list[dict], gemm: dict, args: argparse.Namespace) -> None:
             "batch_size": args.batch_size, "gemm": gemm, "results": results}, indent=2))
 
 
-_PHASE_ORDER = {p: i for i, p in enumerate([
+PHASE_ORDER = {p: i for i, p in enumerate([
     "sampling", "sampling (builder thread)", "history mapping", "history mapping (builder thread)",
     "bags and row ids (builder thread)", "data movement", "embedding gather", "forward", "backward",
     "forward+backward (autograd)", "embedding backward", "gradient exchange", "optimizer dense",

@@ -433,7 +433,9 @@ def test_scaling_doc_names_only_real_knobs_and_files() -> None:
     text = (ROOT / "docs" / "SCALING.md").read_text()
     subcommands = trainer_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     flags = {o for p in [*subcommands.values(), service_parser()] for a in p._actions  # noqa: SLF001
-             for o in a.option_strings} | {"--nproc_per_node"}
+             for o in a.option_strings} | {"--nproc_per_node", "--nnodes"}  # torchrun's
+    for script in set(re.findall(r"\b(bench/\w+\.py)\b", text)):  # the benchmarks the doc runs
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z_-]+)\"", (ROOT / script).read_text()))
     named_flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]+)", text))
     assert named_flags and named_flags <= flags, named_flags - flags
     named_settings = set(re.findall(r"\bJTM_[A-Z_]+\b", text))

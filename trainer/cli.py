@@ -152,7 +152,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                        help="training forward precision (default auto: bf16 on AMX/AVX512-BF16/CUDA)")
     group.add_argument("--kernel", default=None, choices=["auto", "fused", "autograd"],
-                       help="training kernel (default auto: fused on the CPU, autograd on CUDA or with bf16)")
+                       help="training kernel (default auto: fused on the CPU, but autograd under bf16 for the "
+                            "plain tower on a CPU with bf16 units; autograd on CUDA or with --precision bf16)")
     group.add_argument("--threads", type=int, default=None,
                        help="fused kernel worker threads (default: torch's thread count, i.e. the cores)")
     joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")

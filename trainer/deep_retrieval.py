@@ -33,7 +33,7 @@ from trainer.joint import JointConfig, JointHistory, joint_fit
 from trainer.metrics import user_metrics
 from trainer.model import ScorerConfig, TreeScorer
 from trainer.recommender import FitContext
-from trainer.sampler import LayerwiseSampler, UniformItemSampler, default_negative_counts
+from trainer.sampler import DEFAULT_LEAF_NEGATIVES, LayerwiseSampler, UniformItemSampler, default_negative_counts
 from trainer.scoring import retrieve
 from trainer.train import TrainConfig, fit_scorer
 from trainer.training import TrainHistory, seed_everything
@@ -52,7 +52,7 @@ class DeepConfig:
     # Negatives at the leaf level (the schedule halves upward). 50 with lr 2e-3 matched or beat
     # the paper's 100 with lr 1e-3 in validation recall after every epoch (DNN, TDM, JTM-H on
     # MovieLens; JTM-H on Ciao) at 1.5-1.7x the samples/s: docs/PERFORMANCE.md, training.
-    leaf_negatives: int = 50
+    leaf_negatives: int = DEFAULT_LEAF_NEGATIVES
     beam: int | None = None  # None: the beam equals the number of results asked for
     tree_learning: str = "none"  # none, jtm (Algorithm 2) or kmeans (TDM re-clustering)
     joint: JointConfig = field(default_factory=JointConfig)

@@ -50,7 +50,8 @@ class TrainConfig:
     patience: int = 2
     device: str = "cpu"
     # Mixed precision for the tower on the autograd kernel (weights stay fp32): "auto" uses bf16
-    # where the hardware has native bf16 matrix units (AMX / AVX512-BF16 / CUDA); "fp32" never.
+    # where the hardware has native bf16 matrix units (AMX / AVX512-BF16 / CUDA) and the kernel
+    # is autograd (see `resolve_kernel`); "fp32" never; "bf16" always (and means autograd).
     precision: str = "auto"
     # Also keep what a run of only this many epochs would end with (`compare --equal-epochs`:
     # the fixed-tree method trains the joint loop's total, its joint twin starts from here).
@@ -82,14 +83,23 @@ def resolve_precision(precision: str, device: str) -> torch.dtype | None:
 
 def resolve_kernel(config: TrainConfig, model: TreeScorer) -> str:
     """The kernel a run uses: target attention has no user/node split, so only autograd trains
-    it; a bf16 precision also means autograd (the fused kernel is fp32)."""
+    it; an explicit bf16 precision also means autograd (the fused kernel is fp32).
+
+    `auto` follows what was measured (docs/PERFORMANCE.md, training): autograd on CUDA; on a
+    CPU the fused kernel, except for the plain (non-hierarchical) tower on a CPU with native
+    bf16 matrix units, where autograd under bf16 autocast is faster (MovieLens TDM, 2 Zen 4
+    cores: 7,498 vs 6,165 samples/s, medians of 3 interleaved runs,
+    bench/results/training/kernel_ab.json). The hierarchical tower stays fused there (4,249 vs
+    1,299: autograd pays for the per-level user states and the (B, 2W+1, d) first-layer input)."""
     if config.kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {config.kernel!r}")
     if model.config.attention:
         return "autograd"
     if config.kernel == "auto":
+        if config.device.startswith("cuda") or config.precision == "bf16":
+            return "autograd"
         wants_bf16 = resolve_precision(config.precision, config.device) is not None
-        return "autograd" if config.device.startswith("cuda") or wants_bf16 else "fused"
+        return "autograd" if wants_bf16 and not model.config.hierarchical else "fused"
     return config.kernel
 
 

@@ -104,3 +104,24 @@ def test_row_adam_equals_sparse_adam() -> None:
         sparse.step()
         row_adam.step(rows, [grad])
         torch.testing.assert_close(mine, reference.detach(), msg=f"step {step}")
+
+
+@pytest.mark.parametrize(("device_bf16", "precision", "hierarchical", "expected"), [
+    (False, "auto", False, "fused"), (False, "auto", True, "fused"),
+    (True, "auto", False, "autograd"), (True, "auto", True, "fused"),  # as measured on a bf16 CPU
+    (True, "fp32", False, "fused"), (False, "bf16", True, "autograd"),
+])
+def test_auto_kernel_follows_the_measured_choice(monkeypatch, device_bf16: bool, precision: str,
+                                                 hierarchical: bool, expected: str) -> None:
+    """`kernel=auto` on a CPU: fused, except the plain tower where the CPU has bf16 units (and
+    the precision allows it); an explicit bf16 always means autograd."""
+    from trainer import train
+
+    monkeypatch.setattr(train, "resolve_precision",
+                        lambda p, d: torch.bfloat16 if p == "bf16" or (p == "auto" and device_bf16) else None)
+    model = TreeScorer(20, ScorerConfig(hierarchical=hierarchical, **CONFIG))
+    config = TrainConfig(precision=precision)
+    assert train.resolve_kernel(config, model) == expected
+    step = ScorerStep(model, config)
+    assert step.kernel == expected
+    assert (step.autocast is not None) == (expected == "autograd")
