@@ -1,9 +1,9 @@
 """Loading, validating and warming a model bundle; holding the one being served.
 
-A bundle is everything one artifact version needs to answer a request: tree, scorer, item
-catalog, settings from the manifest, and its own micro-batcher. Tree and scorer are learnt
-together and are only ever swapped together, as one bundle reference: a request reads the
-reference once and finishes on that bundle even if a newer one is swapped in meanwhile.
+A bundle (`service.bundle.ModelBundle`) is everything one artifact version needs to answer a
+request. Tree and scorer are learnt together and are only ever swapped together, as one bundle
+reference: a request reads the reference once and finishes on that bundle even if a newer one
+is swapped in meanwhile.
 
 `load_bundle` refuses an artifact that fails its checksums, does not match its manifest, or
 whose tree does not match its scorer (the largest embedding row the tree uses is probed), and
@@ -18,57 +18,23 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from service.batcher import MicroBatcher
+from service.bundle import ModelBundle
 from service.config import Settings
 from service.core.artifact import MANIFEST, SECTION_FILES, ArtifactError, verify_artifact
 from service.core.items import ItemCatalog
 from service.core.tree import Tree, TreeError
-from service.scorer import OnnxScorer, RowScorer
+from service.retrieval import search
+from service.scorer import OnnxScorer
 from service.telemetry import Metrics
 
+__all__ = ["ModelBundle", "ModelStore", "load_bundle"]
+
 log = logging.getLogger("service.model")
-
-
-@dataclass(eq=False)
-class ModelBundle:
-    version: str
-    path: Path
-    manifest: dict
-    tree: Tree
-    scorer: OnnxScorer
-    catalog: ItemCatalog
-    hierarchical: bool
-    history_length: int
-    default_k: int
-    default_beam: int
-    loaded_at: float = field(default_factory=time.time)
-    batcher: MicroBatcher | None = None
-
-    @property
-    def score_rows(self) -> RowScorer:
-        return self.batcher.score if self.batcher is not None else self.scorer.score
-
-    def summary(self) -> dict:
-        m = self.manifest
-        return {
-            "version": self.version, "method": m.get("method"), "created": m.get("created"),
-            "path": str(self.path), "items": self.tree.n_items, "tree": m.get("tree"),
-            "hierarchical": self.hierarchical, "history_length": self.history_length,
-            "defaults": {"k": self.default_k, "beam": self.default_beam},
-            "metrics": {k: m.get("metrics", {}).get(k) for k in ("precision", "recall", "f_measure", "m")
-                        if k in m.get("metrics", {})},
-            "parity": m.get("parity"), "providers": self.scorer.providers,
-            "data_fingerprint": m.get("data_fingerprint"),
-        }
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
 
 
 def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = None) -> ModelBundle:
@@ -147,8 +113,6 @@ def _probe(bundle: ModelBundle) -> None:
 def _warm_up(bundle: ModelBundle, searches: int = 20) -> None:
     """Real searches (histories from the popular items) before serving, so the first requests
     pay no lazy set-up: the first few of a fresh process were 5-10x slower than later ones."""
-    from service.retrieval import search
-
     popular = bundle.catalog.popular.astype(np.int64)
     k = min(bundle.default_k, bundle.tree.n_items)
     started = time.perf_counter()

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.bundle import ModelBundle
 from service.core.beam import beam_search
 from service.core.filters import ItemFilter, allow_categories, combine, exclude_items
-from service.model_store import ModelBundle
 from service.scorer import level_score_fn
 
 

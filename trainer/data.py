@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import pandas as pd
 
 from trainer.errors import DataError
 from trainer.formats import RawLog, read_log
+from trainer.prepared import is_prepared, load_prepared
 
 PAD = -1  # history padding value: "no behaviour here"
 
@@ -126,10 +127,9 @@ class Interactions:
 def load_interactions(config: DataConfig) -> Interactions:
     """Read, filter and index a log as `config` says, or memory-map a directory written by
     `trainer prepare` (`trainer.prepared`). Raises DataError on bad input."""
-    from trainer.prepared import is_prepared, load_prepared
-
     if is_prepared(Path(config.path)):
-        return load_prepared(Path(config.path), config.min_interactions, config.behaviors)
+        stored = load_prepared(Path(config.path), config.min_interactions, config.behaviors)
+        return Interactions(**{f.name: stored[f.name] for f in fields(Interactions) if f.name in stored})
     raw = read_log(config.path, config.format, config.behaviors)
     return build_interactions(raw, config.min_interactions)
 

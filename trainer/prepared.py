@@ -14,7 +14,6 @@ offsets); ids that were strings are stored as fixed-width unicode, never pickled
 from __future__ import annotations
 
 import json
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -48,11 +47,10 @@ def save_prepared(data, directory: Path, min_interactions: int, behaviors: tuple
 
 
 def load_prepared(directory: Path, min_interactions: int, behaviors: tuple[str, ...] | None,
-                  mmap: bool = True):
-    """The `Interactions` stored in `directory`, memory-mapped. Refuses settings other than
-    the ones it was prepared with (they would need the raw log)."""
-    from trainer.data import Interactions
-
+                  mmap: bool = True) -> dict:
+    """The fields of the `trainer.data.Interactions` stored in `directory`, its arrays
+    memory-mapped (`load_interactions` builds the object: this module does not import it).
+    Refuses settings other than the ones it was prepared with (they would need the raw log)."""
     try:
         manifest = json.loads((directory / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -79,7 +77,6 @@ def load_prepared(directory: Path, min_interactions: int, behaviors: tuple[str, 
     for name, length in expected.items():
         if len(arrays[name]) != length:
             raise DataError(f"{name}.npy holds {len(arrays[name])} entries, the manifest says {length}", directory)
-    names = {f.name for f in fields(Interactions)}
     extra = {"format": manifest["format"], "source": manifest["source"], "has_timestamp": manifest["has_timestamp"],
              "has_category": manifest["has_category"]}
-    return Interactions(**{k: v for k, v in {**arrays, **extra}.items() if k in names})
+    return {**arrays, **extra}

@@ -1,0 +1,54 @@
+"""One loaded artifact version: everything a request needs, held together.
+
+Tree, scorer, item catalog, the manifest's settings, and the bundle's own micro-batcher. The
+data only: loading, verifying and warming it is `service.model_store`, searching it
+`service.retrieval`; both import this module and not each other's internals.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.batcher import MicroBatcher
+from service.core.items import ItemCatalog
+from service.core.tree import Tree
+from service.scorer import OnnxScorer, RowScorer
+
+
+@dataclass(eq=False)
+class ModelBundle:
+    version: str
+    path: Path
+    manifest: dict
+    tree: Tree
+    scorer: OnnxScorer
+    catalog: ItemCatalog
+    hierarchical: bool
+    history_length: int
+    default_k: int
+    default_beam: int
+    loaded_at: float = field(default_factory=time.time)
+    batcher: MicroBatcher | None = None
+
+    @property
+    def score_rows(self) -> RowScorer:
+        return self.batcher.score if self.batcher is not None else self.scorer.score
+
+    def summary(self) -> dict:
+        m = self.manifest
+        return {
+            "version": self.version, "method": m.get("method"), "created": m.get("created"),
+            "path": str(self.path), "items": self.tree.n_items, "tree": m.get("tree"),
+            "hierarchical": self.hierarchical, "history_length": self.history_length,
+            "defaults": {"k": self.default_k, "beam": self.default_beam},
+            "metrics": {k: m.get("metrics", {}).get(k) for k in ("precision", "recall", "f_measure", "m")
+                        if k in m.get("metrics", {})},
+            "parity": m.get("parity"), "providers": self.scorer.providers,
+            "data_fingerprint": m.get("data_fingerprint"),
+        }
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
