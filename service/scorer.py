@@ -59,25 +59,17 @@ def level_score_fn(score_rows: RowScorer, tree: Tree, histories: np.ndarray, hie
     """Bind users' histories (U, L) item ids to a beam-search score function.
 
     Plain: every level uses the item rows. Hierarchical: level l uses the ancestors' rows at l
-    (`Tree.ancestor_ids`), computed once per level and user batch from the behaviours' leaf
-    positions, which are looked up once.
+    (`Tree.ancestor_ids_by_level`: the training mapping), computed once per level and user
+    batch from the behaviours' leaf positions, which are looked up once.
     """
     cache: dict[int, np.ndarray] = {}
-    if hierarchical:
-        histories = np.asarray(histories)
-        valid = histories != -1
-        leaves = tree.item_leaf[np.where(valid, histories, 0)]
+    ids_at = tree.ancestor_ids_by_level(histories) if hierarchical else None
 
     def score(level: int, node_ids: np.ndarray) -> np.ndarray:
-        if hierarchical:
+        if ids_at is not None:
             rows = cache.get(level)
             if rows is None:
-                if level == tree.depth:
-                    rows = np.where(valid, histories, -1).astype(np.int64)
-                else:
-                    ancestors = leaves // tree.arity ** (tree.depth - level)
-                    rows = np.where(valid, tree.n_items + tree.level_offset(level) + ancestors, -1)
-                cache[level] = rows
+                rows = cache[level] = ids_at(level)
         else:
             rows = histories
         return score_rows(rows, node_ids)

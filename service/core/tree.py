@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,14 +146,24 @@ class Tree:
         This is the hierarchical user representation's mapping (JTM section 2.3): a behaviour b
         is replaced by b_level(pi(b)). At the leaf level it is the identity.
         """
+        return self.ancestor_ids_by_level(items, pad)(level)
+
+    def ancestor_ids_by_level(self, items: np.ndarray, pad: int = -1) -> Callable[[int], np.ndarray]:
+        """`level -> ancestor_ids(items, level)` for the same items at many levels (a beam search
+        walks every level): the items' leaf positions are looked up once, not once per level."""
         items = np.asarray(items)
         valid = items != pad
         safe = np.where(valid, items, 0)
-        if level == self.depth:
-            ids = safe.astype(np.int64)
-        else:
-            ids = self.n_items + self.level_offset(level) + self.ancestors(safe, level)
-        return np.where(valid, ids, pad)
+        leaves = self.item_leaf[safe]
+
+        def at(level: int) -> np.ndarray:
+            if level == self.depth:
+                ids = safe.astype(np.int64)
+            else:
+                ids = self.n_items + self.level_offset(level) + leaves // self.arity ** (self.depth - level)
+            return np.where(valid, ids, pad)
+
+        return at
 
     def all_ancestors(self) -> np.ndarray:
         """(n_items, depth + 1) position of every item's ancestor at every level."""
