@@ -25,9 +25,7 @@ import numpy as np
 from service.batcher import MicroBatcher
 from service.bundle import ModelBundle
 from service.config import Settings
-from service.core.artifact import MANIFEST, SECTION_FILES, ArtifactError, verify_artifact
-from service.core.items import ItemCatalog
-from service.core.tree import Tree, TreeError
+from service.core.artifact import read_artifact
 from service.retrieval import search
 from service.scorer import OnnxScorer
 from service.telemetry import Metrics
@@ -38,46 +36,17 @@ log = logging.getLogger("service.model")
 
 
 def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = None) -> ModelBundle:
-    """Verify, load, cross-check and warm one artifact. Raises ArtifactError with one line."""
-    path = Path(path)
-    manifest = verify_artifact(path)
-    tree_spec, scorer_spec = manifest["tree"], manifest["scorer"]
-    files = {section: path / manifest[section].get("file", default) for section, default in SECTION_FILES.items()}
-    n_items = tree_spec.get("n_items")
-    if type(n_items) is not int or n_items < 1:
-        raise ArtifactError(f"{path / MANIFEST}: tree.n_items must be a positive integer, got {n_items!r}")
-    try:
-        tree = Tree.load(files["tree"], n_items=n_items)
-    except TreeError as exc:
-        raise ArtifactError(str(exc)) from exc
-    for key in ("arity", "depth", "n_items", "n_rows"):
-        if tree_spec.get(key) != getattr(tree, key):
-            raise ArtifactError(f"{files['tree']}: tree {key} is {getattr(tree, key)}, "
-                                f"the manifest says {tree_spec.get(key)}")
-    if scorer_spec.get("n_rows") != tree.n_rows:
-        raise ArtifactError(f"{path}: the scorer has {scorer_spec.get('n_rows')} embedding rows, the tree needs "
-                            f"{tree.n_rows}: tree and scorer do not belong together")
-    catalog = ItemCatalog.load(files["items"], tree.n_items)
-    scorer = OnnxScorer(files["scorer"], threads=settings.ort_threads,
-                        device=settings.device)
-    tree_hash = manifest["files"][files["tree"].name]["sha256"]
-    if scorer.tree_sha256 != tree_hash:
-        raise ArtifactError(f"{path / 'scorer.onnx'}: trained with tree {str(scorer.tree_sha256)[:12]}, the artifact's "
-                            f"tree is {str(tree_hash)[:12]}: tree and scorer do not belong together")
-    history_length = _manifest_int(path, "scorer.max_history", scorer_spec.get("max_history"), 1, 1 << 20)
-    if scorer.history_length != history_length:
-        raise ArtifactError(f"{path / 'scorer.onnx'}: history length {scorer.history_length}, manifest says "
-                            f"{history_length}")
-    defaults = manifest.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise ArtifactError(f"{path / MANIFEST}: 'defaults' must be an object")
+    """Read (`service.core.artifact.read_artifact`: checksums, tree, catalog, manifest), open
+    the scorer and check it belongs to the tree (`Artifact.check_scorer`), then warm up.
+    Raises ArtifactError with one line."""
+    artifact = read_artifact(path, settings.max_k, settings.max_beam)
+    scorer = OnnxScorer(artifact.scorer_file, threads=settings.ort_threads, device=settings.device)
+    artifact.check_scorer(scorer.score, scorer.tree_sha256, scorer.history_length)
     bundle = ModelBundle(
-        version=str(manifest["version"]), path=path, manifest=manifest, tree=tree.warm(), scorer=scorer,
-        catalog=catalog, hierarchical=bool(scorer_spec.get("hierarchical", False)), history_length=history_length,
-        default_k=_manifest_int(path, "defaults.k", defaults.get("k", 200), 1, settings.max_k),
-        default_beam=_manifest_int(path, "defaults.beam", defaults.get("beam", 200), 1, settings.max_beam),
+        version=artifact.version, path=artifact.path, manifest=artifact.manifest, tree=artifact.tree.warm(),
+        scorer=scorer, catalog=artifact.catalog, hierarchical=artifact.hierarchical,
+        history_length=artifact.history_length, default_k=artifact.default_k, default_beam=artifact.default_beam,
     )
-    _probe(bundle)
     if settings.batching:
         bundle.batcher = MicroBatcher(
             scorer.score, max_rows=settings.batch_max_rows, max_wait_s=settings.batch_max_wait_ms / 1000,
@@ -86,28 +55,6 @@ def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = 
         )
     _warm_up(bundle)
     return bundle
-
-
-def _manifest_int(path: Path, what: str, value: object, low: int, high: int) -> int:
-    """A manifest number the service sizes work by: an int within the deployment's limits (a
-    default beam of 10**9 would make every request that names none a denial of service)."""
-    if type(value) is not int or not low <= value <= high:
-        raise ArtifactError(f"{path / MANIFEST}: {what} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _probe(bundle: ModelBundle) -> None:
-    """Score the largest row the tree can ask for: a scorer built for another tree fails here."""
-    rows = np.array([[0, bundle.tree.n_rows - 1]], dtype=np.int64)
-    history = np.full((1, bundle.history_length), -1, dtype=np.int64)
-    history[0, 0] = bundle.tree.n_items - 1
-    try:
-        logits = bundle.scorer.score(history, rows)
-    except Exception as exc:  # onnxruntime raises its own types (e.g. index out of range)
-        raise ArtifactError(f"{bundle.path / 'scorer.onnx'}: scoring the tree's rows fails "
-                            f"({' '.join(str(exc).split())[:160]}): tree and scorer do not belong together") from exc
-    if logits.shape != (1, 2) or not np.isfinite(logits).all():
-        raise ArtifactError(f"{bundle.path / 'scorer.onnx'}: probe returned {logits.shape} / non-finite scores")
 
 
 def _warm_up(bundle: ModelBundle, searches: int = 20) -> None:

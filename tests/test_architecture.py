@@ -81,3 +81,13 @@ def test_no_import_cycle() -> None:
     graph = import_graph()
     assert "service.model_store" in graph and "trainer.joint" in graph
     assert cycles(graph) == []
+
+
+def test_the_trainer_needs_only_the_core_and_the_scorer_from_the_service() -> None:
+    """The artifact format lives in `service/core` (written by export, read by publish and the
+    service); the trainer opens the ONNX scorer only to check parity and to probe it."""
+    graph = import_graph()
+    used = {target for name, targets in graph.items() if name.startswith("trainer")
+            for target in targets if target.startswith("service")}
+    assert used, "the trainer should use the numpy core"
+    assert {t for t in used if not t.startswith("service.core") and t != "service.scorer"} == set()

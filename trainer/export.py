@@ -16,15 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 import warnings
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from service.core.artifact import ARTIFACT_FORMAT_VERSION, file_entries, sha256_file, version_id, write_manifest
+from service.core.artifact import ArtifactError, sha256_file
+from service.core.artifact import write_artifact as core_write_artifact
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 from trainer.model import TreeScorer
@@ -188,15 +187,14 @@ def write_artifact(
     method: DeepRetrieval, items_file: Path, out: Path, *, method_name: str, metrics: dict, k: int, beam: int,
     parity_histories: np.ndarray, dataset: dict,
 ) -> dict:
-    """Export, check parity, write files and manifest into a staging directory, then rename it
-    to `out` in one step (an artifact directory is complete or absent, never half-written)."""
+    """Export the scorer and tree, check parity, and write the artifact through
+    `service.core.artifact.write_artifact` (staged, checksummed, renamed in one step)."""
     assert method.model is not None and method.tree is not None
-    if out.exists() and any(out.iterdir()):
-        raise DataError("already exists and is not empty; artifacts are immutable, choose a new directory", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        method.tree.save(staging / "tree.npz")
+    tree = method.tree
+    checks: dict = {}
+
+    def write_files(staging: Path) -> dict:
+        tree.save(staging / "tree.npz")
         scorer_spec = export_onnx(method.model, staging / "scorer.onnx")
         bind_tree(staging / "scorer.onnx", sha256_file(staging / "tree.npz"))
         shutil.copyfile(items_file, staging / "items.npz")
@@ -204,33 +202,26 @@ def write_artifact(
         if max_abs > PARITY_TOLERANCE:
             raise DataError(f"ONNX and PyTorch logits differ by {max_abs:.2e} (> {PARITY_TOLERANCE})", out)
         topk = topk_parity(method, staging / "scorer.onnx", parity_histories, k, beam)
-        files = file_entries(staging, ["scorer.onnx", "tree.npz", "items.npz"])
-        created = datetime.now(UTC).isoformat(timespec="seconds")
-        manifest = {
-            "format_version": ARTIFACT_FORMAT_VERSION,
-            "version": version_id(created, files),
-            "created": created,
+        checks.update(max_abs=max_abs, topk=topk)
+        return {
             "method": method_name,
             "data_fingerprint": dataset.get("fingerprint"),
             "dataset": {key: dataset.get(key) for key in ("source", "format", "users", "items")},
-            "tree": {"file": "tree.npz", "arity": method.tree.arity, "depth": method.tree.depth,
-                     "n_items": method.tree.n_items, "n_rows": method.tree.n_rows},
+            "tree": {"file": "tree.npz", "arity": tree.arity, "depth": tree.depth, "n_items": tree.n_items,
+                     "n_rows": tree.n_rows},
             "scorer": scorer_spec,
-            "items": {"file": "items.npz", "count": method.tree.n_items},
+            "items": {"file": "items.npz", "count": tree.n_items},
             "defaults": {"k": k, "beam": beam},
             "metrics": metrics,
             "parity": {"onnx_vs_torch_max_abs": max_abs, "tolerance": PARITY_TOLERANCE, "topk": topk},
-            "files": files,
         }
-        write_manifest(staging, manifest)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    log.info("artifact %s: ONNX max |diff| %.2e, top-%d identical for %d/%d users", manifest["version"], max_abs,
-             k, topk["identical_lists"], topk["users"])
+
+    try:
+        manifest = core_write_artifact(out, write_files)
+    except ArtifactError as exc:  # `out` is not empty
+        raise DataError(str(exc).removeprefix(f"{out}: "), out) from exc
+    log.info("artifact %s: ONNX max |diff| %.2e, top-%d identical for %d/%d users", manifest["version"],
+             checks["max_abs"], k, checks["topk"]["identical_lists"], checks["topk"]["users"])
     return manifest
 
 

@@ -1,7 +1,8 @@
 """`publish`: put an artifact into a registry and make it current.
 
-Steps: verify the artifact (manifest, sizes, checksums), load it the way the service will
-(onnxruntime session, tree/scorer cross-check, a warm-up search) so a broken artifact is
+Steps: read the artifact as the service will (`service.core.artifact.read_artifact`:
+manifest, sizes, checksums, tree, item catalog; then the onnxruntime session and
+`Artifact.check_scorer`, the tree/scorer cross-check and probe), so a broken artifact is
 refused here rather than by every replica, copy it into the registry, then move the pointer
 and announce it on Redis when a URL is given. Publishing a version that is already in the
 registry makes it current again.
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from service.core.artifact import ArtifactError
+from service.core.artifact import ArtifactError, read_artifact
 from service.core.registry import Registry
 from trainer.errors import DataError
 
@@ -20,12 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def publish(artifact: Path, registry_dir: Path, redis_url: str | None = None, prefix: str = "jtm") -> str:
-    from service.config import Settings
-    from service.model_store import load_bundle
+    from service.scorer import OnnxScorer
 
     try:
-        bundle = load_bundle(artifact, Settings(batching=False))  # the service's own checks
-        bundle.close()
+        loaded = read_artifact(artifact)  # checksums, tree, item catalog, manifest
+        scorer = OnnxScorer(loaded.scorer_file, threads=1)
+        loaded.check_scorer(scorer.score, scorer.tree_sha256, scorer.history_length)  # the service's own checks
     except ArtifactError as exc:
         raise DataError(f"refused: {exc}") from exc
     redis_client = None

@@ -8,6 +8,11 @@ An artifact is an immutable directory::
     tree.npz        the tree (service.core.tree format)
     items.npz       original item ids, item categories, popularity order (cold start)
 
+Three entry points, one per direction: `write_artifact` (the trainer's export: stage, write,
+checksum, rename), `verify_artifact` (manifest and checksums only: the registry), and
+`read_artifact` (verify, then load and cross-check the tree and item catalog: what the service
+and `trainer publish` build on; the scorer runtime is theirs).
+
 Nothing is pickled. Every file named in the manifest is checked (plain name inside the
 directory, a regular file and not a symbolic link, size, sha256) before anything is loaded, and
 the tree/scorer/items sections may only name such files; a failure names the file and the problem.
@@ -20,9 +25,21 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from service.core.errors import ArtifactError
+from service.core.items import ItemCatalog
+from service.core.tree import Tree, TreeError
+
+__all__ = ["Artifact", "ArtifactError", "read_artifact", "verify_artifact", "write_artifact"]
 
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,10 +47,6 @@ REQUIRED_FILES = ("scorer.onnx", "tree.npz", "items.npz")
 SECTION_FILES = {"tree": "tree.npz", "scorer": "scorer.onnx", "items": "items.npz"}  # section -> default file
 MAX_MANIFEST_BYTES = 1 << 20
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-class ArtifactError(ValueError):
-    """An artifact that cannot be used; the message is one line naming the file and the problem."""
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -173,3 +186,119 @@ def version_id(created: str, files: dict[str, dict[str, Any]]) -> str:
     digest = hashlib.sha256("".join(f"{n}:{e['sha256']}" for n, e in sorted(files.items())).encode())
     stamp = re.sub(r"[^0-9T]", "", created.split("+")[0])[:15]
     return f"{stamp}-{digest.hexdigest()[:10]}"
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A verified artifact, loaded as far as numpy goes: the scorer is left as a file for the
+    caller's runtime (onnxruntime in the service), with what it must agree with."""
+
+    path: Path
+    manifest: dict[str, Any]
+    tree: Tree
+    catalog: ItemCatalog
+    scorer_file: Path
+    tree_sha256: str  # the scorer must have been bound to this tree (`scorer.onnx` metadata)
+    history_length: int  # the scorer's history input must be this wide
+    hierarchical: bool
+    default_k: int
+    default_beam: int
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["version"])
+
+    def check_scorer(self, score: Callable[[np.ndarray, np.ndarray], np.ndarray], tree_sha256: str | None,
+                     history_length: int) -> None:
+        """The scorer loaded from `scorer_file` belongs to this artifact: its metadata names the
+        tree it was bound to at export and its history width, and it scores the largest row
+        the tree can ask for (a scorer built for another tree fails there)."""
+        if tree_sha256 != self.tree_sha256:
+            raise ArtifactError(f"{self.scorer_file}: trained with tree {str(tree_sha256)[:12]}, the artifact's "
+                                f"tree is {self.tree_sha256[:12]}: tree and scorer do not belong together")
+        if history_length != self.history_length:
+            raise ArtifactError(f"{self.scorer_file}: history length {history_length}, manifest says "
+                                f"{self.history_length}")
+        rows = np.array([[0, self.tree.n_rows - 1]], dtype=np.int64)
+        history = np.full((1, self.history_length), -1, dtype=np.int64)
+        history[0, 0] = self.tree.n_items - 1
+        try:
+            logits = score(history, rows)
+        except Exception as exc:  # onnxruntime raises its own types (e.g. index out of range)
+            raise ArtifactError(f"{self.scorer_file}: scoring the tree's rows fails "
+                                f"({' '.join(str(exc).split())[:160]}): tree and scorer do not belong "
+                                "together") from exc
+        if logits.shape != (1, 2) or not np.isfinite(logits).all():
+            raise ArtifactError(f"{self.scorer_file}: probe returned {logits.shape} / non-finite scores")
+
+
+def read_artifact(directory: str | Path, max_k: int = 1 << 20, max_beam: int = 1 << 20) -> Artifact:
+    """verify_artifact, then load the tree and the item catalog and check them against the
+    manifest and each other. `max_k`, `max_beam`: the deployment's limits, which the manifest's
+    defaults must respect. Raises ArtifactError with one line."""
+    path = Path(directory)
+    manifest = verify_artifact(path)
+    tree_spec, scorer_spec = manifest["tree"], manifest["scorer"]
+    files = {section: path / manifest[section].get("file", default) for section, default in SECTION_FILES.items()}
+    n_items = tree_spec.get("n_items")
+    if type(n_items) is not int or n_items < 1:
+        raise ArtifactError(f"{path / MANIFEST}: tree.n_items must be a positive integer, got {n_items!r}")
+    try:
+        tree = Tree.load(files["tree"], n_items=n_items)
+    except TreeError as exc:
+        raise ArtifactError(str(exc)) from exc
+    for key in ("arity", "depth", "n_items", "n_rows"):
+        if tree_spec.get(key) != getattr(tree, key):
+            raise ArtifactError(f"{files['tree']}: tree {key} is {getattr(tree, key)}, "
+                                f"the manifest says {tree_spec.get(key)}")
+    if scorer_spec.get("n_rows") != tree.n_rows:
+        raise ArtifactError(f"{path}: the scorer has {scorer_spec.get('n_rows')} embedding rows, the tree needs "
+                            f"{tree.n_rows}: tree and scorer do not belong together")
+    catalog = ItemCatalog.load(files["items"], tree.n_items)
+    defaults = manifest.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ArtifactError(f"{path / MANIFEST}: 'defaults' must be an object")
+    return Artifact(
+        path=path, manifest=manifest, tree=tree, catalog=catalog, scorer_file=files["scorer"],
+        tree_sha256=manifest["files"][files["tree"].name]["sha256"],
+        history_length=_manifest_int(path, "scorer.max_history", scorer_spec.get("max_history"), 1, 1 << 20),
+        hierarchical=bool(scorer_spec.get("hierarchical", False)),
+        default_k=_manifest_int(path, "defaults.k", defaults.get("k", 200), 1, max_k),
+        default_beam=_manifest_int(path, "defaults.beam", defaults.get("beam", 200), 1, max_beam),
+    )
+
+
+def _manifest_int(path: Path, what: str, value: object, low: int, high: int) -> int:
+    """A manifest number the service sizes work by: an int within the deployment's limits (a
+    default beam of 10**9 would make every request that names none a denial of service)."""
+    if type(value) is not int or not low <= value <= high:
+        raise ArtifactError(f"{path / MANIFEST}: {what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def write_artifact(out: str | Path, write_files: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Create the artifact `out` in one step: `write_files(staging)` writes scorer.onnx,
+    tree.npz and items.npz into a staging directory beside `out` and returns the manifest's
+    other sections; this adds the checksums, creation time, version id and format version,
+    writes the manifest and renames the staging directory to `out`, so an artifact directory
+    is complete or absent, never half-written. `out` must not exist or be empty (artifacts
+    are immutable). Returns the manifest."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ArtifactError(f"{out}: already exists and is not empty; artifacts are immutable, choose a new directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        sections = write_files(staging)
+        files = file_entries(staging, list(REQUIRED_FILES))
+        created = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest = {"format_version": ARTIFACT_FORMAT_VERSION, "version": version_id(created, files),
+                    "created": created, **sections, "files": files}
+        write_manifest(staging, manifest)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest

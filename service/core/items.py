@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.artifact import ArtifactError
+from service.core.errors import ArtifactError
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
