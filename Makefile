@@ -11,4 +11,4 @@ demo:
 	./scripts/demo.sh
 
 lint: setup
-	.venv/bin/ruff check trainer service tests
+	.venv/bin/ruff check trainer service loadtest bench tests

@@ -9,7 +9,7 @@ option is given, prints a Markdown table and goes into the JSON (`--json`), with
 - `--ks`, `--beams` (at `--sweep-size`): single-stream HTTP latency per k (at the artifact's
   default beam) and per beam width (at `--k`), and the candidates scored per request.
 - `--ort-threads`: single-stream HTTP latency per onnxruntime intra-op thread count.
-- `--rates` with `--configs`: open-loop throughput (service.loadtest's generator) for each server
+- `--rates` with `--configs`: open-loop throughput (loadtest's generator) for each server
   configuration at each rate for `--duration` s after a `--warmup`; the highest rate with no
   errors, p99 <= `--slo-ms` and the schedule kept is the configuration's sustainable rate.
 - `--versions DIR[:ARTIFACT_DIR],...`: the same single-stream comparison across code versions
@@ -320,7 +320,7 @@ def section_threads(args: argparse.Namespace) -> list[dict]:
 
 
 def section_throughput(args: argparse.Namespace) -> list[dict]:
-    from service.loadtest import bodies_from, run_load
+    from loadtest.generator import bodies_from, run_load
 
     artifact = artifact_for(args.sweep_size)
     bodies = bodies_from(artifact, 2000, args.k, seed=0)

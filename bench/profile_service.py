@@ -104,7 +104,7 @@ def main() -> None:
             load = {"mode": "single stream", "requests": count,
                     "latency_ms_p50": 1000 * float(np.median(latencies))}
         else:
-            from service.loadtest import bodies_from, run_load
+            from loadtest.generator import bodies_from, run_load
 
             mix = bodies_from(artifact, 2000, args.k, seed=0)
             asyncio.run(run_load(url, mix, args.rate, 3.0))

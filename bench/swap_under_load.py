@@ -61,7 +61,7 @@ def run(artifacts: list[Path], rate: float, duration: float, swaps: int, window:
             time.sleep(0.2)
         raw, summary_path = workdir / "records.jsonl", workdir / "summary.json"
         load = subprocess.Popen(
-            [sys.executable, "-m", "service.loadtest", "--url", url, "--rate", str(rate), "--duration", str(duration),
+            [sys.executable, "-m", "loadtest", "--url", url, "--rate", str(rate), "--duration", str(duration),
              "--data", str(artifacts[0]), "--k", "50", "--raw", str(raw), "--json", str(summary_path)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(duration * 0.15)

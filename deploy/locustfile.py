@@ -6,7 +6,7 @@ Users send behaviour events and ask for recommendations with their own history, 
 Set JTM_LOCUST_ITEMS to an artifact directory to draw item ids from its catalog; otherwise ids
 are random integers (unknown items are counted and ignored by the service, so the popular
 fallback gets exercised). Locust measures closed-loop latency; for open-loop numbers that
-cannot hide queueing use `python -m service.loadtest`.
+cannot hide queueing use `python -m loadtest`.
 """
 
 from __future__ import annotations

@@ -176,14 +176,15 @@ def test_section_files_must_be_checked_files(artifact: Path, tmp_path: Path, tar
 
 
 def test_every_np_load_in_the_service_is_checked() -> None:
-    """Every np.load under service/ passes allow_pickle=False and sits in a function that checks
-    the archive's headers first (check_members): a new, unchecked load fails this test."""
+    """Every np.load under service/ (and loadtest/, which reads artifacts too) passes
+    allow_pickle=False and sits in a function that checks the archive's headers first
+    (check_members): a new, unchecked load fails this test."""
     import ast
 
     from tests.conftest import ROOT
 
     loads = 0
-    for path in sorted((ROOT / "service").rglob("*.py")):
+    for path in sorted([*(ROOT / "service").rglob("*.py"), *(ROOT / "loadtest").rglob("*.py")]):
         for function in ast.walk(ast.parse(path.read_text())):
             if not isinstance(function, ast.FunctionDef):
                 continue

@@ -77,7 +77,7 @@ async def flood(url: str, body: dict, clients: int, seconds: float = 0.0, each: 
     each); every request timed. Uses the service's lean load-generator client: httpx's pool
     costs O(pending) per request and took seconds to dispatch a few hundred concurrent
     requests, which would be measured here as the service's latency."""
-    from service.loadtest import _ConnectionPool, _http_request
+    from loadtest.generator import _ConnectionPool, _http_request
 
     parsed = urlparse(url)
     payload = _http_request(parsed.hostname, "/v1/recommend", json.dumps(body).encode())

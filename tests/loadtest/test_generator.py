@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from service.loadtest import bodies_from, check_loopback, latency_percentiles, run_load
+from loadtest.generator import bodies_from, check_loopback, latency_percentiles, run_load
 from tests.helpers import free_port
 
 

@@ -10,7 +10,7 @@ interaction log (CSV/TSV with a header naming user and item columns; users' time
 behaviours give realistic histories), or an artifact directory (random histories over its
 catalog).
 
-    python -m service.loadtest --url http://127.0.0.1:8000 --rate 200 --duration 30 \\
+    python -m loadtest --url http://127.0.0.1:8000 --rate 200 --duration 30 \\
         --data data/demo.parquet.csv --json out/load.json --plot out/load.png
 """
 
@@ -289,7 +289,7 @@ def plot(result: LoadResult, path: Path, title: str = "", warmup: float = 0.0) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m service.loadtest", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True, help="service base URL (loopback only)")
     parser.add_argument("--rate", type=float, required=True, help="requests per second (open loop)")
@@ -334,6 +334,3 @@ def main(argv: list[str] | None = None) -> int:
                                      "version": r.version}) + "\n")
     return 0 if summary["error_count"] == 0 else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

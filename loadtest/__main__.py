@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.generator import main
+
+sys.exit(main())
