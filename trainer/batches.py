@@ -150,7 +150,8 @@ class BatchBuilder:
         history = self.samples.histories(index)  # (B, L) item ids, -1 padded, most recent first
         if self.hierarchical:
             assert self.tree is not None
-            mapped = np.stack([self.tree.ancestor_ids(history, level) for level in self.levels])  # (V, B, L)
+            ids_at = self.tree.ancestor_ids_by_level(history)
+            mapped = np.stack([ids_at(level) for level in self.levels])  # (V, B, L)
         else:
             mapped = history[None].astype(np.int64)
         started = self._mark("history mapping (builder thread)", started)

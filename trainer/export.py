@@ -191,7 +191,6 @@ def write_artifact(
     `service.core.artifact.write_artifact` (staged, checksummed, renamed in one step)."""
     assert method.model is not None and method.tree is not None
     tree = method.tree
-    checks: dict = {}
 
     def write_files(staging: Path) -> dict:
         tree.save(staging / "tree.npz")
@@ -202,7 +201,6 @@ def write_artifact(
         if max_abs > PARITY_TOLERANCE:
             raise DataError(f"ONNX and PyTorch logits differ by {max_abs:.2e} (> {PARITY_TOLERANCE})", out)
         topk = topk_parity(method, staging / "scorer.onnx", parity_histories, k, beam)
-        checks.update(max_abs=max_abs, topk=topk)
         return {
             "method": method_name,
             "data_fingerprint": dataset.get("fingerprint"),
@@ -220,8 +218,9 @@ def write_artifact(
         manifest = core_write_artifact(out, write_files)
     except ArtifactError as exc:  # `out` is not empty
         raise DataError(str(exc).removeprefix(f"{out}: "), out) from exc
+    parity = manifest["parity"]
     log.info("artifact %s: ONNX max |diff| %.2e, top-%d identical for %d/%d users", manifest["version"],
-             checks["max_abs"], k, checks["topk"]["identical_lists"], checks["topk"]["users"])
+             parity["onnx_vs_torch_max_abs"], k, parity["topk"]["identical_lists"], parity["topk"]["users"])
     return manifest
 
 

@@ -47,7 +47,8 @@ class PairScorer:
             return self._module_log_probs(history, nodes)
         if self.hierarchical:
             assert self.tree is not None
-            mapped = np.stack([self.tree.ancestor_ids(history, level) for level in levels])  # (V, B, L)
+            ids_at = self.tree.ancestor_ids_by_level(history)
+            mapped = np.stack([ids_at(level) for level in levels])  # (V, B, L)
             groups = [nodes[level] for level in levels]
         else:
             mapped = history[None].astype(np.int64)

@@ -194,6 +194,7 @@ def weights_for_items(
     parts = _item_aligned_parts(sample_item, threads if device.type == "cpu" else 1)
 
     scorer = PairScorer(model, tree, job.hierarchical)
+    columns = {rel: level_of_node == rel for rel in levels}  # each level's columns of the subtree
 
     def work(part: int) -> int:
         evaluations = 0
@@ -208,13 +209,13 @@ def weights_for_items(
                 if level == tree.depth:
                     nodes[level] = items[items_in_batch][:, None].astype(np.int64)  # the item's own row
                 else:
-                    positions = top[:, None] * tree.arity**rel + offset_of_node[level_of_node == rel][None, :]
+                    positions = top[:, None] * tree.arity**rel + offset_of_node[columns[rel]][None, :]
                     nodes[level] = tree.node_ids(level, positions)
             scored = scorer.log_probs(histories[batch], nodes)
             scores = np.empty((len(items_in_batch), n_nodes), dtype=np.float32)
             for rel in levels:
                 logits = scored[job.start + int(rel)]
-                scores[:, level_of_node == rel] = logits  # (B, 1) broadcasts over the leaf columns
+                scores[:, columns[rel]] = logits  # (B, 1) broadcasts over the leaf columns
                 evaluations += logits.size
             _add_rows(sums, items_in_batch, scores)
         return evaluations
@@ -524,8 +525,8 @@ def tree_objectives(
     def work(worker: int) -> np.ndarray:
         part = np.zeros(len(trees))
         for batch in batches[worker::workers]:
-            nodes = {level: np.stack([tree.ancestor_ids(targets[batch], level) for tree in trees], axis=1)
-                     for level in levels}  # (B, trees) per level
+            ids_at = [tree.ancestor_ids_by_level(targets[batch]) for tree in trees]  # leaves looked up once
+            nodes = {level: np.stack([at(level) for at in ids_at], axis=1) for level in levels}  # (B, trees)
             scored = scorer.log_probs(samples.histories(batch), nodes)
             part -= sum(scored[level].astype(np.float64).sum(axis=0) for level in levels)
         return part

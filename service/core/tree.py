@@ -154,12 +154,15 @@ class Tree:
         items = np.asarray(items)
         valid = items != pad
         safe = np.where(valid, items, 0)
-        leaves = self.item_leaf[safe]
+        leaves: np.ndarray | None = None  # looked up on the first level above the leaves
 
         def at(level: int) -> np.ndarray:
+            nonlocal leaves
             if level == self.depth:
                 ids = safe.astype(np.int64)
             else:
+                if leaves is None:
+                    leaves = self.item_leaf[safe]
                 ids = self.n_items + self.level_offset(level) + leaves // self.arity ** (self.depth - level)
             return np.where(valid, ids, pad)
 
