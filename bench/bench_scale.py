@@ -108,14 +108,17 @@ def stage_train(args: argparse.Namespace) -> dict:
                 "autocast": str(step.autocast), "threads": step.threads,
                 "phases_ms": times.per_step_ms()}
 
-    for method in args.methods.split(","):
-        out[method] = train(method)
-    out["peak_rss_gb"] = peak_rss_gb()
-    if ctx is not None:
-        out["peak_rss_gb_all_ranks"] = float(distributed.sum_array(np.array([out["peak_rss_gb"]]))[0])
-        if rank != 0:
-            return {}
-    return out
+    try:
+        for method in args.methods.split(","):
+            out[method] = train(method)
+        out["peak_rss_gb"] = peak_rss_gb()
+        if ctx is not None:
+            out["peak_rss_gb_all_ranks"] = float(distributed.sum_array(np.array([out["peak_rss_gb"]]))[0])
+    finally:
+        # A gloo process group left for interpreter exit to tear down can abort the rank
+        # ("terminate called without an active exception", seen once in CI).
+        distributed.shutdown()
+    return out if rank == 0 else {}
 
 
 def run_stage(command: list[str], name: str) -> dict:
