@@ -33,8 +33,8 @@ from trainer.batches import prefetch  # noqa: E402
 from trainer.data import DataConfig, load_interactions, make_samples, split_users  # noqa: E402
 from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.sampler import LayerwiseSampler  # noqa: E402
+from trainer.step import ScorerStep, TrainConfig, make_builder  # noqa: E402
 from trainer.synth import SynthConfig, generate, write  # noqa: E402
-from trainer.train import ScorerStep, TrainConfig, make_builder  # noqa: E402
 from trainer.tree_build import category_tree  # noqa: E402
 
 

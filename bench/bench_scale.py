@@ -63,7 +63,7 @@ def stage_train(args: argparse.Namespace) -> dict:
     from trainer.data import DataConfig, load_interactions, make_samples, split_users
     from trainer.model import ScorerConfig, TreeScorer
     from trainer.sampler import LayerwiseSampler, default_negative_counts
-    from trainer.train import ScorerStep, StepTimes, TrainConfig, make_builder
+    from trainer.step import ScorerStep, StepTimes, TrainConfig, make_builder
     from trainer.tree_build import category_tree
 
     ctx = distributed.init_from_env("cpu")

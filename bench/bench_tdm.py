@@ -34,8 +34,8 @@ from trainer.formats import RawLog  # noqa: E402
 from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.sampler import LayerwiseSampler  # noqa: E402
 from trainer.scoring import TorchScoreFn  # noqa: E402
+from trainer.step import ScorerStep, TrainConfig, make_builder  # noqa: E402
 from trainer.synth import SynthConfig, generate  # noqa: E402
-from trainer.train import ScorerStep, TrainConfig, make_builder  # noqa: E402
 from trainer.tree_build import category_tree  # noqa: E402
 
 

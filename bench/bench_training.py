@@ -91,7 +91,7 @@ def worker_ours(args: argparse.Namespace) -> dict:
     np, torch, data, samples, valid, tree, model, sampler = _setup(args.data_path, args.hierarchical, args.seed,
                                                                   args.leaf_negatives)
     from trainer.batches import prefetch
-    from trainer.train import ScorerStep, StepTimes, TrainConfig, make_builder
+    from trainer.step import ScorerStep, StepTimes, TrainConfig, make_builder
 
     times = StepTimes()
     step = ScorerStep(model, TrainConfig(batch_size=args.batch_size, threads=args.threads, precision=args.precision,
@@ -121,8 +121,8 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     np, torch, data, samples, valid, tree, model, sampler = _setup(args.data_path, args.hierarchical, args.seed,
                                                                   args.leaf_negatives)
     from torch.nn import functional as F
-
     from trainer.train import TrainingForward, resolve_precision
+
     from trainer.training import AdamWithSparseEmbeddings
 
     forward = TrainingForward(model)

@@ -25,7 +25,8 @@ from trainer.data import DataConfig, load_interactions, make_samples, split_user
 from trainer.deep_retrieval import initial_tree  # noqa: E402
 from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.sampler import LayerwiseSampler  # noqa: E402
-from trainer.train import TrainConfig, fit_scorer  # noqa: E402
+from trainer.step import TrainConfig  # noqa: E402
+from trainer.training import fit_scorer  # noqa: E402
 from trainer.tree_learning import TreeLearningConfig, learn_tree  # noqa: E402
 
 

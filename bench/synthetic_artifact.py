@@ -20,7 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from service.core.items import ItemCatalog  # noqa: E402
-from trainer.deep_retrieval import DeepConfig, DeepRetrieval  # noqa: E402
+from trainer.config import DeepConfig  # noqa: E402
+from trainer.deep_retrieval import DeepRetrieval  # noqa: E402
 from trainer.export import sampled_histories, write_artifact  # noqa: E402
 from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
 from trainer.tree_build import tree_from_order  # noqa: E402

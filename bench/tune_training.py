@@ -33,6 +33,7 @@ from trainer.data import DataConfig, load_interactions, make_eval_set, make_samp
 from trainer.deep_retrieval import DeepRetrieval  # noqa: E402
 from trainer.methods import MethodOptions, deep_config  # noqa: E402
 from trainer.recommender import FitContext  # noqa: E402
+from trainer.training import make_sampler  # noqa: E402
 
 
 def main() -> None:
@@ -64,7 +65,7 @@ def main() -> None:
         epochs = method.history.epochs
         rows.append({
             "variant": name, "overrides": overrides, "seconds": time.perf_counter() - started,
-            "pairs_per_sample": int(len(method.make_sampler().label)),
+            "pairs_per_sample": int(len(make_sampler(method.tree, data.n_items, config.leaf_negatives).label)),
             "valid_recall": [e.valid_score for e in epochs], "train_loss": [e.train_loss for e in epochs],
             "samples_per_s": [e.samples_per_s for e in epochs], "epoch_seconds": [e.seconds for e in epochs],
             "best_epoch": method.history.best_epoch, "best_valid_recall": method.history.best_score,

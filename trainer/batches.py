@@ -122,7 +122,7 @@ class BatchBuilder:
         self.hierarchical = hierarchical
         self.n_rows = n_rows
         self.keep_history = keep_history
-        self.times = times  # a trainer.train.StepTimes when profiling: seconds per building phase
+        self.times = times  # a trainer.step.StepTimes when profiling: seconds per building phase
         self.targets = samples.targets
         self.mask = window_mask(windows, samples.max_history)
         label = sampler.label

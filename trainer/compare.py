@@ -16,8 +16,9 @@ import numpy as np
 
 from trainer.data import Interactions, make_eval_set, make_samples, split_users
 from trainer.errors import DataError
+from trainer.evaluate import evaluate
 from trainer.methods import MethodOptions, build_method
-from trainer.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds, user_metrics
+from trainer.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds
 from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
@@ -71,17 +72,13 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
                 method.fit(ctx)
             if getattr(method, "tree", None) is not None and getattr(method.config, "tree_learning", "") == "none":
                 fitted.append(method)
-            recommended = method.recommend(test, config.m, config.exclude_seen)
-            seconds = time.perf_counter() - started
+            fit_seconds = time.perf_counter() - started
+            scored = evaluate(method, test, config.m, config.exclude_seen, fidelity=True)
+            seconds = fit_seconds + scored.seconds  # fit and retrieval, not the fidelity scan
             seconds_of[name] = seconds
-            metrics = user_metrics(recommended, test, config.m)
-            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=_epochs_run(method))
-            if getattr(method, "tree", None) is not None and hasattr(method, "brute_force"):
-                from trainer.run import beam_fidelity
-
-                exact = method.brute_force(test, config.m, config.exclude_seen)
-                run.fidelity = beam_fidelity(recommended, exact)
-                run.brute_force_recall = user_metrics(exact, test, config.m).means()["recall"]
+            metrics = scored.metrics
+            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=_epochs_run(method),
+                          fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall)
             if getattr(method, "joint_history", None) is not None:
                 run.joint = method.joint_history.to_json()  # L(theta, pi) and recall per iteration
             runs[name].append(run)
@@ -289,8 +286,8 @@ def training_defaults() -> dict:
     """The values an option left at None (the method's default) stands for, recorded with
     every result: a default that changes between versions must not let merge pool results
     trained differently."""
-    from trainer.deep_retrieval import DeepConfig
-    from trainer.train import TrainConfig
+    from trainer.config import DeepConfig
+    from trainer.step import TrainConfig
 
     return {"leaf_negatives": DeepConfig().leaf_negatives, "lr": TrainConfig().lr}
 

@@ -25,36 +25,16 @@ import numpy as np
 import torch
 
 from service.core.tree import Tree
-from trainer.metrics import user_metrics
+from trainer.config import TREE_LEARNERS, DeepConfig, JointConfig
+from trainer.data import SampleSet
+from trainer.evaluate import validation_metrics
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
+from trainer.training import TrainHistory, search_beam, train_on_tree
 from trainer.tree_build import kmeans_tree
-from trainer.tree_learning import TreeLearningConfig, learn_tree, tree_objective, tree_objectives
+from trainer.tree_learning import learn_tree, tree_objective, tree_objectives
 
 log = logging.getLogger(__name__)
-
-TREE_LEARNERS = ("none", "jtm", "kmeans")
-
-
-@dataclass(frozen=True)
-class JointConfig:
-    tree_learning: str = "jtm"  # jtm (Algorithm 2) or kmeans (TDM's re-clustering)
-    iterations: int = 3  # T
-    retrain_epochs: int = 2  # per iteration, warm-started (validation still picks the epoch)
-    internal_init: str = "keep"  # after a new tree: keep node rows, or "mean" of their items' rows
-    # Retrain even when a tree step moved no item (the paper's loop, literally). Off: such an
-    # iteration costs only its tree step (the model is already trained on that tree).
-    retrain_unchanged: bool = False
-    loss_samples: int = 20_000  # fixed subset on which L(theta, pi) is reported
-    learning: TreeLearningConfig = field(default_factory=TreeLearningConfig)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> JointConfig:
-        # Runs written before `retrain_unchanged` existed always retrained.
-        return cls(**{"retrain_unchanged": True, **data, "learning": TreeLearningConfig(**data["learning"])})
 
 
 @dataclass
@@ -104,82 +84,102 @@ def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
             model.bias.weight[rows] = bias
 
 
-def validation_metrics(method, ctx: FitContext) -> dict[str, float]:
-    recs = method.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
-    return user_metrics(recs, ctx.valid, ctx.m).means()
+def global_loss(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray) -> float:
+    """L(theta, pi) per sample on samples[index], features under the same tree."""
+    return tree_objective(model, tree, tree, samples, index, model.config.hierarchical) / max(len(index), 1)
 
 
-def global_loss(model: TreeScorer, tree: Tree, ctx: FitContext, index: np.ndarray, hierarchical: bool) -> float:
-    """L(theta, pi) per sample on ctx.samples[index], features under the same tree."""
-    return tree_objective(model, tree, tree, ctx.samples, index, hierarchical) / max(len(index), 1)
+@dataclass
+class JointResult:
+    model: TreeScorer  # the weights of the best validation iteration
+    tree: Tree  # the tree they were trained on
+    history: JointHistory  # L, the tree steps and validation recall per iteration
+    initial: TrainHistory | None  # the epochs of iteration 0's training (None: given, not trained)
 
 
-def joint_fit(method, ctx: FitContext, config: JointConfig, train_initial: bool = True) -> JointHistory:
-    """Run Algorithm 1 on a `DeepRetrieval` method (its model and tree are updated in place)."""
-    if config.tree_learning not in TREE_LEARNERS[1:]:
-        raise ValueError(f"tree_learning must be one of {TREE_LEARNERS[1:]}, got {config.tree_learning!r}")
-    hierarchical = method.config.scorer.hierarchical
-    rng = np.random.default_rng(ctx.seed)
-    index = np.sort(rng.choice(len(ctx.samples), size=min(config.loss_samples, len(ctx.samples)), replace=False))
-    history = JointHistory(tree_learning=config.tree_learning)
+def learn_next_tree(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray, config: JointConfig,
+                    seed: int) -> tuple[Tree, float, float, dict | None]:
+    """One tree step with the model fixed: (new tree, -L before, -L after, Algorithm 2's report).
 
+    Algorithm 2 reports its own objective on the samples it used; TDM's k-means re-clustering
+    of the item embeddings is scored on the loss subset `index`."""
+    hierarchical = model.config.hierarchical
+    if config.tree_learning == "jtm":
+        learning = replace(config.learning, seed=seed)
+        new_tree, report = learn_tree(model, tree, samples, hierarchical, learning)
+        return new_tree, report.objective_before, report.objective_after, report.to_json()
+    embeddings = model.embedding.weight[:tree.n_items].detach().float().cpu().numpy()
+    new_tree = kmeans_tree(embeddings, seed=seed, arity=tree.arity)
+    before, after = (-v for v in tree_objectives(model, [tree, new_tree], tree, samples, index, hierarchical))
+    return new_tree, before, after, None
+
+
+def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfig,
+              initial: TrainHistory | None = None) -> JointResult:
+    """Algorithm 1 from (`model`, `tree`): train, then T times learn the tree with the model
+    fixed and retrain on it; keep the iteration of the best validation recall.
+
+    `model` is trained in place (pass a copy to keep the original). With `initial`, `model` is
+    already trained on `tree` (iteration 0 done elsewhere, e.g. by the fixed-tree method that
+    `compare` fitted first) and `initial` is that training's history."""
+    joint = replace(config.joint, tree_learning=config.tree_learning)
+    if joint.tree_learning not in TREE_LEARNERS[1:]:
+        raise ValueError(f"tree_learning must be one of {TREE_LEARNERS[1:]}, got {joint.tree_learning!r}")
+    beam = search_beam(config, data.m)
+    rng = np.random.default_rng(data.seed)
+    index = np.sort(rng.choice(len(data.samples), size=min(joint.loss_samples, len(data.samples)), replace=False))
+    history = JointHistory(tree_learning=joint.tree_learning)
+
+    # Iteration 0: the model trained on the initial tree.
     started = time.perf_counter()
-    if train_initial:
-        method.history = method.train_model(ctx, method.make_sampler(), method.config.train)
-    record = IterationRecord(0, global_loss(method.model, method.tree, ctx, index, hierarchical),
-                             validation_metrics(method, ctx), train_seconds=time.perf_counter() - started,
-                             epochs=len(method.history.epochs) if method.history is not None else 0)
+    if initial is None:
+        initial = train_on_tree(model, tree, data, config, config.train)
+    record = IterationRecord(0, global_loss(model, tree, data.samples, index),
+                             validation_metrics(model, tree, data, beam), epochs=len(initial.epochs),
+                             train_seconds=time.perf_counter() - started)
     history.records.append(record)
     _log(record)
-    best = (record.valid["recall"], copy.deepcopy(method.model.state_dict()), method.tree)
+    best = (record.valid["recall"], copy.deepcopy(model.state_dict()), tree)
 
-    for iteration in range(1, config.iterations + 1):
-        old_tree = method.tree
+    retrain = replace(config.train, epochs=joint.retrain_epochs, snapshot_epoch=None)
+    for iteration in range(1, joint.iterations + 1):
+        # Learn the tree with the model fixed.
         started = time.perf_counter()
-        if config.tree_learning == "jtm":
-            learning = TreeLearningConfig(**{**asdict(config.learning), "seed": ctx.seed + iteration})
-            new_tree, report = learn_tree(method.model, old_tree, ctx.samples, hierarchical, learning)
-            before, after = report.objective_before, report.objective_after
-            tree_report = report.to_json()
-        else:
-            embeddings = method.model.embedding.weight[:old_tree.n_items].detach().float().cpu().numpy()
-            new_tree = kmeans_tree(embeddings, seed=ctx.seed + iteration, arity=old_tree.arity)
-            before, after = (-v for v in tree_objectives(method.model, [old_tree, new_tree], old_tree,
-                                                           ctx.samples, index, hierarchical))
-            tree_report = None
+        new_tree, before, after, report = learn_next_tree(model, tree, data.samples, index, joint,
+                                                          seed=data.seed + iteration)
         tree_seconds = time.perf_counter() - started
-        moved = float((new_tree.item_leaf != old_tree.item_leaf).mean())
-        if moved == 0.0 and not config.retrain_unchanged:
+        moved = float((new_tree.item_leaf != tree.item_leaf).mean())
+        if moved == 0.0 and not joint.retrain_unchanged:
             # A fixed point: the step kept every item where it was (the guard rejected it, or it
             # found nothing better), so retraining would only continue training the model on the
             # tree that early stopping already stopped it on. Record the iteration and go on.
             previous = history.records[-1]
             record = IterationRecord(iteration, previous.global_loss, previous.valid, moved_fraction=0.0,
                                      objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-                                     tree_report=tree_report, epochs=0)
+                                     tree_report=report, epochs=0)
             history.records.append(record)
             _log(record)
             continue
-        method.tree = new_tree
-        if config.internal_init == "mean":
-            reinit_internal_nodes(method.model, new_tree)
+
+        # Retrain the model on the new tree, warm-started.
+        tree = new_tree
+        if joint.internal_init == "mean":
+            reinit_internal_nodes(model, tree)
         started = time.perf_counter()
-        retrain = replace(method.config.train, epochs=config.retrain_epochs, snapshot_epoch=None)
-        retrained = method.train_model(ctx, method.make_sampler(), retrain)
+        retrained = train_on_tree(model, tree, data, config, retrain)
         record = IterationRecord(
-            iteration, global_loss(method.model, new_tree, ctx, index, hierarchical), validation_metrics(method, ctx),
+            iteration, global_loss(model, tree, data.samples, index), validation_metrics(model, tree, data, beam),
             moved_fraction=moved, objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-            train_seconds=time.perf_counter() - started, tree_report=tree_report, epochs=len(retrained.epochs),
+            train_seconds=time.perf_counter() - started, tree_report=report, epochs=len(retrained.epochs),
         )
         history.records.append(record)
         _log(record)
         if record.valid["recall"] > best[0]:
-            best = (record.valid["recall"], copy.deepcopy(method.model.state_dict()), new_tree)
+            best = (record.valid["recall"], copy.deepcopy(model.state_dict()), tree)
             history.best_iteration = iteration
 
-    method.model.load_state_dict(best[1])
-    method.tree = best[2]
-    return history
+    model.load_state_dict(best[1])
+    return JointResult(model, best[2], history, initial)
 
 
 def _log(record: IterationRecord) -> None:

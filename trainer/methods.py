@@ -1,17 +1,24 @@
-"""Name -> method registry: the names `compare --methods` and `train --method` accept."""
+"""Name -> method registry: the names `compare --methods` and `train --method` accept, and how
+the command line's choices (`MethodOptions`) map onto each method's frozen configuration."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from trainer.config import METHOD_VARIANTS, DeepConfig, JointConfig
 from trainer.errors import DataError
+from trainer.model import ScorerConfig
 from trainer.recommender import Recommender
+from trainer.step import TrainConfig
+from trainer.tree_learning import TreeLearningConfig
 
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Command-line overrides that apply to every neural method (None = the method's default)."""
+    """What the command line chose for every neural method (None: the flag was not given, so each
+    method keeps its own default). `compare` records it with its results, and `merge` refuses to
+    pool results whose options differ; `deep_config` maps it onto a method's configuration."""
 
     epochs: int | None = None
     device: str = "cpu"
@@ -56,38 +63,50 @@ def _itemcf(options: MethodOptions) -> Recommender:
 def _youtube(options: MethodOptions) -> Recommender:
     from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
 
-    config = YouTubeConfig(max_history=options.max_history)
-    config = replace(config, **_overrides(options, "epochs", "batch_size", "lr", "dim"))
-    return YouTubeDNN(config)
+    default = YouTubeConfig()
+    return YouTubeDNN(replace(default, max_history=options.max_history,
+                              epochs=_given(options.epochs, default.epochs),
+                              batch_size=_given(options.batch_size, default.batch_size),
+                              lr=_given(options.lr, default.lr), dim=_given(options.dim, default.dim)))
 
 
-def _overrides(options: MethodOptions, *names: str) -> dict:
-    return {name: getattr(options, name) for name in names if getattr(options, name) is not None}
+def _given(value, default):
+    """The command line's value, or the configuration's own default where the flag was not given
+    (each configuration keeps its defaults: YouTube-DNN's epochs are not the tree methods')."""
+    return default if value is None else value
 
 
-def deep_config(method: str, options: MethodOptions):
-    """The configuration of a scorer-based method (dnn, tdm, jtm variants) with CLI overrides."""
-    from trainer.deep_retrieval import METHOD_VARIANTS, DeepConfig
-    from trainer.joint import JointConfig
-    from trainer.model import ScorerConfig
-    from trainer.train import TrainConfig
-    from trainer.tree_learning import TreeLearningConfig
-
+def deep_config(method: str, options: MethodOptions) -> DeepConfig:
+    """The frozen configuration of a scorer-based method (dnn, tdm, jtm variants): the method's
+    variant (features, tree learner) with the command line's choices mapped onto each part."""
     variant = METHOD_VARIANTS[method]
-    train = replace(TrainConfig(device=options.device),
-                    **_overrides(options, "epochs", "batch_size", "lr", "precision", "kernel", "threads"))
-    scorer = replace(ScorerConfig(max_history=options.max_history, hierarchical=variant["hierarchical"]),
-                     **_overrides(options, "dim"))
-    learning = replace(TreeLearningConfig(), **_overrides(options, "gap", "max_samples_per_item", "workers", "guard"))
-    joint = replace(JointConfig(learning=learning),
-                    **_overrides(options, "iterations", "retrain_epochs", "internal_init", "retrain_unchanged"))
+    train = TrainConfig()
+    train = replace(train, device=options.device, epochs=_given(options.epochs, train.epochs),
+                    batch_size=_given(options.batch_size, train.batch_size), lr=_given(options.lr, train.lr),
+                    precision=_given(options.precision, train.precision), kernel=_given(options.kernel, train.kernel),
+                    threads=_given(options.threads, train.threads))
+    scorer = ScorerConfig()
+    scorer = replace(scorer, max_history=options.max_history, hierarchical=variant["hierarchical"],
+                     dim=_given(options.dim, scorer.dim))
+    learning = TreeLearningConfig()
+    learning = replace(learning, gap=_given(options.gap, learning.gap),
+                       workers=_given(options.workers, learning.workers),
+                       max_samples_per_item=_given(options.max_samples_per_item, learning.max_samples_per_item),
+                       guard=_given(options.guard, learning.guard))
+    joint = JointConfig()
+    joint = replace(joint, learning=learning, iterations=_given(options.iterations, joint.iterations),
+                    retrain_epochs=_given(options.retrain_epochs, joint.retrain_epochs),
+                    internal_init=_given(options.internal_init, joint.internal_init),
+                    retrain_unchanged=_given(options.retrain_unchanged, joint.retrain_unchanged))
     if options.equal_epochs and variant["tree_learning"] == "none":
         # Keep a snapshot after the joint loop's initial epochs: the joint twin starts there.
         train = replace(train, epochs=train.epochs + joint.iterations * joint.retrain_epochs,
                         snapshot_epoch=train.epochs if method != "dnn" else None)
-    return replace(DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"],
-                              joint=joint),
-                   **_overrides(options, "arity", "tree_init", "leaf_negatives", "beam"))
+    config = DeepConfig()
+    return DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"], joint=joint,
+                      arity=_given(options.arity, config.arity), tree_init=_given(options.tree_init, config.tree_init),
+                      leaf_negatives=_given(options.leaf_negatives, config.leaf_negatives),
+                      beam=_given(options.beam, config.beam))
 
 
 def _deep(method: str) -> Callable[[MethodOptions], Recommender]:

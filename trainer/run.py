@@ -33,8 +33,8 @@ from trainer.data import (
 )
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
+from trainer.evaluate import evaluate
 from trainer.methods import MethodOptions, build_method
-from trainer.metrics import user_metrics
 from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
@@ -60,32 +60,18 @@ class RunSpec:
 def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
                     beam: int | None = None) -> dict:
     """Test P/R/F@m (mean and per-user SE) and, for tree methods, beam-search fidelity."""
-    started = time.perf_counter()
-    recommended = method.recommend(test, m, exclude_seen, beam=beam)
-    seconds = time.perf_counter() - started
-    metrics = user_metrics(recommended, test, m)
+    scored = evaluate(method, test, m, exclude_seen, fidelity, beam)
     result = {
-        "m": m, "exclude_seen": exclude_seen, "users": len(test), **metrics.means(),
-        "user_se": metrics.standard_errors(), "retrieval_seconds": seconds,
+        "m": m, "exclude_seen": exclude_seen, "users": len(test), **scored.metrics.means(),
+        "user_se": scored.metrics.standard_errors(), "retrieval_seconds": scored.seconds,
         "retrieval": "beam search" if method.config.uses_tree else "brute force",
     }
-    if method.config.uses_tree:
-        result["beam"] = beam or method.config.beam or m
-    if fidelity and method.config.uses_tree:
-        exact = method.brute_force(test, m, exclude_seen)
-        result["fidelity"] = beam_fidelity(recommended, exact)
-        result["brute_force_recall"] = user_metrics(exact, test, m).means()["recall"]
+    if scored.beam is not None:
+        result["beam"] = scored.beam
+    if scored.fidelity is not None:
+        result["fidelity"] = scored.fidelity
+        result["brute_force_recall"] = scored.brute_force_recall
     return result
-
-
-def beam_fidelity(beam_items: np.ndarray, exact_items: np.ndarray) -> float:
-    """Mean over users of |beam top-k ∩ brute-force top-k| / |brute-force top-k|."""
-    overlaps = []
-    for got, want in zip(beam_items, exact_items, strict=True):
-        want = want[want >= 0]
-        if len(want):
-            overlaps.append(len(np.intersect1d(got[got >= 0], want)) / len(want))
-    return float(np.mean(overlaps)) if overlaps else 1.0
 
 
 def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:

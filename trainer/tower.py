@@ -31,7 +31,7 @@ fixed order at the end (deterministic for a given thread count).
 Inputs are the pooled behaviour windows p (V, B, W, d), the node embeddings per group
 (B, w_v, d) and their biases (B, w_v); outputs are the summed loss and its gradients with
 respect to all of those and to the tower's dense weights. The caller turns the input gradients
-into embedding-row gradients (`trainer.train`). `TreeScorer.tower_logits` through autograd is
+into embedding-row gradients (`trainer.step`). `TreeScorer.tower_logits` through autograd is
 the reference the tests hold this against.
 """
 

@@ -1,8 +1,11 @@
-"""The training loop shared by the neural methods: shuffled batches, Adam, progress, early stopping.
+"""The training loop: shuffled batches, progress, early stopping; and the scorer's training on
+one tree (the model half of JTM's Algorithm 1), which `trainer.joint` alternates with tree
+learning.
 
 Epochs are chosen on validation users (never test users): after each epoch `validate` returns a
 score (higher is better, e.g. recall@M), the best weights are kept, and training stops after
-`patience` epochs without improvement.
+`patience` epochs without improvement. One step of the scorer is `trainer.step.ScorerStep`;
+YouTube-DNN runs the same loop with an autograd step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm import tqdm
+
+from service.core.tree import Tree
+from trainer.config import DeepConfig
+from trainer.data import SampleSet
+from trainer.evaluate import validation_metrics
+from trainer.model import TreeScorer
+from trainer.recommender import FitContext
+from trainer.sampler import LayerwiseSampler, UniformItemSampler, default_negative_counts
+from trainer.step import ScorerStep, StepTimes, TrainConfig, make_builder
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +178,51 @@ def train_epochs(
 def _take_snapshot(history: TrainHistory, state: dict) -> None:
     history.snapshot = TrainHistory(list(history.epochs), history.best_epoch, history.best_score)
     history.snapshot_state = copy.deepcopy(state)
+
+
+def fit_scorer(
+    model: TreeScorer,
+    samples: SampleSet,
+    sampler: LayerwiseSampler | UniformItemSampler,
+    tree: Tree | None,
+    hierarchical: bool,
+    config: TrainConfig,
+    seed: int,
+    validate: Callable[[], float] | None,
+    description: str,
+    times: StepTimes | None = None,
+) -> TrainHistory:
+    """Adam on layer-wise samples; epochs chosen by `validate` (validation recall)."""
+    rng = np.random.default_rng(seed)
+    model.to(config.device)
+    builder = make_builder(model, samples, sampler, tree, hierarchical, times)
+    step = ScorerStep(model, config, times)
+    return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
+                        validate=validate, patience=config.patience, description=description,
+                        snapshot_epoch=config.snapshot_epoch, make_batch=lambda index: builder(index, rng))
+
+
+def make_sampler(tree: Tree | None, n_items: int, leaf_negatives: int) -> LayerwiseSampler | UniformItemSampler:
+    """Layer-wise samples of `tree`, or without a tree (DNN) uniform leaf negatives."""
+    if tree is not None:
+        return LayerwiseSampler.create(tree, default_negative_counts(tree, leaf_negatives))
+    return UniformItemSampler(n_items, min(leaf_negatives, n_items - 1))
+
+
+def search_beam(config: DeepConfig, m: int) -> int | None:
+    """The beam a method retrieves M items with: None (every item scored) without a tree."""
+    return (config.beam or m) if config.uses_tree else None
+
+
+def train_on_tree(model: TreeScorer, tree: Tree | None, ctx: FitContext, config: DeepConfig,
+                  train: TrainConfig) -> TrainHistory:
+    """Train (or continue training) `model` in place on `tree`'s layer-wise samples, keeping
+    the epoch of the best validation recall (beam search as the method serves)."""
+    beam = search_beam(config, ctx.m)
+
+    def validate() -> float:
+        return validation_metrics(model, tree, ctx, beam)["recall"]
+
+    sampler = make_sampler(tree, ctx.data.n_items, config.leaf_negatives)
+    return fit_scorer(model, ctx.samples, sampler, tree, config.scorer.hierarchical, train, seed=ctx.seed,
+                      validate=validate if len(ctx.valid) else None, description=config.method)

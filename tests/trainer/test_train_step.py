@@ -15,7 +15,7 @@ from trainer.data import make_samples, split_users
 from trainer.model import ScorerConfig, TreeScorer
 from trainer.row_adam import RowAdam
 from trainer.sampler import LayerwiseSampler, UniformItemSampler
-from trainer.train import ScorerStep, TrainConfig, make_builder
+from trainer.step import ScorerStep, TrainConfig, make_builder
 from trainer.tree_build import random_tree
 
 CONFIG = dict(dim=6, hidden=(12, 8, 4), windows=((0, 1), (0, 5), (0, 69)), max_history=10)
@@ -115,13 +115,13 @@ def test_auto_kernel_follows_the_measured_choice(monkeypatch, device_bf16: bool,
                                                  hierarchical: bool, expected: str) -> None:
     """`kernel=auto` on a CPU: fused, except the plain tower where the CPU has bf16 units (and
     the precision allows it); an explicit bf16 always means autograd."""
-    from trainer import train
+    from trainer import step as step_module
 
-    monkeypatch.setattr(train, "resolve_precision",
+    monkeypatch.setattr(step_module, "resolve_precision",
                         lambda p, d: torch.bfloat16 if p == "bf16" or (p == "auto" and device_bf16) else None)
     model = TreeScorer(20, ScorerConfig(hierarchical=hierarchical, **CONFIG))
     config = TrainConfig(precision=precision)
-    assert train.resolve_kernel(config, model) == expected
+    assert step_module.resolve_kernel(config, model) == expected
     step = ScorerStep(model, config)
     assert step.kernel == expected
     assert (step.autocast is not None) == (expected == "autograd")

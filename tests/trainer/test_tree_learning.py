@@ -181,8 +181,9 @@ def test_tree_learning_moves_toward_planted_grouping() -> None:
     from trainer.data import build_interactions, make_samples, split_users
     from trainer.formats import RawLog
     from trainer.sampler import LayerwiseSampler
+    from trainer.step import TrainConfig
     from trainer.synth import SynthConfig, generate
-    from trainer.train import TrainConfig, fit_scorer
+    from trainer.training import fit_scorer
     from trainer.tree_build import tree_from_order
 
     frame = generate(SynthConfig(n_items=512, n_users=1200, seed=3, noise=0.02, items_per_cluster=16))

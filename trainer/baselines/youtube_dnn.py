@@ -18,8 +18,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.data import PAD, EvalSet
+from trainer.evaluate import evaluate
 from trainer.layers import WINDOW_PRESETS, WindowPooling
-from trainer.metrics import user_metrics
 from trainer.recommender import FitContext, rank_by_scores
 from trainer.training import TrainHistory, autograd_step, seed_everything, train_epochs
 
@@ -102,8 +102,7 @@ class YouTubeDNN:
             return F.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long))
 
         def validate() -> float:
-            recs = self.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
-            return user_metrics(recs, ctx.valid, ctx.m).means()["recall"]
+            return evaluate(self, ctx.valid, ctx.m, ctx.exclude_seen, fidelity=False).metrics.means()["recall"]
 
         optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr)
         self.history = train_epochs(

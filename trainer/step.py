@@ -1,4 +1,5 @@
-"""Training the user-node scorer on layer-wise samples (the model half of JTM's Algorithm 1).
+"""One optimisation step of the user-node scorer on layer-wise samples; `trainer.training` runs
+the epochs around it.
 
 One step, for a batch built ahead of time by `trainer.batches` (sampled nodes, behaviour
 bags, the batch's distinct embedding rows):
@@ -21,10 +22,8 @@ rank applies the same update.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -37,7 +36,6 @@ from trainer.model import TreeScorer, UserState
 from trainer.row_adam import RowAdam, merge_rows
 from trainer.sampler import LayerwiseSampler, UniformItemSampler
 from trainer.tower import TowerWeights, tower_loss_and_grads
-from trainer.training import TrainHistory, train_epochs
 
 KERNELS = ("auto", "fused", "autograd")
 
@@ -289,25 +287,3 @@ def make_builder(model: TreeScorer, samples: SampleSet, sampler: LayerwiseSample
                  tree: Tree | None, hierarchical: bool, times: StepTimes | None = None) -> BatchBuilder:
     return BatchBuilder(samples, sampler, tree, hierarchical, model.config.windows, model.n_rows,
                         keep_history=model.config.attention, times=times)
-
-
-def fit_scorer(
-    model: TreeScorer,
-    samples: SampleSet,
-    sampler: LayerwiseSampler | UniformItemSampler,
-    tree: Tree | None,
-    hierarchical: bool,
-    config: TrainConfig,
-    seed: int,
-    validate: Callable[[], float] | None,
-    description: str,
-    times: StepTimes | None = None,
-) -> TrainHistory:
-    """Adam on layer-wise samples; epochs chosen by `validate` (validation recall)."""
-    rng = np.random.default_rng(seed)
-    model.to(config.device)
-    builder = make_builder(model, samples, sampler, tree, hierarchical, times)
-    step = ScorerStep(model, config, times)
-    return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
-                        validate=validate, patience=config.patience, description=description,
-                        snapshot_epoch=config.snapshot_epoch, make_batch=lambda index: builder(index, rng))

@@ -1,0 +1,96 @@
+"""Algorithm 1 as a function of values: `joint_fit(model, tree, data, config) -> JointResult`."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from service.core.tree import Tree
+from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
+from trainer.deep_retrieval import DeepRetrieval, initial_tree
+from trainer.evaluate import validation_metrics
+from trainer.joint import joint_fit
+from trainer.methods import MethodOptions, deep_config
+from trainer.model import TreeScorer
+from trainer.recommender import FitContext
+from trainer.synth import SynthConfig, generate, write
+from trainer.training import seed_everything
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory) -> FitContext:
+    path = tmp_path_factory.mktemp("joint") / "log.parquet"
+    write(generate(SynthConfig(n_items=200, n_users=400, seed=1)), Path(path))
+    data = load_interactions(DataConfig(path=str(path)))
+    split = split_users(data.n_users, 0)
+    return FitContext(data=data, split=split, samples=make_samples(data, split.train),
+                      valid=make_eval_set(data, split.valid), m=40, exclude_seen=False, seed=0)
+
+
+def _start(ctx: FitContext, method: str):
+    config = deep_config(method, MethodOptions(epochs=1, iterations=2, retrain_epochs=1))
+    seed_everything(ctx.seed)
+    tree = initial_tree(ctx.data, ctx.split.train, config.tree_init, ctx.seed, config.arity)
+    return config, TreeScorer(tree.n_rows, config.scorer), tree
+
+
+def assert_valid_tree(tree: Tree, n_items: int) -> None:
+    """Every item on exactly one leaf of the deepest level, distinct leaves."""
+    assert tree.n_items == n_items
+    assert len(np.unique(tree.item_leaf)) == n_items
+    assert tree.item_leaf.min() >= 0 and tree.item_leaf.max() < tree.arity ** tree.depth
+
+
+def test_joint_fit_returns_the_best_iteration_and_leaves_its_inputs_alone(ctx: FitContext) -> None:
+    config, model, tree = _start(ctx, "jtm-j")
+    leaves = tree.item_leaf.copy()
+    result = joint_fit(model, tree, ctx, config)
+    assert np.array_equal(tree.item_leaf, leaves)  # the tree given is a value: never edited
+    history = result.history
+    assert [r.iteration for r in history.records] == [0, 1, 2]
+    assert result.initial is not None and len(result.initial.epochs) == history.records[0].epochs == 1
+    assert_valid_tree(result.tree, ctx.data.n_items)
+    # The returned pair is the best validation iteration's, and scores what that record says.
+    best = history.records[history.best_iteration]
+    assert best.valid["recall"] == max(r.valid["recall"] for r in history.records)
+    beam = config.beam or ctx.m
+    assert validation_metrics(result.model, result.tree, ctx, beam) == pytest.approx(best.valid)
+
+
+def test_the_method_adapter_is_joint_fit(ctx: FitContext) -> None:
+    """`DeepRetrieval.fit` only builds the start and stores what `joint_fit` returns."""
+    config, model, tree = _start(ctx, "jtm-j")
+    direct = joint_fit(model, tree, ctx, config)
+    method = DeepRetrieval(config)
+    method.fit(ctx)
+    assert np.array_equal(method.tree.item_leaf, direct.tree.item_leaf)
+    for name, value in direct.model.state_dict().items():
+        assert torch.equal(method.model.state_dict()[name], value), name
+    assert _without_seconds(method.joint_history.to_json()) == _without_seconds(direct.history.to_json())
+
+
+def test_continuing_from_a_trained_model_skips_iteration_0_training(ctx: FitContext) -> None:
+    config, model, tree = _start(ctx, "jtm-j")
+    base = DeepRetrieval(deep_config("tdm", MethodOptions(epochs=1)))
+    base.fit(ctx)
+    trained = copy.deepcopy(base.model.state_dict())
+    method = DeepRetrieval(config)
+    method.fit(ctx, start_from=base)
+    for name, value in base.model.state_dict().items():  # the base keeps its own model
+        assert torch.equal(trained[name], value), name
+    assert method.joint_history.records[0].epochs == len(base.history.epochs)
+    assert method.joint_history.records[0].valid == pytest.approx(
+        validation_metrics(base.model, base.tree, ctx, config.beam or ctx.m))
+
+
+def _without_seconds(value):
+    """A history without its timings and rates (they differ between two identical runs)."""
+    if isinstance(value, dict):
+        return {k: _without_seconds(v) for k, v in value.items() if "seconds" not in k and not k.endswith("_per_s")}
+    if isinstance(value, list):
+        return [_without_seconds(v) for v in value]
+    return value
