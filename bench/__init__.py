@@ -1,0 +1,14 @@
+"""Benchmarks. Each script runs as a module from the repository root, where `trainer` and
+`service` import from: `python -m bench.NAME --help`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+
+def command_line() -> str:
+    """How the running benchmark was invoked, in the form the docs give (`python -m bench.NAME ARGS`),
+    for the `command` its JSON records."""
+    return shlex.join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

@@ -1,7 +1,7 @@
 """Training on a GPU, ready to run in under five minutes: samples/s for TDM and JTM with and
 without bf16, then the whole pipeline (train, tree learning, export) on the device.
 
-    .venv/bin/python bench/bench_gpu.py --json bench/results/training/gpu.json
+    .venv/bin/python -m bench.bench_gpu --json bench/results/training/gpu.json
 
 Part 1 trains the scorer for a fixed number of steps per (method, kernel, precision) on a
 synthetic log with a planted hierarchy (or `--data FILE`): the autograd kernel in fp32 and
@@ -23,19 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
+from bench import command_line
+from trainer.batches import prefetch
+from trainer.data import DataConfig, load_interactions, make_samples, split_users
+from trainer.model import ScorerConfig, TreeScorer
+from trainer.sampler import LayerwiseSampler
+from trainer.step import ScorerStep, TrainConfig, make_builder
+from trainer.synth import SynthConfig, generate, write
+from trainer.tree_build import category_tree
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from trainer.batches import prefetch  # noqa: E402
-from trainer.data import DataConfig, load_interactions, make_samples, split_users  # noqa: E402
-from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
-from trainer.sampler import LayerwiseSampler  # noqa: E402
-from trainer.step import ScorerStep, TrainConfig, make_builder  # noqa: E402
-from trainer.synth import SynthConfig, generate, write  # noqa: E402
-from trainer.tree_build import category_tree  # noqa: E402
 
 
 def throughput(data, method: str, kernel: str, precision: str, batch_size: int, steps: int, device: str) -> dict:
@@ -135,7 +135,7 @@ def main() -> None:
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), "device": device_name,
+        Path(args.json).write_text(json.dumps({"command": command_line(), "device": device_name,
                                                "throughput": rows, "pipeline": stages}, indent=2))
     if not all(stage["ok"] for stage in stages.values()):
         failed = next(name for name, stage in stages.items() if not stage["ok"])

@@ -9,30 +9,26 @@ For each corpus size (synthetic artifacts, bench/.cache): per-request latency of
 Also the beam width sweep (latency and overlap with brute force's top-k). Prints tables,
 writes JSON.
 
-    .venv/bin/python bench/bench_retrieval.py --sizes 10000,100000,1000000 --json bench/results/retrieval.json
+    .venv/bin/python -m bench.bench_retrieval --sizes 10000,100000,1000000 --json bench/results/retrieval.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_service import artifact_for  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.core.beam import beam_search, brute_force  # noqa: E402
-from service.core.topk import top_k  # noqa: E402
-from service.model_store import load_bundle  # noqa: E402
-from service.retrieval import search  # noqa: E402
-from service.scorer import OnnxScorer, level_score_fn  # noqa: E402
+from bench import command_line
+from bench.bench_service import artifact_for
+from service.config import Settings
+from service.core.beam import beam_search, brute_force
+from service.core.topk import top_k
+from service.model_store import load_bundle
+from service.retrieval import search
+from service.scorer import OnnxScorer, level_score_fn
 
 
 def timed(fn, repeat: int) -> tuple[list[float], object]:
@@ -147,7 +143,7 @@ def main() -> None:
                   f"{100 * s['overlap_with_brute_force']:.1f}% |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": shlex.join(["python", *sys.argv]), "k": args.k,
+        Path(args.json).write_text(json.dumps({"command": command_line(), "k": args.k,
                                                "results": rows}, indent=2))
 
 

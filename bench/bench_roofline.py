@@ -17,7 +17,7 @@ representation). It then measures
 
 and prints the request's compute floor (FLOPs / achievable GFLOP/s) next to the measured times.
 
-    .venv/bin/python bench/bench_roofline.py --items 1000000 --json bench/results/roofline.json
+    .venv/bin/python -m bench.bench_roofline --items 1000000 --json bench/results/roofline.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -33,10 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_service import artifact_for  # noqa: E402
+from bench import command_line
+from bench.bench_service import artifact_for
 
 NUMPY_GEMM = """
 import sys, time, numpy as np
@@ -224,7 +221,7 @@ def main() -> None:
     peak2 = max(machine["onnxruntime_gemm_1024_2_threads"], machine["numpy_gemm_1024_2_threads"])
     floor1 = per_request["flops"] / (peak1 * 1e9) * 1000
     floor2 = per_request["flops"] / (peak2 * 1e9) * 1000
-    result = {"command": shlex.join(["python", *sys.argv]), "items": args.items, "depth": manifest["tree"]["depth"],
+    result = {"command": command_line(), "items": args.items, "depth": manifest["tree"]["depth"],
               "k": args.k, "beam": args.beam, "counts": counts, "per_request": per_request, "measured": measured,
               "scorer_calls": calls_measured, "rows_per_call": rows_per_call,
               "matmul_shapes_gflops_1_thread": shape_rates, "machine_gflops": machine,

@@ -1,7 +1,7 @@
 """The JTM paper's scale on one box: a UserBehavior-shaped log (1M users, 4M items, 100M
 events), loaded, indexed, turned into samples and trained on, within 16 GB of peak RSS.
 
-    .venv/bin/python bench/bench_scale.py --events data/ub-synth.parquet --generate \\
+    .venv/bin/python -m bench.bench_scale --events data/ub-synth.parquet --generate \\
         --steps 300 --json bench/results/training/scale.json
 
 Each stage runs in its own process, so its peak RSS is its own:
@@ -28,9 +28,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import command_line
 
+ROOT = Path(__file__).resolve().parents[1]
 
 PREPARE_STATS = "bench-prepare.json"  # the prepare stage's figures, kept beside the arrays it wrote
 
@@ -163,11 +163,11 @@ def main() -> None:
             print(json.dumps(result))
         return
 
-    me = [sys.executable, str(Path(__file__).resolve())]
+    me = ["-m", "bench.bench_scale"]  # this script as a module (run_stage runs in ROOT)
     common = ["--events", args.events, "--prepared", args.prepared, "--methods", args.methods, "--steps",
               str(args.steps), "--warmup", str(args.warmup), "--batch-size", str(args.batch_size),
               "--leaf-negatives", str(args.leaf_negatives)]
-    report: dict = {"command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+    report: dict = {"command": command_line(), "machine": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count()}
     if args.generate and not Path(args.events).exists():
         report["generate"] = run_stage([sys.executable, "-m", "trainer", "synth", "--out", args.events, "--items",
@@ -178,10 +178,13 @@ def main() -> None:
         print(f"prepare: reusing {args.prepared} (its figures from when it was made)", file=sys.stderr)
         report["prepare"] = {**json.loads(stats.read_text()), "reused": True}
     else:
-        report["prepare"] = run_stage([*me, *common, "--stage", "prepare"], "prepare (read + index + write)")
-    report["train_1_process"] = run_stage([*me, *common, "--stage", "train"], "train, one process")
+        report["prepare"] = run_stage([sys.executable, *me, *common, "--stage", "prepare"],
+                                      "prepare (read + index + write)")
+    report["train_1_process"] = run_stage([sys.executable, *me, *common, "--stage", "train"],
+                                        "train, one process")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.ranks)]
-    report[f"train_{args.ranks}_ranks"] = run_stage([*torchrun, *me[1:], *common, "--stage", "train"],
+    # torchrun's -m: each rank runs `python -m bench.bench_scale ...`
+    report[f"train_{args.ranks}_ranks"] = run_stage([*torchrun, *me, *common, "--stage", "train"],
                                                     f"train, {args.ranks} ranks")
     print_report(report, args)
     if args.json:

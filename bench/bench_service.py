@@ -21,10 +21,10 @@ http.client), in blocks of `--block` requests that rotate over the servers compa
 up at once), so slow drift of the machine falls on all of them alike; 20 warm-up requests per
 server are not counted. Latency is measured from just before sending to the end of the body.
 
-    .venv/bin/python bench/bench_service.py --sizes 10000,100000,1000000 --json bench/results/service.json
-    .venv/bin/python bench/bench_service.py --sizes '' --ks 50,200,1000 --beams 100,200,400,800 \\
+    .venv/bin/python -m bench.bench_service --sizes 10000,100000,1000000 --json bench/results/service.json
+    .venv/bin/python -m bench.bench_service --sizes '' --ks 50,200,1000 --beams 100,200,400,800 \\
         --ort-threads 1,2 --json bench/results/service_sweeps.json
-    .venv/bin/python bench/bench_service.py --sizes '' --rates 100,150,200,250,300,350 \\
+    .venv/bin/python -m bench.bench_service --sizes '' --rates 100,150,200,250,300,350 \\
         --configs '1 process;1 process, batching;2 processes' --json bench/results/service_throughput.json
 """
 
@@ -36,7 +36,6 @@ import http.client
 import json
 import os
 import platform
-import shlex
 import socket
 import subprocess
 import sys
@@ -46,8 +45,9 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from bench import command_line
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CACHE = ROOT / "bench" / ".cache"
 
 # Server configurations: name -> (`python -m service` flags, environment). Micro-batching is
@@ -94,8 +94,9 @@ def artifact_for(n_items: int, root: Path = ROOT) -> Path:
 
             build(n_items, path)
         else:
-            subprocess.run([sys.executable, "bench/synthetic_artifact.py", "--items", str(n_items), "--out", str(path)],
-                           cwd=root, check=True, stdout=subprocess.DEVNULL)
+            # as a module of that code root (its working directory comes first on sys.path)
+            subprocess.run([sys.executable, "-m", "bench.synthetic_artifact", "--items", str(n_items),
+                            "--out", str(path)], cwd=root, check=True, stdout=subprocess.DEVNULL)
     return path
 
 
@@ -442,7 +443,7 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    result: dict = {"command": shlex.join(["python", *sys.argv]), "device": args.device,
+    result: dict = {"command": command_line(), "device": args.device,
                     "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "k": args.k,
                     "requests": args.requests}
     if args.sizes:

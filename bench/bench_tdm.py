@@ -9,7 +9,7 @@ built, and the TDM scorer (default config) is
 
 Timing, not accuracy: the scorer is barely trained. Run:
 
-    .venv/bin/python bench/bench_tdm.py --sizes 10000,100000,1000000 --json bench/results/tdm.json
+    .venv/bin/python -m bench.bench_tdm --sizes 10000,100000,1000000 --json bench/results/tdm.json
 """
 
 from __future__ import annotations
@@ -25,18 +25,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from service.core.beam import beam_search, brute_force  # noqa: E402
-from service.core.tree import Tree  # noqa: E402
-from trainer.data import build_interactions, make_samples, split_users  # noqa: E402
-from trainer.formats import RawLog  # noqa: E402
-from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
-from trainer.sampler import LayerwiseSampler  # noqa: E402
-from trainer.scoring import TorchScoreFn  # noqa: E402
-from trainer.step import ScorerStep, TrainConfig, make_builder  # noqa: E402
-from trainer.synth import SynthConfig, generate  # noqa: E402
-from trainer.tree_build import category_tree  # noqa: E402
+from bench import command_line
+from service.core.beam import beam_search, brute_force
+from service.core.tree import Tree
+from trainer.data import build_interactions, make_samples, split_users
+from trainer.formats import RawLog
+from trainer.model import ScorerConfig, TreeScorer
+from trainer.sampler import LayerwiseSampler
+from trainer.scoring import TorchScoreFn
+from trainer.step import ScorerStep, TrainConfig, make_builder
+from trainer.synth import SynthConfig, generate
+from trainer.tree_build import category_tree
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -131,7 +130,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+            "command": command_line(), "machine": platform.processor() or platform.machine(),
             "threads": torch.get_num_threads(), "k": args.k, "beam": args.beam, "results": rows,
         }, indent=2))
 

@@ -12,7 +12,7 @@ sample of the model's minimal algorithm: pairs x (first layer split, H1 x d) + M
 backward, plus the per-user state) and the machine's GEMM rate measured in the same run, so
 the roofline says what is left.
 
-    .venv/bin/python bench/bench_training.py --baseline 44754df \\
+    .venv/bin/python -m bench.bench_training --baseline 44754df \\
         --data ml=../shared/data/movielens-100k/u.data --data ciao=../shared/data/ciao/ciao_ratings.csv.gz \\
         --json bench/results/training/profile.json
 
@@ -42,11 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _code_root_from_argv() -> None:
-    """Import `trainer` from --code-root (the baseline's worktree) before anything imports it."""
+    """Import `trainer` from --code-root (the baseline's worktree) before anything imports it.
+
+    The one path insertion in bench/, on purpose: the main process runs as `python -m
+    bench.bench_training` from the repository root, but it starts its workers by this file's path
+    with `--code-root DIR`, and a baseline worker must import the `trainer` of DIR (a worktree of
+    an older commit), not ours, so DIR has to come first on sys.path."""
     if "--code-root" in sys.argv:
         sys.path.insert(0, sys.argv[sys.argv.index("--code-root") + 1])
-    else:
-        sys.path.insert(0, str(ROOT))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -221,6 +224,8 @@ def run_worker(role: str, code_root: Path, data_path: str, method: str, args: ar
     leaf = args.leaf_negatives
     if role == "baseline" and args.baseline_leaf_negatives is not None:
         leaf = args.baseline_leaf_negatives
+    # By path, not `-m bench.bench_training`: in the baseline's worktree (cwd) that would run the
+    # baseline's copy of this script; --code-root picks which `trainer` the worker imports.
     command = [sys.executable, str(Path(__file__).resolve()), "--role", role, "--code-root", str(code_root),
                "--data-path", data_path, "--method", method, "--steps", str(args.steps), "--warmup",
                str(args.warmup), "--batch-size", str(args.batch_size), "--seed", str(args.seed),
@@ -351,10 +356,12 @@ def report(results: list[dict], gemm: dict, args: argparse.Namespace) -> None:
             print(f"| {phase} | " + " | ".join(cells) + " |")
         print("| **step (wall)** | " + " | ".join(f"**{row[c]['step_ms']:.1f}**" for c in codes) + " |")
     if args.json:
+        from bench import command_line  # not at the top: workers run this file without our `bench`
+
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({
-            "command": " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+            "command": command_line(), "machine": platform.processor() or platform.machine(),
             "cpus": os.cpu_count(), "baseline": args.baseline, "steps": args.steps, "rounds": args.rounds,
             "batch_size": args.batch_size, "gemm": gemm, "results": results}, indent=2))
 

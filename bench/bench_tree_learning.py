@@ -4,7 +4,7 @@ per second, memory, and the objective before/after; in-process and with a proces
 The scorer is trained briefly first (`--epochs`) on the data set's category tree, so the pass
 works on real weights. Prints a table and writes JSON.
 
-    .venv/bin/python bench/bench_tree_learning.py --data ../shared/data/ciao/ciao_ratings.csv.gz \\
+    .venv/bin/python -m bench.bench_tree_learning --data ../shared/data/ciao/ciao_ratings.csv.gz \\
         --epochs 1 --json bench/results/tree_learning_ciao.json
 """
 
@@ -13,21 +13,19 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.data import DataConfig, load_interactions, make_samples, split_users  # noqa: E402
-from trainer.deep_retrieval import initial_tree  # noqa: E402
-from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
-from trainer.sampler import LayerwiseSampler  # noqa: E402
-from trainer.step import TrainConfig  # noqa: E402
-from trainer.training import fit_scorer  # noqa: E402
-from trainer.tree_learning import TreeLearningConfig, learn_tree  # noqa: E402
+from bench import command_line
+from trainer.data import DataConfig, load_interactions, make_samples, split_users
+from trainer.deep_retrieval import initial_tree
+from trainer.model import ScorerConfig, TreeScorer
+from trainer.sampler import LayerwiseSampler
+from trainer.step import TrainConfig
+from trainer.training import fit_scorer
+from trainer.tree_learning import TreeLearningConfig, learn_tree
 
 
 def rss_mb() -> float:
@@ -66,7 +64,7 @@ def main() -> None:
                      "objective_before": report.objective_before, "objective_after": report.objective_after,
                      "kept_previous": report.kept_previous, "segments": report.segments,
                      "peak_rss_mb": rss_mb()})
-    result = {"command": " ".join(sys.argv), "items": tree.n_items, "depth": tree.depth, "samples": len(samples),
+    result = {"command": command_line(), "items": tree.n_items, "depth": tree.depth, "samples": len(samples),
               "train_seconds": train_seconds, "rss_before_tree_learning_mb": before, "runs": rows}
     print(f"\ntree learning on {args.data}: {tree.n_items:,} items, depth {tree.depth}, "
           f"{len(samples):,} training samples, gap {args.gap}, cap {args.max_samples_per_item}/item\n")

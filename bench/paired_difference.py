@@ -5,7 +5,7 @@ run that merge rightly refuses to pool because it was trained with other options
 given as many epochs as JTM's loop spends). Same data, same seeds, same test users are
 checked; the difference is pooled over all seeds' users, as compare does.
 
-    .venv/bin/python bench/paired_difference.py \\
+    .venv/bin/python -m bench.paired_difference \\
         bench/results/table1/table1-ml-reduced.json:jtm \\
         bench/results/table1/control-ml-jtmh-5epochs.json:jtm-h
 """
@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.compare import SeedRun  # noqa: E402
-from trainer.metrics import paired_difference  # noqa: E402
+from trainer.compare import SeedRun
+from trainer.metrics import paired_difference
 
 
 def per_user(spec: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:

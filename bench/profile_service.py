@@ -9,8 +9,8 @@ worker threads' hand-off, and the event loop (HTTP parsing, middleware, validati
 Prints a table (share of samples and milliseconds per request) and writes JSON with the
 heaviest functions. py-spy is not a project dependency: `pip install py-spy` into the venv.
 
-    .venv/bin/python bench/profile_service.py --items 1000000 --requests 3000 --json bench/results/profile_1m.json
-    .venv/bin/python bench/profile_service.py --items 1000000 --rate 150 --seconds 20 --workers 2 \\
+    .venv/bin/python -m bench.profile_service --items 1000000 --requests 3000 --json bench/results/profile_1m.json
+    .venv/bin/python -m bench.profile_service --items 1000000 --rate 150 --seconds 20 --workers 2 \\
         --json bench/results/profile_1m_load.json
 """
 
@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -31,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.bench_service import Stream, artifact_for, catalog_ids, request_bodies, start, stop  # noqa: E402
+from bench import command_line
+from bench.bench_service import Stream, artifact_for, catalog_ids, request_bodies, start, stop
 
 CATEGORIES = (
     ("search: onnxruntime (scorer calls)", ("Session.run (onnxruntime",)),
@@ -146,7 +143,7 @@ def main() -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
-            "command": shlex.join(["python", *sys.argv]), "items": args.items, "k": args.k, "workers": args.workers,
+            "command": command_line(), "items": args.items, "k": args.k, "workers": args.workers,
             "load": load, "samples": total, "sample_rate": args.sample_rate, "busy_ms_per_request": sampled_ms,
             "categories": table,
             "top_functions": [{"function": f, "share": n / total} for f, n in by_function.most_common(30)],

@@ -6,7 +6,7 @@ Starts the service as a real process following a registry, drives `--rate` reque
 requests, the versions seen in responses, and p99 latency inside swap windows (the `--window`
 seconds after each publish) next to p99 outside them. Prints a table and writes JSON.
 
-    .venv/bin/python bench/swap_under_load.py --artifacts A B --json bench/results/swap.json
+    .venv/bin/python -m bench.swap_under_load --artifacts A B --json bench/results/swap.json
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench import command_line
+from service.core.registry import Registry
 
-from service.core.registry import Registry  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -114,7 +114,7 @@ def main() -> None:
           f"| {result['p99_ms_steady']:.1f} ms | {result['p50_ms_steady']:.1f} ms |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": " ".join(sys.argv), **result}, indent=2))
+        Path(args.json).write_text(json.dumps({"command": command_line(), **result}, indent=2))
 
 
 if __name__ == "__main__":

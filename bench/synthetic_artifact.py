@@ -4,27 +4,24 @@ The scorer has random weights (latency does not depend on them), the tree holds 
 random order, ids look like a real catalog's. Goes through the real export path (ONNX export,
 parity checks, manifest), so what is benchmarked is what `trainer export` produces.
 
-    .venv/bin/python bench/synthetic_artifact.py --items 1000000 --out bench/.cache/artifact-1000000
+    .venv/bin/python -m bench.synthetic_artifact --items 1000000 --out bench/.cache/artifact-1000000
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from service.core.items import ItemCatalog  # noqa: E402
-from trainer.config import DeepConfig  # noqa: E402
-from trainer.deep_retrieval import DeepRetrieval  # noqa: E402
-from trainer.export import sampled_histories, write_artifact  # noqa: E402
-from trainer.model import ScorerConfig, TreeScorer  # noqa: E402
-from trainer.tree_build import tree_from_order  # noqa: E402
+from service.core.items import ItemCatalog
+from trainer.config import DeepConfig
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.export import sampled_histories, write_artifact
+from trainer.model import ScorerConfig, TreeScorer
+from trainer.tree_build import tree_from_order
 
 
 def build(n_items: int, out: Path, hierarchical: bool = True, seed: int = 0, parity_users: int = 20) -> dict:

@@ -7,7 +7,7 @@ that same model under each variant and reports validation recall@M and L(theta, 
 iteration. Test users are never touched: the split's test part is not even loaded into an
 evaluation set, so the results can pick settings without tuning on the test split.
 
-    .venv/bin/python bench/tune_joint.py --data ../shared/data/movielens-100k/u.data \\
+    .venv/bin/python -m bench.tune_joint --data ../shared/data/movielens-100k/u.data \\
         --epochs 3 --iterations 2 --retrain-epochs 1 \\
         --variant default: --variant mean:internal_init=mean --variant noguard:guard=false \\
         --json bench/results/tune_joint_ml.json --plot bench/results/tune_joint_ml.png
@@ -22,18 +22,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users  # noqa: E402
-from trainer.deep_retrieval import DeepRetrieval  # noqa: E402
-from trainer.joint import plot_joint  # noqa: E402
-from trainer.methods import MethodOptions, build_method  # noqa: E402
-from trainer.recommender import FitContext  # noqa: E402
+from bench import command_line
+from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.joint import plot_joint
+from trainer.methods import MethodOptions, build_method
+from trainer.recommender import FitContext
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
@@ -127,7 +125,7 @@ def main() -> None:
 def _write(args: argparse.Namespace, base_seconds: float, rows: list[dict]) -> None:
     from service.core.artifact import atomic_write_bytes
 
-    result = {"command": " ".join(sys.argv), "data": args.data, "seed": args.seed, "m": args.m,
+    result = {"command": command_line(), "data": args.data, "seed": args.seed, "m": args.m,
               "split": "validation users only (test users untouched)", "base_seconds": base_seconds,
               "variants": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ stopping, so every curve is complete) and records, per epoch, validation recall@
 training loss, samples/s and the seconds spent; the plot shows recall per epoch and per
 second of training.
 
-    .venv/bin/python bench/tune_training.py --data ../shared/data/movielens-100k/u.data --method jtm-h \\
+    .venv/bin/python -m bench.tune_training --data ../shared/data/movielens-100k/u.data --method jtm-h \\
         --epochs 10 --variant leaf100: --variant leaf50:leaf_negatives=50 --variant leaf25:leaf_negatives=25 \\
         --json bench/results/training/schedules-ml.json --plot bench/results/training/schedules-ml.png
 
@@ -21,19 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.tune_joint import parse_variant  # noqa: E402
-from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users  # noqa: E402
-from trainer.deep_retrieval import DeepRetrieval  # noqa: E402
-from trainer.methods import MethodOptions, deep_config  # noqa: E402
-from trainer.recommender import FitContext  # noqa: E402
-from trainer.training import make_sampler  # noqa: E402
+from bench import command_line
+from bench.tune_joint import parse_variant
+from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.methods import MethodOptions, deep_config
+from trainer.recommender import FitContext
+from trainer.training import make_sampler
 
 
 def main() -> None:
@@ -115,7 +113,7 @@ def plot(rows: list[dict], path: Path, m: int, method: str) -> None:
 def _write(args: argparse.Namespace, rows: list[dict]) -> None:
     from service.core.artifact import atomic_write_bytes
 
-    result = {"command": " ".join(sys.argv), "data": args.data, "method": args.method, "seed": args.seed,
+    result = {"command": command_line(), "data": args.data, "method": args.method, "seed": args.seed,
               "m": args.m, "split": "validation users only (test users untouched)", "variants": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(Path(args.json), json.dumps(result, indent=2).encode())

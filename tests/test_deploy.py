@@ -434,8 +434,10 @@ def test_scaling_doc_names_only_real_knobs_and_files() -> None:
     subcommands = trainer_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
     flags = {o for p in [*subcommands.values(), service_parser()] for a in p._actions  # noqa: SLF001
              for o in a.option_strings} | {"--nproc_per_node", "--nnodes"}  # torchrun's
-    for script in set(re.findall(r"\b(bench/\w+\.py)\b", text)):  # the benchmarks the doc runs
-        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z_-]+)\"", (ROOT / script).read_text()))
+    # the benchmarks the doc runs (`python -m bench.NAME`) or points to (`bench/NAME.py`)
+    for name in set(re.findall(r"-m bench\.(\w+)", text)) | set(re.findall(r"\bbench/(\w+)\.py\b", text)):
+        script = (ROOT / "bench" / f"{name}.py").read_text()
+        flags |= set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z_-]+)\"", script))
     named_flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z_-]+)", text))
     assert named_flags and named_flags <= flags, named_flags - flags
     named_settings = set(re.findall(r"\bJTM_[A-Z_]+\b", text))

@@ -24,7 +24,7 @@ def test_bench_training_profiles_both_methods(tmp_path: Path) -> None:
     log = tmp_path / "synth.parquet"
     write(generate(SynthConfig(n_items=400, n_users=300, n_interactions=9_000, seed=1)), log)
     out = tmp_path / "profile.json"
-    result = _run("bench/bench_training.py", "--data", f"tiny={log}", "--rounds", "1", "--steps", "3", "--warmup",
+    result = _run("-m", "bench.bench_training", "--data", f"tiny={log}", "--rounds", "1", "--steps", "3", "--warmup",
                   "1", "--batch-size", "32", "--json", str(out))
     report = json.loads(out.read_text())
     assert {r["method"] for r in report["results"]} == {"tdm", "jtm"}
@@ -37,7 +37,7 @@ def test_bench_training_profiles_both_methods(tmp_path: Path) -> None:
 
 def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
-    _run("bench/bench_gpu.py", "--device", "cpu", "--quick", "--json", str(out))
+    _run("-m", "bench.bench_gpu", "--device", "cpu", "--quick", "--json", str(out))
     report = json.loads(out.read_text())
     kinds = {(r["method"], r["kernel"], r["precision"]) for r in report["throughput"]}
     assert ("jtm", "fused", "fp32") in kinds and ("tdm", "autograd", "bf16") in kinds
@@ -46,10 +46,11 @@ def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
 
 def test_bench_scale_runs_every_stage_with_two_ranks(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    _run("bench/bench_scale.py", "--events", str(tmp_path / "log.parquet"), "--generate", "--items", "500",
+    _run("-m", "bench.bench_scale", "--events", str(tmp_path / "log.parquet"), "--generate", "--items", "500",
          "--users", "300", "--interactions", "12000", "--steps", "2", "--warmup", "1", "--batch-size", "32",
          "--json", str(out))
     report = json.loads(out.read_text())
+    assert report["command"].startswith("python -m bench.bench_scale --events ")  # as the docs run it
     assert report["prepare"]["interactions"] > 0
     one, two = report["train_1_process"], report["train_2_ranks"]
     assert two["world_size"] == 2 and one["world_size"] == 1
@@ -57,6 +58,6 @@ def test_bench_scale_runs_every_stage_with_two_ranks(tmp_path: Path) -> None:
         assert one[method]["samples_per_s"] > 0 and two[method]["samples_per_s"] > 0
     # a second run reuses the prepared arrays instead of indexing the log again (one rank: the
     # ranks were tested above, and every gloo group started is one more chance of a teardown abort)
-    _run("bench/bench_scale.py", "--events", str(tmp_path / "log.parquet"), "--steps", "2", "--warmup", "1",
+    _run("-m", "bench.bench_scale", "--events", str(tmp_path / "log.parquet"), "--steps", "2", "--warmup", "1",
          "--batch-size", "32", "--methods", "tdm", "--ranks", "1", "--json", str(out))
     assert json.loads(out.read_text())["prepare"].get("reused") is True
