@@ -289,16 +289,18 @@ def training_defaults() -> dict:
     from trainer.config import DeepConfig
     from trainer.step import TrainConfig
 
-    return {"leaf_negatives": DeepConfig().leaf_negatives, "lr": TrainConfig().lr}
+    config = DeepConfig()
+    return {"leaf_negatives": config.leaf_negatives, "lr": TrainConfig().lr,
+            "tree_judge": config.joint.learning.judge, "internal_init": config.joint.internal_init}
 
 
-# What the defaults were before results recorded them.
-_DEFAULTS_BEFORE_RECORDING = {"leaf_negatives": 100, "lr": 1e-3}
+# What each default was before results recorded it.
+_DEFAULTS_BEFORE_RECORDING = {"leaf_negatives": 100, "lr": 1e-3, "tree_judge": "trained", "internal_init": "keep"}
 
 
 def _effective_options(part: dict) -> dict:
     options = {**asdict(MethodOptions()), **part["options"]}  # a later option was at its default before
-    defaults = part.get("defaults", _DEFAULTS_BEFORE_RECORDING)
+    defaults = {**_DEFAULTS_BEFORE_RECORDING, **part.get("defaults", {})}
     return {k: defaults.get(k) if v is None and k in defaults else v for k, v in options.items()}
 
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from service.core.tree import Tree
 from trainer.config import TREE_LEARNERS, DeepConfig, JointConfig
@@ -32,7 +31,7 @@ from trainer.model import TreeScorer
 from trainer.recommender import FitContext
 from trainer.training import TrainHistory, search_beam, train_on_tree
 from trainer.tree_build import kmeans_tree
-from trainer.tree_learning import learn_tree, tree_objective, tree_objectives
+from trainer.tree_learning import learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +59,6 @@ class JointHistory:
     def to_json(self) -> dict:
         return {"tree_learning": self.tree_learning, "best_iteration": self.best_iteration,
                 "iterations": [asdict(r) for r in self.records]}
-
-
-def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
-    """Set every internal node's embedding and bias to the mean of its items' rows.
-
-    After tree learning a node position holds different items; starting its embedding at the
-    centroid of its new items gives the warm start a meaningful point for upper levels.
-    """
-    with torch.no_grad():
-        item_rows = model.embedding.weight[:tree.n_items]
-        item_bias = model.bias.weight[:tree.n_items]
-        device, dtype = item_rows.device, item_rows.dtype
-        for level in range(tree.depth):
-            ancestors = torch.from_numpy(tree.ancestors(np.arange(tree.n_items), level)).to(device)
-            size = tree.level_size(level)
-            counts = torch.bincount(ancestors, minlength=size).clamp(min=1).unsqueeze(1).to(dtype)
-            means = torch.zeros(size, item_rows.shape[1], device=device, dtype=dtype).index_add_(
-                0, ancestors, item_rows) / counts
-            bias = torch.zeros(size, 1, device=device, dtype=dtype).index_add_(0, ancestors, item_bias) / counts
-            rows = torch.from_numpy(tree.node_ids(level, np.arange(size))).to(device)
-            model.embedding.weight[rows] = means
-            model.bias.weight[rows] = bias
 
 
 def global_loss(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray) -> float:

@@ -38,6 +38,7 @@ class MethodOptions:
     workers: int | None = None
     precision: str | None = None
     guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
+    tree_judge: str | None = None  # how the guard scores trees (neutral / trained)
     retrain_unchanged: bool | None = None  # retrain after a tree step that moved nothing
     kernel: str | None = None  # training kernel: fused / autograd (execution only: same gradients)
     threads: int | None = None  # fused kernel workers (execution only)
@@ -92,7 +93,7 @@ def deep_config(method: str, options: MethodOptions) -> DeepConfig:
     learning = replace(learning, gap=_given(options.gap, learning.gap),
                        workers=_given(options.workers, learning.workers),
                        max_samples_per_item=_given(options.max_samples_per_item, learning.max_samples_per_item),
-                       guard=_given(options.guard, learning.guard))
+                       guard=_given(options.guard, learning.guard), judge=_given(options.tree_judge, learning.judge))
     joint = JointConfig()
     joint = replace(joint, learning=learning, iterations=_given(options.iterations, joint.iterations),
                     retrain_epochs=_given(options.retrain_epochs, joint.retrain_epochs),

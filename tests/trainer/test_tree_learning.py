@@ -130,7 +130,9 @@ def test_learn_tree_close_to_exact_optimum(hierarchical: bool, n_items: int, gap
     gaps = []
     for seed in range(8):
         tree, model, samples = tiny_problem(n_items, seed, hierarchical=hierarchical)
-        config = TreeLearningConfig(gap=gap, max_samples_per_item=10, lazy=False, exact_limit=exact_limit)
+        # The trained model's own objective: what the assignment optimises and this test measures.
+        config = TreeLearningConfig(gap=gap, max_samples_per_item=10, lazy=False, exact_limit=exact_limit,
+                                    judge="trained")
         new_tree, report = learn_tree(model, tree, samples, hierarchical, config)
         assert report.items_with_samples == n_items - 2 and report.evaluations > 0
         # Capacities respected: a valid tree of the same shape; items without samples stay.
@@ -210,3 +212,45 @@ def test_tree_learning_moves_toward_planted_grouping() -> None:
     assert report.objective_after > report.objective_before and not report.kept_previous
     for level in (5, 6, 7):  # nodes of 16, 8 and 4 leaves: about one planted cluster or less
         assert purity(new_tree, level) > purity(tree, level) + 0.05, (level, purity(tree, level))
+
+
+def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_prefers_its_own() -> None:
+    """The known answer behind `TreeLearningConfig.judge`: a model trained on a random tree,
+    held fixed, scores that random tree better than the planted-cluster tree (its internal
+    nodes memorise the tree they were trained on), while with every tree's internal nodes at
+    its items' mean rows the planted tree wins, and two random trees tie."""
+    from pathlib import Path
+
+    from trainer.data import build_interactions, make_samples, split_users
+    from trainer.formats import RawLog
+    from trainer.sampler import LayerwiseSampler
+    from trainer.step import TrainConfig
+    from trainer.synth import SynthConfig, generate
+    from trainer.training import fit_scorer
+    from trainer.tree_build import tree_from_order
+    from trainer.tree_learning import capped_samples, judged_objectives
+
+    frame = generate(SynthConfig(n_items=512, n_users=1200, seed=3, noise=0.02, items_per_cluster=16))
+    raw = frame.rename(columns={"user_id": "user", "item_id": "item"})[["user", "item", "timestamp"]]
+    data = build_interactions(RawLog(raw, "generic", Path("synth")), 10)
+    cluster_by_id = dict(zip(frame.item_id, frame.cluster, strict=False))
+    cluster = np.array([cluster_by_id[i] for i in data.item_ids])
+    samples = make_samples(data, split_users(data.n_users, seed=0).train)
+    current, other = random_tree(data.n_items, 0), random_tree(data.n_items, 1)
+    planted = tree_from_order(np.lexsort((np.random.default_rng(0).random(data.n_items), cluster)))
+    torch.manual_seed(0)
+    model = TreeScorer(current.n_rows, ScorerConfig())
+    fit_scorer(model, samples, LayerwiseSampler.create(current), current, False, TrainConfig(epochs=3), seed=0,
+               validate=None, description="random tree")
+    index = capped_samples(samples.targets, 50, 0)
+    trained = {name: judged_objectives(model, current, tree, samples, index, False, "trained")
+               for name, tree in (("planted", planted), ("other", other))}
+    neutral = {name: judged_objectives(model, current, tree, samples, index, False, "neutral")
+               for name, tree in (("planted", planted), ("other", other))}
+    assert trained["planted"][1] > trained["planted"][0]  # L(planted) > L(current): memorised
+    assert trained["other"][1] > trained["other"][0]
+    assert neutral["planted"][1] < 0.95 * neutral["planted"][0]  # the planted tree wins clearly
+    assert abs(neutral["other"][1] / neutral["other"][0] - 1) < 0.03  # random trees tie
+    assert neutral["planted"][0] == neutral["other"][0]  # the current tree's score is the current tree's
+    with pytest.raises(ValueError, match="judge"):
+        judged_objectives(model, current, planted, samples, index, False, "nosuch")
