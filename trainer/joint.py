@@ -42,8 +42,10 @@ class IterationRecord:
     global_loss: float  # L(theta_t, pi_t) / samples, features under pi_t
     valid: dict[str, float]
     moved_fraction: float = 0.0
-    objective_before: float | None = None  # tree-learning step, model fixed: -L(theta_{t-1}, pi_{t-1}), summed
-    objective_after: float | None = None  # -L(theta_{t-1}, pi_t) on the same samples and features
+    # The tree step, model fixed, as its guard judged it (TreeLearningConfig.judge; "trained":
+    # -L(theta_{t-1}, pi_{t-1}) and -L(theta_{t-1}, pi_t), summed over the same samples).
+    objective_before: float | None = None
+    objective_after: float | None = None
     tree_seconds: float = 0.0
     train_seconds: float = 0.0
     tree_report: dict | None = None
@@ -71,7 +73,7 @@ class JointResult:
     model: TreeScorer  # the weights of the best validation iteration
     tree: Tree  # the tree they were trained on
     history: JointHistory  # L, the tree steps and validation recall per iteration
-    initial: TrainHistory | None  # the epochs of iteration 0's training (None: given, not trained)
+    initial: TrainHistory  # iteration 0's training (the history given, when it was trained elsewhere)
 
 
 def learn_next_tree(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray, config: JointConfig,
