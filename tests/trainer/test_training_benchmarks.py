@@ -61,3 +61,28 @@ def test_bench_scale_runs_every_stage_with_two_ranks(tmp_path: Path) -> None:
     _run("-m", "bench.bench_scale", "--events", str(tmp_path / "log.parquet"), "--steps", "2", "--warmup", "1",
          "--batch-size", "32", "--methods", "tdm", "--ranks", "1", "--json", str(out))
     assert json.loads(out.read_text())["prepare"].get("reused") is True
+
+
+def test_bench_scale_repeats_a_stage_once_only_after_a_rank_abort(tmp_path: Path) -> None:
+    """A torchrun stage whose rank died of std::terminate runs once more (and says so); any
+    other failure, or a second abort, still fails the benchmark."""
+    import pytest
+
+    from bench.bench_scale import _RANK_ABORT, run_stage
+
+    marker = tmp_path / "ran-once"
+    flaky = ("import pathlib, sys\n"
+             f"m = pathlib.Path({str(marker)!r})\n"
+             "if not m.exists():\n"
+             f"    m.touch(); sys.stderr.write({_RANK_ABORT!r}); sys.exit(1)\n"
+             "print('{\"ok\": 1}')\n")
+    out = run_stage([sys.executable, "-c", flaky], "flaky", retry_rank_abort=True)
+    assert out["ok"] == 1 and out["retried_after_rank_abort"] is True
+    always = f"import sys; sys.stderr.write({_RANK_ABORT!r}); sys.exit(1)"
+    with pytest.raises(SystemExit, match="failed"):
+        run_stage([sys.executable, "-c", always], "aborts twice", retry_rank_abort=True)
+    marker.unlink()
+    with pytest.raises(SystemExit, match="failed"):
+        run_stage([sys.executable, "-c", flaky], "not retried", retry_rank_abort=False)
+    with pytest.raises(SystemExit, match="failed"):
+        run_stage([sys.executable, "-c", "import sys; sys.exit(3)"], "another failure", retry_rank_abort=True)
