@@ -33,6 +33,7 @@ import copy
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def main() -> None:
     hierarchical = method.config.scorer.hierarchical
     learning = TreeLearningConfig(guard=False, seed=args.seed + 1)  # joint iteration 1's seed
     if args.gap is not None:
-        learning = TreeLearningConfig(guard=False, seed=args.seed + 1, gap=args.gap)
+        learning = replace(learning, gap=args.gap)
     started = time.perf_counter()
     learnt, report = learn_tree(model, current, ctx.samples, hierarchical, learning)
     step_seconds = time.perf_counter() - started

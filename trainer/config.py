@@ -80,6 +80,10 @@ class DeepConfig:
     def uses_tree(self) -> bool:
         return self.method != "dnn"
 
+    def search_beam(self, m: int) -> int | None:
+        """The beam this method retrieves `m` items with: None (every item scored) without a tree."""
+        return (self.beam or m) if self.uses_tree else None
+
     def to_json(self) -> dict:
         return asdict(self)
 

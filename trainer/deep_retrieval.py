@@ -26,7 +26,7 @@ from trainer.evaluate import recommend
 from trainer.joint import JointHistory, joint_fit
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
-from trainer.training import TrainHistory, search_beam, seed_everything, train_on_tree
+from trainer.training import TrainHistory, seed_everything, train_on_tree
 from trainer.tree_build import TREE_INITS, category_tree, cooccurrence_embeddings, kmeans_tree, random_tree
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class DeepRetrieval:
     def recommend(self, eval_set: EvalSet, m: int, exclude_seen: bool, beam: int | None = None) -> np.ndarray:
         assert self.model is not None, "fit or load first"
         return recommend(self.model, self.tree, eval_set, m, exclude_seen,
-                         (beam or search_beam(self.config, m)) if self.config.uses_tree else None)
+                         (beam or self.config.search_beam(m)) if self.config.uses_tree else None)
 
     def brute_force(self, eval_set: EvalSet, m: int, exclude_seen: bool) -> np.ndarray:
         """Score every item with the same model (the fidelity reference for beam search)."""

@@ -59,7 +59,7 @@ def evaluate(method: Recommender, users: EvalSet, m: int, exclude_seen: bool, fi
         recommended = method.recommend(users, m, exclude_seen, beam=beam)  # type: ignore[call-arg]
     result = Evaluation(recommended, user_metrics(recommended, users, m), time.perf_counter() - started)
     if getattr(method, "tree", None) is not None:
-        result.beam = beam or method.config.beam or m  # type: ignore[attr-defined]
+        result.beam = beam or method.config.search_beam(m)  # type: ignore[attr-defined]
         if fidelity:
             exact = method.brute_force(users, m, exclude_seen)  # type: ignore[attr-defined]
             result.fidelity = beam_fidelity(recommended, exact)

@@ -29,7 +29,7 @@ from trainer.data import SampleSet
 from trainer.evaluate import validation_metrics
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
-from trainer.training import TrainHistory, search_beam, train_on_tree
+from trainer.training import TrainHistory, train_on_tree
 from trainer.tree_build import kmeans_tree
 from trainer.tree_learning import learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
 
@@ -104,7 +104,7 @@ def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfi
     joint = replace(config.joint, tree_learning=config.tree_learning)
     if joint.tree_learning not in TREE_LEARNERS[1:]:
         raise ValueError(f"tree_learning must be one of {TREE_LEARNERS[1:]}, got {joint.tree_learning!r}")
-    beam = search_beam(config, data.m)
+    beam = config.search_beam(data.m)
     rng = np.random.default_rng(data.seed)
     index = np.sort(rng.choice(len(data.samples), size=min(joint.loss_samples, len(data.samples)), replace=False))
     history = JointHistory(tree_learning=joint.tree_learning)

@@ -209,16 +209,11 @@ def make_sampler(tree: Tree | None, n_items: int, leaf_negatives: int) -> Layerw
     return UniformItemSampler(n_items, min(leaf_negatives, n_items - 1))
 
 
-def search_beam(config: DeepConfig, m: int) -> int | None:
-    """The beam a method retrieves M items with: None (every item scored) without a tree."""
-    return (config.beam or m) if config.uses_tree else None
-
-
 def train_on_tree(model: TreeScorer, tree: Tree | None, ctx: FitContext, config: DeepConfig,
                   train: TrainConfig) -> TrainHistory:
     """Train (or continue training) `model` in place on `tree`'s layer-wise samples, keeping
     the epoch of the best validation recall (beam search as the method serves)."""
-    beam = search_beam(config, ctx.m)
+    beam = config.search_beam(ctx.m)
 
     def validate() -> float:
         return validation_metrics(model, tree, ctx, beam)["recall"]

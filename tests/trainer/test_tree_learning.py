@@ -174,29 +174,35 @@ def test_parallel_workers_give_the_same_tree() -> None:
     assert serial.equals(parallel)
 
 
-def test_tree_learning_moves_toward_planted_grouping() -> None:
-    """Synthetic data with planted clusters; start from the cluster-ordered tree with 40% of the
-    items shuffled to random places, train the scorer, learn the tree: nodes become purer in
-    the planted clusters (and the objective improves)."""
+def planted_clusters() -> tuple[int, np.ndarray, SampleSet]:
+    """Synthetic log with planted clusters of 16 items: (items, each item's cluster, training samples)."""
     from pathlib import Path
 
     from trainer.data import build_interactions, make_samples, split_users
     from trainer.formats import RawLog
-    from trainer.sampler import LayerwiseSampler
-    from trainer.step import TrainConfig
     from trainer.synth import SynthConfig, generate
-    from trainer.training import fit_scorer
-    from trainer.tree_build import tree_from_order
 
     frame = generate(SynthConfig(n_items=512, n_users=1200, seed=3, noise=0.02, items_per_cluster=16))
     raw = frame.rename(columns={"user_id": "user", "item_id": "item"})[["user", "item", "timestamp"]]
     data = build_interactions(RawLog(raw, "generic", Path("synth")), 10)
     cluster_by_id = dict(zip(frame.item_id, frame.cluster, strict=False))
     cluster = np.array([cluster_by_id[i] for i in data.item_ids])
-    samples = make_samples(data, split_users(data.n_users, seed=0).train)
+    return data.n_items, cluster, make_samples(data, split_users(data.n_users, seed=0).train)
+
+
+def test_tree_learning_moves_toward_planted_grouping() -> None:
+    """Synthetic data with planted clusters; start from the cluster-ordered tree with 40% of the
+    items shuffled to random places, train the scorer, learn the tree: nodes become purer in
+    the planted clusters (and the objective improves)."""
+    from trainer.sampler import LayerwiseSampler
+    from trainer.step import TrainConfig
+    from trainer.training import fit_scorer
+    from trainer.tree_build import tree_from_order
+
+    n_items, cluster, samples = planted_clusters()
     rng = np.random.default_rng(0)
-    order = np.lexsort((rng.random(data.n_items), cluster))
-    shuffled = np.flatnonzero(rng.random(data.n_items) < 0.4)
+    order = np.lexsort((rng.random(n_items), cluster))
+    shuffled = np.flatnonzero(rng.random(n_items) < 0.4)
     order[shuffled] = order[rng.permutation(shuffled)]
     tree = tree_from_order(order)
     torch.manual_seed(0)
@@ -219,25 +225,15 @@ def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_pref
     held fixed, scores that random tree better than the planted-cluster tree (its internal
     nodes memorise the tree they were trained on), while with every tree's internal nodes at
     its items' mean rows the planted tree wins, and two random trees tie."""
-    from pathlib import Path
-
-    from trainer.data import build_interactions, make_samples, split_users
-    from trainer.formats import RawLog
     from trainer.sampler import LayerwiseSampler
     from trainer.step import TrainConfig
-    from trainer.synth import SynthConfig, generate
     from trainer.training import fit_scorer
     from trainer.tree_build import tree_from_order
     from trainer.tree_learning import capped_samples, judged_objectives
 
-    frame = generate(SynthConfig(n_items=512, n_users=1200, seed=3, noise=0.02, items_per_cluster=16))
-    raw = frame.rename(columns={"user_id": "user", "item_id": "item"})[["user", "item", "timestamp"]]
-    data = build_interactions(RawLog(raw, "generic", Path("synth")), 10)
-    cluster_by_id = dict(zip(frame.item_id, frame.cluster, strict=False))
-    cluster = np.array([cluster_by_id[i] for i in data.item_ids])
-    samples = make_samples(data, split_users(data.n_users, seed=0).train)
-    current, other = random_tree(data.n_items, 0), random_tree(data.n_items, 1)
-    planted = tree_from_order(np.lexsort((np.random.default_rng(0).random(data.n_items), cluster)))
+    n_items, cluster, samples = planted_clusters()
+    current, other = random_tree(n_items, 0), random_tree(n_items, 1)
+    planted = tree_from_order(np.lexsort((np.random.default_rng(0).random(n_items), cluster)))
     torch.manual_seed(0)
     model = TreeScorer(current.n_rows, ScorerConfig())
     fit_scorer(model, samples, LayerwiseSampler.create(current), current, False, TrainConfig(epochs=3), seed=0,
