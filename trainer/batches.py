@@ -145,7 +145,7 @@ class BatchBuilder:
 
     def __call__(self, index: np.ndarray, rng: np.random.Generator) -> Batch:
         started = time.perf_counter()
-        nodes = self.sampler.sample(self.targets[index], rng)  # (B, C) rows
+        nodes = self.sampler.sample(self.targets[index], rng, index=index)  # (B, C) rows
         started = self._mark("sampling (builder thread)", started)
         history = self.samples.histories(index)  # (B, L) item ids, -1 padded, most recent first
         if self.hierarchical:

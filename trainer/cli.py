@@ -85,6 +85,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise DataError(f"--seeds must be >= 1, got {args.seeds}")
     if args.itemcf_neighbours is not None and args.itemcf_neighbours < 1:
         raise DataError(f"--itemcf-neighbours must be >= 1, got {args.itemcf_neighbours}")
+    options = _method_options(args)  # checked before the (possibly long) read
     data = load_interactions(_data_config(args))
     logging.getLogger("trainer").info(
         "data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
@@ -98,7 +99,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         save = partial(_write_json_atomically, Path(args.json))  # after every method: a stopped run keeps its rows
-    result = run_compare(data, config, _method_options(args), on_result=save)
+    result = run_compare(data, config, options, on_result=save)
     print(format_table(result))
     if args.json:
         print(f"\nwrote {args.json}")
@@ -156,6 +157,16 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                             "plain tower on a CPU with bf16 units; autograd on CUDA or with --precision bf16)")
     group.add_argument("--threads", type=int, default=None,
                        help="fused kernel worker threads (default: torch's thread count, i.e. the cores)")
+    group.add_argument("--beam-aware", action="store_true",
+                       help="tree methods: draw part of each level's negatives from the nodes the model's own "
+                            "beam search compares there, mined before every epoch (OTM)")
+    group.add_argument("--beam-aware-share", type=float, default=None,
+                       help="with --beam-aware: share of each level's negatives from the beam (default 0.5)")
+    group.add_argument("--beam-aware-beam", type=int, default=None,
+                       help="with --beam-aware: beam width of the mining search (default 32)")
+    group.add_argument("--beam-aware-min-items", type=int, default=None,
+                       help="with --beam-aware: mine only at levels whose nodes hold at least this many items "
+                            "on average (default 1: every level)")
     joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")
     joint.add_argument("--iterations", type=int, default=None, help="joint iterations T (default 3)")
     joint.add_argument("--retrain-epochs", type=int, default=None, help="epochs per iteration (default 2)")
@@ -185,6 +196,15 @@ def _method_options(args: argparse.Namespace):
 
         if not torch.cuda.is_available():
             raise DataError(f"--device {args.device} asked for, but no CUDA device is available")
+    if not args.beam_aware and any(v is not None for v in (args.beam_aware_share, args.beam_aware_beam,
+                                                            args.beam_aware_min_items)):
+        raise DataError("--beam-aware-share, --beam-aware-beam and --beam-aware-min-items need --beam-aware")
+    if args.beam_aware_share is not None and not 0.0 < args.beam_aware_share <= 1.0:
+        raise DataError(f"--beam-aware-share must be in (0, 1], got {args.beam_aware_share}")
+    if args.beam_aware_beam is not None and args.beam_aware_beam < 1:
+        raise DataError(f"--beam-aware-beam must be positive, got {args.beam_aware_beam}")
+    if args.beam_aware_min_items is not None and args.beam_aware_min_items < 1:
+        raise DataError(f"--beam-aware-min-items must be positive, got {args.beam_aware_min_items}")
     return MethodOptions(
         epochs=args.epochs, device=args.device, max_history=args.max_history, batch_size=args.batch_size,
         lr=args.lr, dim=args.dim, arity=args.arity, tree_init=args.tree_init,
@@ -196,6 +216,8 @@ def _method_options(args: argparse.Namespace):
         kernel=args.kernel, threads=args.threads,
         itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
         equal_epochs=getattr(args, "equal_epochs", False),
+        beam_aware=args.beam_aware, beam_aware_share=args.beam_aware_share, beam_aware_beam=args.beam_aware_beam,
+        beam_aware_min_items=args.beam_aware_min_items,
     )
 
 

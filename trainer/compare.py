@@ -344,7 +344,8 @@ def format_table(result: dict) -> str:
                      f"| {epochs} |")
     fidelity = {n: r for n, r in result["results"].items() if "beam_fidelity" in r}
     if fidelity:
-        lines += ["", f"| Tree method | beam top-{result['m']} overlap with brute force | brute-force recall "
+        lines += ["", f"| Approximate method | top-{result['m']} overlap with brute force (beam search, ANN) "
+                      "| brute-force recall "
                       "(same model) |", "|---|---|---|"]
         for name, r in fidelity.items():
             lines.append(f"| {name} | {100 * r['beam_fidelity']:.1f}% | {100 * r['brute_force_recall']:.2f}% |")
@@ -362,7 +363,8 @@ def _joint_lines(result: dict) -> list[str]:
     if not joint:
         return []
     lines = ["", "| Joint method | seed | L(θ, π) per iteration | tree step, model fixed: L before → after "
-                 "(sum) | items moved | validation recall | best |", "|---|---|---|---|---|---|---|"]
+                 "(sum) | items moved | validation recall | category purity | best |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, run in joint:
         its = run["joint"]["iterations"]
         loss = " → ".join(f"{it['global_loss']:.4f}" for it in its)
@@ -370,6 +372,10 @@ def _joint_lines(result: dict) -> list[str]:
                           if it.get("objective_after") is not None and it.get("objective_before") is not None)
         moved = ", ".join(f"{100 * it['moved_fraction']:.1f}%" for it in its[1:])
         recall = " → ".join(f"{100 * it['valid']['recall']:.2f}" for it in its)
+        purity = "-"
+        if its[0].get("category_purity"):
+            level = its[0]["purity_level"]
+            purity = f"level {level}: " + " → ".join(f"{100 * it['category_purity'][level - 1]:.1f}%" for it in its)
         lines.append(f"| {name} | {run['seed']} | {loss} | {steps or '-'} | {moved or '-'} | {recall} "
-                     f"| {run['joint']['best_iteration']} |")
+                     f"| {purity} | {run['joint']['best_iteration']} |")
     return lines

@@ -62,6 +62,28 @@ class JointConfig:
 
 
 @dataclass(frozen=True)
+class BeamAwareConfig:
+    """Beam-search-aware negatives (`trainer.beam_mining`): before each epoch the model's own
+    beam search (width `beam`) runs for every training sample, and `share` of each level's
+    negatives are drawn from the nodes it compared there."""
+
+    share: float = 0.5
+    beam: int = 32
+    # Mine only at levels whose nodes hold at least this many items on average (1: every level,
+    # OTM literally). Deep nodes the user never touched are weak negatives: most of the beam's
+    # best leaves are items the user would consume but has not (see trainer/beam_mining.py).
+    min_node_items: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"beam-aware share must be in (0, 1], got {self.share}")
+        if self.beam < 1:
+            raise ValueError(f"beam-aware beam must be positive, got {self.beam}")
+        if self.min_node_items < 1:
+            raise ValueError(f"beam-aware min_node_items must be positive, got {self.min_node_items}")
+
+
+@dataclass(frozen=True)
 class DeepConfig:
     method: str = "tdm"
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
@@ -75,6 +97,7 @@ class DeepConfig:
     beam: int | None = None  # None: the beam equals the number of results asked for
     tree_learning: str = "none"  # none, jtm (Algorithm 2) or kmeans (TDM re-clustering)
     joint: JointConfig = field(default_factory=JointConfig)
+    beam_aware: BeamAwareConfig | None = None  # None: uniform layer-wise negatives (TDM, JTM)
 
     @property
     def uses_tree(self) -> bool:
@@ -95,4 +118,5 @@ class DeepConfig:
             leaf_negatives=int(data["leaf_negatives"]), beam=data.get("beam"),
             tree_learning=data.get("tree_learning", "none"),
             joint=JointConfig.from_json(data["joint"]) if "joint" in data else JointConfig(),
+            beam_aware=BeamAwareConfig(**data["beam_aware"]) if data.get("beam_aware") else None,
         )

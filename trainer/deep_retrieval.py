@@ -125,6 +125,11 @@ class DeepRetrieval:
         return recommend(self.model, self.tree, eval_set, m, exclude_seen,
                          (beam or self.config.search_beam(m)) if self.config.uses_tree else None)
 
+    @property
+    def approximate(self) -> bool:
+        """Beam search over a tree finds only part of the model's exact top-m (`brute_force`)."""
+        return self.tree is not None
+
     def brute_force(self, eval_set: EvalSet, m: int, exclude_seen: bool) -> np.ndarray:
         """Score every item with the same model (the fidelity reference for beam search)."""
         assert self.model is not None

@@ -37,8 +37,8 @@ def validation_metrics(model: TreeScorer, tree: Tree | None, ctx: FitContext, be
 
 @dataclass
 class Evaluation:
-    """One method on one set of users: per-user metrics, and for tree methods how much of the
-    same model's brute-force top-m the beam search found."""
+    """One method on one set of users: per-user metrics, and for approximate methods (beam
+    search, ANN index) how much of the same model's brute-force top-m they found."""
 
     recommended: np.ndarray
     metrics: UserMetrics
@@ -51,7 +51,8 @@ class Evaluation:
 def evaluate(method: Recommender, users: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
              beam: int | None = None) -> Evaluation:
     """Recommend for `users` and score the recommendations; `fidelity` also scans every item
-    with the same model (tree methods only; slow at scale). `beam` overrides the method's."""
+    with the same model, for methods that retrieve approximately (`approximate`: a tree's beam
+    search, an ANN index; slow at scale). `beam` overrides a tree method's beam."""
     started = time.perf_counter()
     if beam is None:
         recommended = method.recommend(users, m, exclude_seen)
@@ -60,10 +61,10 @@ def evaluate(method: Recommender, users: EvalSet, m: int, exclude_seen: bool, fi
     result = Evaluation(recommended, user_metrics(recommended, users, m), time.perf_counter() - started)
     if getattr(method, "tree", None) is not None:
         result.beam = beam or method.config.search_beam(m)  # type: ignore[attr-defined]
-        if fidelity:
-            exact = method.brute_force(users, m, exclude_seen)  # type: ignore[attr-defined]
-            result.fidelity = beam_fidelity(recommended, exact)
-            result.brute_force_recall = user_metrics(exact, users, m).means()["recall"]
+    if fidelity and getattr(method, "approximate", False):
+        exact = method.brute_force(users, m, exclude_seen)  # type: ignore[attr-defined]
+        result.fidelity = beam_fidelity(recommended, exact)
+        result.brute_force_recall = user_metrics(exact, users, m).means()["recall"]
     return result
 
 

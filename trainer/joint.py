@@ -50,6 +50,10 @@ class IterationRecord:
     train_seconds: float = 0.0
     tree_report: dict | None = None
     epochs: int = 0  # training epochs run in this iteration (iteration 0: the initial training)
+    # Per level 1..depth, how well the tree's nodes separate the log's categories (None without
+    # categories); on `trainer synth` data the categories are the planted clusters.
+    category_purity: list[float] | None = None
+    purity_level: int | None = None  # the deepest level with no more nodes than categories
 
 
 @dataclass
@@ -61,6 +65,21 @@ class JointHistory:
     def to_json(self) -> dict:
         return {"tree_learning": self.tree_learning, "best_iteration": self.best_iteration,
                 "iterations": [asdict(r) for r in self.records]}
+
+
+def category_purity(tree: Tree, item_category: np.ndarray) -> list[float]:
+    """Per level 1..depth: the share of items whose node's most common category is their own
+    (sum over nodes of the majority category's count, over all items). 1.0 where every node
+    holds one category; a random tree sits near the largest category's share at wide nodes."""
+    categories = np.asarray(item_category, dtype=np.int64)
+    n_categories = int(categories.max()) + 1 if len(categories) else 1
+    out = []
+    for level in range(1, tree.depth + 1):
+        nodes = tree.ancestors(np.arange(tree.n_items), level)
+        counts = np.zeros((tree.level_size(level), n_categories), dtype=np.int64)
+        np.add.at(counts, (nodes, categories), 1)
+        out.append(float(counts.max(axis=1).sum() / max(tree.n_items, 1)))
+    return out
 
 
 def global_loss(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray) -> float:
@@ -109,13 +128,19 @@ def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfi
     index = np.sort(rng.choice(len(data.samples), size=min(joint.loss_samples, len(data.samples)), replace=False))
     history = JointHistory(tree_learning=joint.tree_learning)
 
+    def purity(of: Tree) -> dict:
+        if not data.data.has_category:
+            return {}
+        level = max([lv for lv in range(1, of.depth + 1) if of.level_size(lv) <= data.data.n_categories], default=1)
+        return {"category_purity": category_purity(of, data.data.item_category), "purity_level": level}
+
     # Iteration 0: the model trained on the initial tree.
     started = time.perf_counter()
     if initial is None:
         initial = train_on_tree(model, tree, data, config, config.train)
     record = IterationRecord(0, global_loss(model, tree, data.samples, index),
                              validation_metrics(model, tree, data, beam), epochs=len(initial.epochs),
-                             train_seconds=time.perf_counter() - started)
+                             train_seconds=time.perf_counter() - started, **purity(tree))
     history.records.append(record)
     _log(record)
     best = (record.valid["recall"], copy.deepcopy(model.state_dict()), tree)
@@ -135,7 +160,8 @@ def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfi
             previous = history.records[-1]
             record = IterationRecord(iteration, previous.global_loss, previous.valid, moved_fraction=0.0,
                                      objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-                                     tree_report=report, epochs=0)
+                                     tree_report=report, epochs=0, category_purity=previous.category_purity,
+                                     purity_level=previous.purity_level)
             history.records.append(record)
             _log(record)
             continue
@@ -150,6 +176,7 @@ def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfi
             iteration, global_loss(model, tree, data.samples, index), validation_metrics(model, tree, data, beam),
             moved_fraction=moved, objective_before=before, objective_after=after, tree_seconds=tree_seconds,
             train_seconds=time.perf_counter() - started, tree_report=report, epochs=len(retrained.epochs),
+            **purity(tree),
         )
         history.records.append(record)
         _log(record)

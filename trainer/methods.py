@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from trainer.config import METHOD_VARIANTS, DeepConfig, JointConfig
+from trainer.config import METHOD_VARIANTS, BeamAwareConfig, DeepConfig, JointConfig
 from trainer.errors import DataError
 from trainer.model import ScorerConfig
 from trainer.recommender import Recommender
@@ -47,6 +47,11 @@ class MethodOptions:
     # retrain_epochs), so that a table compares methods at equal training, not the tree's
     # effect plus extra epochs. The joint methods still start from their iteration-0 model.
     equal_epochs: bool = False
+    # Beam-search-aware negatives for the tree methods (trainer/beam_mining.py).
+    beam_aware: bool = False
+    beam_aware_share: float | None = None
+    beam_aware_beam: int | None = None
+    beam_aware_min_items: int | None = None
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -69,6 +74,19 @@ def _youtube(options: MethodOptions) -> Recommender:
                               epochs=_given(options.epochs, default.epochs),
                               batch_size=_given(options.batch_size, default.batch_size),
                               lr=_given(options.lr, default.lr), dim=_given(options.dim, default.dim)))
+
+
+def _two_tower(options: MethodOptions) -> Recommender:
+    from trainer.baselines.two_tower import TwoTowerConfig, TwoTowerHNSW
+
+    default = TwoTowerConfig()
+    # The grid tunes width and learning rate; --dim / --lr pin them instead.
+    base = replace(default.base, max_history=options.max_history,
+                   epochs=_given(options.epochs, default.base.epochs),
+                   batch_size=_given(options.batch_size, default.base.batch_size))
+    return TwoTowerHNSW(replace(default, base=base,
+                                dims=default.dims if options.dim is None else (options.dim,),
+                                lrs=default.lrs if options.lr is None else (options.lr,)))
 
 
 def _given(value, default):
@@ -103,11 +121,18 @@ def deep_config(method: str, options: MethodOptions) -> DeepConfig:
         # Keep a snapshot after the joint loop's initial epochs: the joint twin starts there.
         train = replace(train, epochs=train.epochs + joint.iterations * joint.retrain_epochs,
                         snapshot_epoch=train.epochs if method != "dnn" else None)
+    beam_aware = None
+    if options.beam_aware:
+        default_aware = BeamAwareConfig()
+        beam_aware = BeamAwareConfig(share=_given(options.beam_aware_share, default_aware.share),
+                                     beam=_given(options.beam_aware_beam, default_aware.beam),
+                                     min_node_items=_given(options.beam_aware_min_items,
+                                                           default_aware.min_node_items))
     config = DeepConfig()
     return DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"], joint=joint,
                       arity=_given(options.arity, config.arity), tree_init=_given(options.tree_init, config.tree_init),
                       leaf_negatives=_given(options.leaf_negatives, config.leaf_negatives),
-                      beam=_given(options.beam, config.beam))
+                      beam=_given(options.beam, config.beam), beam_aware=beam_aware)
 
 
 def _deep(method: str) -> Callable[[MethodOptions], Recommender]:
@@ -123,6 +148,7 @@ METHODS: dict[str, Callable[[MethodOptions], Recommender]] = {
     "pop": _popularity,
     "itemcf": _itemcf,
     "youtube": _youtube,
+    "two-tower": _two_tower,
     "dnn": _deep("dnn"),
     "tdm": _deep("tdm"),
     "jtm-j": _deep("jtm-j"),

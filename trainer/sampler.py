@@ -78,8 +78,10 @@ class LayerwiseSampler:
             start += width
         return slices
 
-    def sample(self, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """(B, C) int64 embedding rows: per level, the positive ancestor then its negatives."""
+    def sample(self, targets: np.ndarray, rng: np.random.Generator, index: np.ndarray | None = None) -> np.ndarray:
+        """(B, C) int64 embedding rows: per level, the positive ancestor then its negatives.
+        `index`, the samples' indices, is for samplers that keep per-sample state
+        (`trainer.beam_mining.BeamAwareSampler`); uniform sampling ignores it."""
         targets = np.asarray(targets, dtype=np.int64)
         blocks = []
         for level in self.levels:
@@ -106,7 +108,7 @@ class UniformItemSampler:
     def label(self) -> np.ndarray:
         return np.r_[1.0, np.zeros(self.negatives)].astype(np.float32)
 
-    def sample(self, targets: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def sample(self, targets: np.ndarray, rng: np.random.Generator, index: np.ndarray | None = None) -> np.ndarray:
         targets = np.asarray(targets, dtype=np.int64)
         r = rng.integers(0, self.n_items - 1, size=(len(targets), self.negatives))
         negative = r + (r >= targets[:, None])

@@ -22,8 +22,10 @@ import torch
 from tqdm import tqdm
 
 from service.core.tree import Tree
-from trainer.config import DeepConfig
+from trainer.beam_mining import BeamAwareSampler
+from trainer.config import BeamAwareConfig, DeepConfig
 from trainer.data import SampleSet
+from trainer.errors import DataError
 from trainer.evaluate import validation_metrics
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
@@ -92,6 +94,7 @@ def train_epochs(
     progress: bool = True,
     snapshot_epoch: int | None = None,
     make_batch: Callable[[np.ndarray], Any] | None = None,
+    before_epoch: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Run up to `epochs` epochs of `step(batch) -> loss` and keep the best weights.
 
@@ -109,6 +112,9 @@ def train_epochs(
     returned (its best weights so far and its history): the first E epochs of a longer run are
     the same computation, because the order and the negatives come from `rng` in the same
     sequence. That lets one run serve both a longer budget and the shorter one.
+
+    `before_epoch(epoch)` runs before each epoch's batches are built (beam-aware negatives
+    are mined there, from the model as the previous epoch left it).
     """
     from trainer import distributed
     from trainer.batches import batch_indices, prefetch
@@ -120,6 +126,8 @@ def train_epochs(
     stale = 0
     order_rng = rng if dist_ctx is None else np.random.default_rng(int(rng.integers(2**63)))
     for epoch in range(1, epochs + 1):
+        if before_epoch is not None:
+            before_epoch(epoch)
         model.train()
         order = order_rng.permutation(n_samples)
         started = time.perf_counter()
@@ -197,15 +205,30 @@ def fit_scorer(
     model.to(config.device)
     builder = make_builder(model, samples, sampler, tree, hierarchical, times)
     step = ScorerStep(model, config, times)
+    before_epoch = None
+    if isinstance(sampler, BeamAwareSampler):
+        from trainer import distributed
+
+        if distributed.context() is not None:
+            raise DataError("beam-aware negatives run in one process (each torchrun rank would mine every sample)")
+        mining_rng = np.random.default_rng([seed, 1])  # its own stream: the batches' draws stay the same
+
+        def before_epoch(epoch: int) -> None:
+            sampler.refresh(model, samples, hierarchical, mining_rng)
+
     return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
                         validate=validate, patience=config.patience, description=description,
-                        snapshot_epoch=config.snapshot_epoch, make_batch=lambda index: builder(index, rng))
+                        snapshot_epoch=config.snapshot_epoch, make_batch=lambda index: builder(index, rng),
+                        before_epoch=before_epoch)
 
 
-def make_sampler(tree: Tree | None, n_items: int, leaf_negatives: int) -> LayerwiseSampler | UniformItemSampler:
-    """Layer-wise samples of `tree`, or without a tree (DNN) uniform leaf negatives."""
+def make_sampler(tree: Tree | None, n_items: int, leaf_negatives: int, beam_aware: BeamAwareConfig | None = None
+                 ) -> LayerwiseSampler | UniformItemSampler:
+    """Layer-wise samples of `tree` (part of them from the beam's candidates with `beam_aware`),
+    or without a tree (DNN) uniform leaf negatives."""
     if tree is not None:
-        return LayerwiseSampler.create(tree, default_negative_counts(tree, leaf_negatives))
+        sampler = LayerwiseSampler.create(tree, default_negative_counts(tree, leaf_negatives))
+        return sampler if beam_aware is None else BeamAwareSampler.wrap(sampler, beam_aware)
     return UniformItemSampler(n_items, min(leaf_negatives, n_items - 1))
 
 
@@ -218,6 +241,6 @@ def train_on_tree(model: TreeScorer, tree: Tree | None, ctx: FitContext, config:
     def validate() -> float:
         return validation_metrics(model, tree, ctx, beam)["recall"]
 
-    sampler = make_sampler(tree, ctx.data.n_items, config.leaf_negatives)
+    sampler = make_sampler(tree, ctx.data.n_items, config.leaf_negatives, config.beam_aware)
     return fit_scorer(model, ctx.samples, sampler, tree, config.scorer.hierarchical, train, seed=ctx.seed,
                       validate=validate if len(ctx.valid) else None, description=config.method)

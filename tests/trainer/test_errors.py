@@ -66,6 +66,10 @@ def test_undetectable_format(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, fragment", [
     (("--methods", "pop,magic"), "unknown method"),
     (("--m", "0"), "--m"),
+    (("--methods", "tdm", "--beam-aware-beam", "8"), "need --beam-aware"),
+    (("--methods", "tdm", "--beam-aware", "--beam-aware-min-items", "0"), "--beam-aware-min-items"),
+    (("--methods", "tdm", "--beam-aware", "--beam-aware-share", "1.5"), "--beam-aware-share"),
+    (("--methods", "tdm", "--beam-aware", "--beam-aware-beam", "0"), "--beam-aware-beam"),
 ])
 def test_bad_arguments(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:
     path = tmp_path / "log.csv"

@@ -94,3 +94,28 @@ def _without_seconds(value):
     if isinstance(value, list):
         return [_without_seconds(v) for v in value]
     return value
+
+
+def test_category_purity_has_known_values() -> None:
+    from trainer.joint import category_purity
+    from trainer.tree_build import tree_from_order
+
+    # 8 items, categories in blocks of 2: the ordered tree's level-2 nodes (pairs) are pure,
+    # its level-1 nodes (halves) hold two categories each.
+    category = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    ordered = tree_from_order(np.arange(8))
+    assert category_purity(ordered, category) == [0.5, 1.0, 1.0]
+    # Interleaved: each half holds one item of every category, every pair mixes two.
+    mixed = tree_from_order(np.array([0, 2, 4, 6, 1, 3, 5, 7]))
+    assert category_purity(mixed, category) == [0.25, 0.5, 1.0]
+
+
+def test_joint_records_category_purity_per_iteration(ctx: FitContext) -> None:
+    from trainer.joint import category_purity
+
+    config, model, tree = _start(ctx, "jtm-j")
+    result = joint_fit(model, tree, ctx, config)
+    for record in result.history.records:
+        assert record.category_purity is not None and len(record.category_purity) == tree.depth
+        assert ctx.data.n_categories >= tree.level_size(record.purity_level)
+    assert result.history.records[0].category_purity == category_purity(tree, ctx.data.item_category)
