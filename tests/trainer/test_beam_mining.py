@@ -177,3 +177,19 @@ def test_min_node_items_limits_mining_to_coarse_levels() -> None:
     assert all(counts[level] == 0 for level in range(7, 11))  # 8 items per node and fewer
     every = BeamAwareSampler.wrap(base, BeamAwareConfig(share=0.5, beam=8)).beam_counts()
     assert every[10] == 10 and every[6] == counts[6]
+
+
+def test_probe_benchmark_runs_and_writes_its_table(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "probe.json"
+    result = subprocess.run([sys.executable, "-m", "bench.probe_beam_aware", "--items", "256", "--users", "400",
+                             "--epochs", "1", "--m", "20", "--variants", "uniform,0.5:16", "--json", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| uniform |" in result.stdout and "| 0.5:16 |" in result.stdout
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["variant"] for r in runs] == ["uniform", "0.5:16"]
+    assert all(len(r["valid_recall"]) == 1 and 0.0 <= r["valid_recall"][0] <= 1.0 for r in runs)
