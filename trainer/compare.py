@@ -81,6 +81,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
                           fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall)
             if getattr(method, "joint_history", None) is not None:
                 run.joint = method.joint_history.to_json()  # L(theta, pi) and recall per iteration
+            run.tuning = getattr(method, "tuning", None) or None  # the grid a tuned baseline chose from
             runs[name].append(run)
             log.info("seed %d %-8s P %.4f R %.4f F %.4f (%.1fs)", seed, name,
                      *(metrics.means()[k] for k in METRICS), seconds)
@@ -169,11 +170,12 @@ class SeedRun:
     brute_force_recall: float | None = None
     joint: dict | None = None  # joint methods: the loop's history (global loss, moves, recall)
     epochs: list[int] | None = None  # epochs run per training phase (joint: per iteration)
+    tuning: list[dict] | None = None  # methods that tune on validation users (two-tower): each candidate
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
                 "brute_force_recall": self.brute_force_recall, "joint": self.joint, "epochs": self.epochs,
-                "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
+                "tuning": self.tuning, "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
 
     def same_metrics(self, other: SeedRun) -> bool:
         """Identical per-user metrics (the same users, the same recommendations' scores)."""
@@ -184,7 +186,7 @@ class SeedRun:
         metrics = UserMetrics(**{k: np.asarray(data["users"][k], dtype=np.float64) for k in METRICS})
         return cls(seed=int(data["seed"]), metrics=metrics, seconds=float(data["seconds"]),
                    fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"),
-                   joint=data.get("joint"), epochs=data.get("epochs"))
+                   joint=data.get("joint"), epochs=data.get("epochs"), tuning=data.get("tuning"))
 
 
 def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:

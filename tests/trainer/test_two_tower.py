@@ -72,3 +72,13 @@ def test_two_tower_tunes_on_validation_and_serves_through_the_index(movielens_pa
     exact_recall = user_metrics(method.brute_force(test, 200, True), test, 200).recall.mean()
     assert abs(result.metrics.recall.mean() - exact_recall) < 0.01
     assert method.describe()["ann_fidelity_valid"] >= 0.95
+
+
+def test_compare_records_the_tuning_grid() -> None:
+    from trainer.compare import SeedRun
+    from trainer.metrics import UserMetrics
+
+    metrics = UserMetrics(precision=np.array([0.1]), recall=np.array([0.5]), f_measure=np.array([0.2]))
+    run = SeedRun(seed=0, metrics=metrics, seconds=1.0, tuning=[{"dim": 32, "lr": 3e-3, "valid_recall": 0.6}])
+    assert SeedRun.from_json(run.to_json()).tuning == run.tuning
+
