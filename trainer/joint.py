@@ -75,10 +75,14 @@ def category_purity(tree: Tree, item_category: np.ndarray) -> list[float]:
     n_categories = int(categories.max()) + 1 if len(categories) else 1
     out = []
     for level in range(1, tree.depth + 1):
-        nodes = tree.ancestors(np.arange(tree.n_items), level)
-        counts = np.zeros((tree.level_size(level), n_categories), dtype=np.int64)
-        np.add.at(counts, (nodes, categories), 1)
-        out.append(float(counts.max(axis=1).sum() / max(tree.n_items, 1)))
+        nodes = tree.ancestors(np.arange(tree.n_items), level).astype(np.int64)
+        # Counts of the (node, category) pairs that occur, not a dense nodes x categories table:
+        # at the paper's scale that table would be millions of leaves x thousands of categories.
+        pairs, counts = np.unique(nodes * n_categories + categories, return_counts=True)
+        node_of = pairs // n_categories  # sorted, so each node's pairs are one run
+        starts = np.flatnonzero(np.r_[True, node_of[1:] != node_of[:-1]])
+        majority = np.maximum.reduceat(counts, starts) if len(counts) else np.zeros(0, dtype=np.int64)
+        out.append(float(majority.sum() / max(tree.n_items, 1)))
     return out
 
 

@@ -119,3 +119,20 @@ def test_joint_records_category_purity_per_iteration(ctx: FitContext) -> None:
         assert record.category_purity is not None and len(record.category_purity) == tree.depth
         assert ctx.data.n_categories >= tree.level_size(record.purity_level)
     assert result.history.records[0].category_purity == category_purity(tree, ctx.data.item_category)
+
+
+def test_category_purity_matches_a_dense_count() -> None:
+    from trainer.joint import category_purity
+    from trainer.tree_build import random_tree
+
+    rng = np.random.default_rng(0)
+    for n_items, n_categories in [(1000, 7), (37, 3)]:
+        tree = random_tree(n_items, seed=1)
+        category = rng.integers(0, n_categories, size=n_items)
+        expected = []
+        for level in range(1, tree.depth + 1):
+            nodes = tree.ancestors(np.arange(n_items), level)
+            counts = np.zeros((tree.level_size(level), n_categories), dtype=np.int64)
+            np.add.at(counts, (nodes, category), 1)
+            expected.append(float(counts.max(axis=1).sum() / n_items))
+        assert category_purity(tree, category) == expected

@@ -26,7 +26,7 @@ import torch
 
 from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
 from trainer.data import EvalSet
-from trainer.evaluate import evaluate
+from trainer.evaluate import beam_fidelity, evaluate
 from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
@@ -103,34 +103,27 @@ class TwoTowerHNSW:
         self.ann_fidelity_valid: float | None = None
 
     def fit(self, ctx: FitContext) -> None:
-        best_recall = -1.0
+        best_recall, best_exact = -1.0, None
         for candidate in self.config.candidates():
             model = YouTubeDNN(candidate)
             started = time.perf_counter()
             model.fit(ctx)
-            recall = self._exact_recall(model, ctx)
+            recall, exact = 0.0, None
+            if len(ctx.valid):
+                scored = evaluate(model, ctx.valid, ctx.m, ctx.exclude_seen, fidelity=False)
+                recall, exact = scored.metrics.means()["recall"], scored.recommended
             self.tuning.append({"dim": candidate.dim, "lr": candidate.lr, "valid_recall": recall,
                                 "best_epoch": model.history.best_epoch if model.history else None,
                                 "seconds": time.perf_counter() - started})
             log.info("two-tower dim %d lr %g: validation recall %.4f", candidate.dim, candidate.lr, recall)
             if recall > best_recall:
-                best_recall, self.model = recall, model
+                best_recall, best_exact, self.model = recall, exact, model
         assert self.model is not None
         started = time.perf_counter()
         self.index = build_hnsw(augmented_item_vectors(self.model.net), self.config.hnsw)
         self.index_seconds = time.perf_counter() - started
-        if len(ctx.valid):
-            exact = self.brute_force(ctx.valid, ctx.m, ctx.exclude_seen)
-            approximate = self.recommend(ctx.valid, ctx.m, ctx.exclude_seen)
-            from trainer.evaluate import beam_fidelity
-
-            self.ann_fidelity_valid = beam_fidelity(approximate, exact)
-
-    @staticmethod
-    def _exact_recall(model: YouTubeDNN, ctx: FitContext) -> float:
-        if not len(ctx.valid):
-            return 0.0
-        return evaluate(model, ctx.valid, ctx.m, ctx.exclude_seen, fidelity=False).metrics.means()["recall"]
+        if best_exact is not None:  # the chosen model's exact top-m of the validation users, from tuning
+            self.ann_fidelity_valid = beam_fidelity(self.recommend(ctx.valid, ctx.m, ctx.exclude_seen), best_exact)
 
     def _user_vectors(self, eval_set: EvalSet) -> np.ndarray:
         """(n_users, d + 2) float32 index queries [u, 1, 0]."""
