@@ -12,6 +12,7 @@ from pathlib import Path
 
 from trainer.errors import DataError
 from trainer.formats import FORMATS
+from trainer.tree_build import TREE_INITS
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -145,7 +146,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3)")
     group.add_argument("--dim", type=int, default=None, help="embedding size")
     group.add_argument("--arity", type=int, default=None, help="tree arity (default 2)")
-    group.add_argument("--tree-init", default=None, choices=["auto", "category", "random", "kmeans"])
+    group.add_argument("--tree-init", default=None, choices=["auto", *TREE_INITS],
+                       help="initial tree (auto: category when the log has categories, else kmeans); "
+                            "category-random shuffles items inside a category, id-order ignores categories")
     group.add_argument("--leaf-negatives", type=int, default=None,
                        help="negatives at the leaf level, halving upward (default 50)")
     group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")

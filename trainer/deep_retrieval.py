@@ -27,7 +27,14 @@ from trainer.joint import JointHistory, joint_fit
 from trainer.model import TreeScorer
 from trainer.recommender import FitContext
 from trainer.training import TrainHistory, seed_everything, train_on_tree
-from trainer.tree_build import TREE_INITS, category_tree, cooccurrence_embeddings, kmeans_tree, random_tree
+from trainer.tree_build import (
+    TREE_INITS,
+    category_tree,
+    cooccurrence_embeddings,
+    kmeans_tree,
+    random_tree,
+    tree_from_order,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +45,12 @@ def initial_tree(data: Interactions, train_users: np.ndarray, init: str, seed: i
         init = "category" if data.has_category and data.n_categories > 1 else "kmeans"
     if init not in TREE_INITS:
         raise DataError(f"unknown tree init {init!r}; choose from auto, {', '.join(TREE_INITS)}")
-    if init == "category":
-        return category_tree(data.item_category, seed, arity)
+    if init in ("category", "category-random"):
+        if not data.has_category:
+            raise DataError(f"--tree-init {init} needs a log with categories; this one has none")
+        return category_tree(data.item_category, seed, arity, shuffle_within=init == "category-random")
+    if init == "id-order":
+        return tree_from_order(np.arange(data.n_items), arity)
     if init == "random":
         return random_tree(data.n_items, seed, arity)
     from trainer.data import rows_of_users

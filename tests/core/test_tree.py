@@ -49,6 +49,24 @@ def test_category_tree_groups_categories() -> None:
     assert category_tree(categories, seed=1).equals(tree)
 
 
+def test_category_tree_in_random_order_within_categories() -> None:
+    """TDM's description: categories contiguous, items inside one in a seeded random order
+    (the default keeps them in id order, which carries the catalogue's history)."""
+    rng = np.random.default_rng(0)
+    categories = rng.integers(0, 6, size=500)
+    by_id = category_tree(categories, seed=1)
+    shuffled = category_tree(categories, seed=1, shuffle_within=True)
+    assert_valid(shuffled, 500)
+    order = shuffled.leaf_item[shuffled.leaf_item >= 0]
+    assert (np.diff(categories[order]) != 0).sum() == len(np.unique(categories)) - 1
+    id_order = by_id.leaf_item[by_id.leaf_item >= 0]
+    for category in np.unique(categories):
+        inside = order[categories[order] == category]
+        assert np.array_equal(np.sort(inside), id_order[categories[id_order] == category])
+        assert not np.array_equal(inside, np.sort(inside))
+    assert category_tree(categories, seed=1, shuffle_within=True).equals(shuffled)
+
+
 @pytest.mark.parametrize("arity", [2, 3])
 def test_random_and_kmeans_trees(arity: int) -> None:
     assert_valid(random_tree(777, seed=0, arity=arity), 777)

@@ -10,14 +10,8 @@ import numpy as np
 import torch
 
 from tests.trainer.test_baselines import context
-from trainer.baselines.two_tower import (
-    HNSWConfig,
-    TwoTowerConfig,
-    TwoTowerHNSW,
-    augmented_item_vectors,
-    build_hnsw,
-    search_queries,
-)
+from trainer.baselines.hnsw_index import HNSWConfig, build_hnsw, search_queries
+from trainer.baselines.two_tower import TwoTowerConfig, TwoTowerHNSW, augmented_item_vectors
 from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeNet
 from trainer.data import DataConfig, load_interactions, make_eval_set, split_users
 from trainer.evaluate import beam_fidelity, evaluate
@@ -82,3 +76,21 @@ def test_compare_records_the_tuning_grid() -> None:
     run = SeedRun(seed=0, metrics=metrics, seconds=1.0, tuning=[{"dim": 32, "lr": 3e-3, "valid_recall": 0.6}])
     assert SeedRun.from_json(run.to_json()).tuning == run.tuning
 
+
+
+def test_bench_retrieval_times_the_two_tower_index_beside_the_beam_search(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "retrieval.json"
+    result = subprocess.run([sys.executable, "-m", "bench.bench_retrieval", "--sizes", "3000", "--requests", "20",
+                             "--brute-requests", "2", "--beams", "50", "--k", "50", "--hnsw", "--json", str(out)],
+                            cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "HNSW recall of exact top-k" in result.stdout
+    hnsw = json.loads(out.read_text())["results"][0]["hnsw"]
+    assert hnsw["ef_search"] == 256 and hnsw["dim"] == 65
+    assert hnsw["recall_of_exact_top_k"] >= 0.95  # the exact scan is the reference
+    assert hnsw["search_ms"]["p50"] > 0 and hnsw["build_seconds"] > 0

@@ -24,22 +24,13 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from trainer.baselines.hnsw_index import HNSWConfig, build_hnsw, search_queries
 from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
 from trainer.data import EvalSet
 from trainer.evaluate import beam_fidelity, evaluate
 from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class HNSWConfig:
-    """faiss IndexHNSWFlat parameters. The defaults are the usual production starting point
-    (degree 32, construction depth 200); the search depth grows with the results asked for."""
-
-    neighbours: int = 32  # M: links per node
-    ef_construction: int = 200
-    ef_search: int = 256  # at least; raised to 2 x the results asked for
 
 
 @dataclass(frozen=True)
@@ -60,34 +51,6 @@ def augmented_item_vectors(net) -> np.ndarray:
     with torch.no_grad():
         vectors = torch.cat([net.output_embedding.weight, net.output_bias[:, None]], dim=1)
     return np.ascontiguousarray(vectors.numpy(), dtype=np.float64)
-
-
-def euclidean_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows [x, sqrt(R^2 - |x|^2)] with R the largest norm: all of norm R, so a query [q, 0]'s
-    Euclidean ranking is its inner-product ranking (|q' - x'|^2 = |q|^2 + R^2 - 2 q . x).
-
-    Why: an HNSW graph built on raw inner products links poorly around the few long (popular,
-    high-bias) vectors; this reduction (Bachrach et al., RecSys 2014) lets it use the metric
-    it navigates best."""
-    norms = np.einsum("ij,ij->i", vectors, vectors)
-    extra = np.sqrt(np.maximum(norms.max() - norms, 0.0))
-    return np.ascontiguousarray(np.hstack([vectors, extra[:, None]]), dtype=np.float32)
-
-
-def build_hnsw(vectors: np.ndarray, config: HNSWConfig):
-    """An HNSW graph whose nearest neighbours of [q, 0] are the inner-product top of q."""
-    import faiss
-
-    rows = euclidean_rows(vectors)
-    index = faiss.IndexHNSWFlat(rows.shape[1], config.neighbours, faiss.METRIC_L2)
-    index.hnsw.efConstruction = config.ef_construction
-    index.add(rows)
-    return index
-
-
-def search_queries(queries: np.ndarray) -> np.ndarray:
-    """Queries [q, 0] for an index from `build_hnsw`."""
-    return np.ascontiguousarray(np.hstack([queries, np.zeros((len(queries), 1))]), dtype=np.float32)
 
 
 class TwoTowerHNSW:
@@ -149,7 +112,7 @@ class TwoTowerHNSW:
             stop = min(start + batch, len(eval_set))
             extra = int(np.diff(offsets[start:stop + 1]).max()) if exclude_seen else 0
             k = min(m + extra, self.index.ntotal)
-            self.index.hnsw.efSearch = max(self.config.hnsw.ef_search, 2 * k)
+            self.index.hnsw.efSearch = self.config.hnsw.ef_search_for(k)
             _, found = self.index.search(queries[start:stop], k)
             for row, items in enumerate(found):
                 items = items[items >= 0]
