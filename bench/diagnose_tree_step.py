@@ -39,34 +39,28 @@ from pathlib import Path
 import numpy as np
 
 from service.core.tree import Tree
-from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
+from trainer.data import DataConfig, SampleSet, load_interactions, make_eval_set, make_samples, split_users
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.evaluate import validation_metrics
 from trainer.methods import MethodOptions, deep_config
 from trainer.model import TreeScorer
-from trainer.pair_scores import PairScorer
 from trainer.recommender import FitContext
 from trainer.tree_build import category_tree, random_tree
-from trainer.tree_learning import TreeLearningConfig, capped_samples, learn_tree, reinit_internal_nodes, segments
+from trainer.tree_learning import (
+    TreeLearningConfig,
+    capped_samples,
+    learn_tree,
+    reinit_internal_nodes,
+    segments,
+    tree_level_objectives,
+)
 
 
-def level_losses(model: TreeScorer, trees: dict[str, Tree], feature_tree: Tree, targets: np.ndarray,
-                 histories, index: np.ndarray, hierarchical: bool, batch: int = 1024) -> dict[str, np.ndarray]:
+def level_losses(model: TreeScorer, trees: dict[str, Tree], feature_tree: Tree, samples: SampleSet,
+                 index: np.ndarray, hierarchical: bool) -> dict[str, np.ndarray]:
     """name -> (depth,) sum over samples[index] of -log p(b_j(pi(c)) | u), per level j = 1..depth."""
-    scorer = PairScorer(model, feature_tree, hierarchical)
-    depth = next(iter(trees.values())).depth
-    totals = {name: np.zeros(depth) for name in trees}
-    for start in range(0, len(index), batch):
-        rows = index[start:start + batch]
-        lookups = {name: tree.ancestor_ids_by_level(targets[rows]) for name, tree in trees.items()}
-        names = list(trees)
-        nodes = {level: np.stack([lookups[n](level) for n in names], axis=1) for level in range(1, depth + 1)}
-        scored = scorer.log_probs(histories(rows), nodes)
-        for level in range(1, depth + 1):
-            sums = -scored[level].astype(np.float64).sum(axis=0)
-            for i, name in enumerate(names):
-                totals[name][level - 1] += sums[i]
-    return totals
+    per_level = tree_level_objectives(model, list(trees.values()), feature_tree, samples, index, hierarchical)
+    return dict(zip(trees, per_level, strict=True))
 
 
 def top_segment_only(current: Tree, learnt: Tree, end: int) -> Tree:
@@ -126,7 +120,7 @@ def main() -> None:
     if data.has_category and data.n_categories > 1:
         trees["category"] = category_tree(data.item_category, args.seed, current.arity)
     index = capped_samples(ctx.samples.targets, learning.max_samples_per_item, learning.seed)
-    losses = level_losses(model, trees, current, ctx.samples.targets, ctx.samples.histories, index, hierarchical)
+    losses = level_losses(model, trees, current, ctx.samples, index, hierarchical)
     valid = {name: validation_metrics(model, tree, ctx, args.m)["recall"] for name, tree in trees.items()}
     # The same, with every tree's internal nodes set to the mean of their items' rows: a judge
     # that cannot have memorised any tree (the leaves, i.e. the items, are the trained model's).
@@ -134,8 +128,7 @@ def main() -> None:
     for name, tree in trees.items():
         nodes_as_means = copy.deepcopy(model)
         reinit_internal_nodes(nodes_as_means, tree)
-        neutral[name] = level_losses(nodes_as_means, {name: tree}, current, ctx.samples.targets,
-                                     ctx.samples.histories, index, hierarchical)[name]
+        neutral[name] = level_losses(nodes_as_means, {name: tree}, current, ctx.samples, index, hierarchical)[name]
         neutral_valid[name] = validation_metrics(nodes_as_means, tree, ctx, args.m)["recall"]
 
     depth = current.depth

@@ -34,7 +34,6 @@ never materialised for all samples at once.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -514,12 +513,27 @@ def judged_objectives(model: TreeScorer, tree: Tree, new_tree: Tree, samples: Sa
         return before, after
     if judge != "neutral":
         raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {judge!r}")
+    # Both trees have the same shape, so they share the internal rows: save those, set them to
+    # each tree's means in place, and put them back. A copy of the whole model per tree would
+    # hold the item rows twice more (~800 MB at 4M items) for rows the judge never changes.
+    internal = torch.from_numpy(internal_node_rows(tree)).to(model.embedding.weight.device)
+    with torch.no_grad():
+        saved_rows, saved_bias = model.embedding.weight[internal].clone(), model.bias.weight[internal].clone()
     scores = []
-    for candidate in (tree, new_tree):
-        neutral = copy.deepcopy(model)
-        reinit_internal_nodes(neutral, candidate)
-        scores.append(tree_objective(neutral, candidate, candidate, samples, index, hierarchical))
+    try:
+        for candidate in (tree, new_tree):
+            reinit_internal_nodes(model, candidate)
+            scores.append(tree_objective(model, candidate, candidate, samples, index, hierarchical))
+    finally:
+        with torch.no_grad():
+            model.embedding.weight[internal] = saved_rows
+            model.bias.weight[internal] = saved_bias
     return scores[0], scores[1]
+
+
+def internal_node_rows(tree: Tree) -> np.ndarray:
+    """Embedding rows of every node above the leaves (the rows `reinit_internal_nodes` sets)."""
+    return np.concatenate([tree.node_ids(level, np.arange(tree.level_size(level))) for level in range(tree.depth)])
 
 
 def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
@@ -562,6 +576,16 @@ def tree_objectives(
     """`tree_objective` for several target trees of the same depth under one feature mapping
     (the guard's before and after): the user states, the expensive part with hierarchical
     features (one per sample and level), are computed once and scored against every tree."""
+    per_level = tree_level_objectives(model, trees, feature_tree, samples, index, hierarchical, batch_size)
+    return [float(t) for t in per_level.sum(axis=1)]
+
+
+def tree_level_objectives(
+    model: TreeScorer, trees: Sequence[Tree], feature_tree: Tree, samples: SampleSet, index: np.ndarray,
+    hierarchical: bool, batch_size: int = 512,
+) -> np.ndarray:
+    """(len(trees), depth) float64: L split by level, entry [t, j - 1] the sum over samples[index]
+    of -log p(b_j(pi_t(c)) | u) (a step can lower L overall while raising it at some levels)."""
     from trainer import distributed
 
     if len({t.depth for t in trees}) != 1:
@@ -576,21 +600,23 @@ def tree_objectives(
     workers = min(default_threads() if device.type == "cpu" else 1, max(len(batches), 1))
 
     scorer = PairScorer(model, feature_tree, hierarchical)
-    levels = range(1, trees[0].depth + 1)
+    depth = trees[0].depth
+    levels = range(1, depth + 1)
 
     def work(worker: int) -> np.ndarray:
-        part = np.zeros(len(trees))
+        part = np.zeros((len(trees), depth))
         for batch in batches[worker::workers]:
             ids_at = [tree.ancestor_ids_by_level(targets[batch]) for tree in trees]  # leaves looked up once
             nodes = {level: np.stack([at(level) for at in ids_at], axis=1) for level in levels}  # (B, trees)
             scored = scorer.log_probs(samples.histories(batch), nodes)
-            part -= sum(scored[level].astype(np.float64).sum(axis=0) for level in levels)
+            for level in levels:
+                part[:, level - 1] -= scored[level].astype(np.float64).sum(axis=0)
         return part
 
     totals = np.sum(run_parallel(work, workers), axis=0)  # fixed order: deterministic
     if ctx is not None:
         totals = distributed.sum_array(totals)
-    return [float(t) for t in totals]
+    return totals
 
 
 # --------------------------------------------------------------------------- process pool

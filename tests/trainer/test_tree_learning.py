@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from trainer.tree_learning import (
     learn_tree,
     segments,
     subtree_layout,
+    tree_level_objectives,
     tree_objective,
     tree_objectives,
 )
@@ -165,6 +168,16 @@ def test_objectives_of_several_trees_match_brute_force(hierarchical: bool) -> No
     got = tree_objectives(model, [tree, other], tree, samples, index, hierarchical, batch_size=7)
     assert got == pytest.approx([-weights[items, t.item_leaf].sum() for t in (tree, other)], rel=1e-5)
     assert got[1] == pytest.approx(tree_objective(model, other, tree, samples, index, hierarchical), rel=1e-6)
+    # Split by level: the rows add up to the totals, and swapping two sibling leaves changes the
+    # bottom level only (every item keeps its ancestors above it).
+    leaf = tree.item_leaf.copy()
+    first, second = (int(i) for i in np.flatnonzero(leaf // tree.arity == leaf[0] // tree.arity)[:2])
+    leaf[[first, second]] = leaf[[second, first]]
+    swapped = Tree.from_leaves(leaf, arity=tree.arity, depth=tree.depth)
+    per_level = tree_level_objectives(model, [tree, other, swapped], tree, samples, index, hierarchical, batch_size=7)
+    assert per_level.shape == (3, tree.depth)
+    assert per_level[:2].sum(axis=1) == pytest.approx(got, rel=1e-9)
+    assert np.allclose(per_level[2, :-1], per_level[0, :-1], rtol=1e-9) and per_level[2, -1] != per_level[0, -1]
 
 
 def test_parallel_workers_give_the_same_tree() -> None:
@@ -229,7 +242,7 @@ def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_pref
     from trainer.step import TrainConfig
     from trainer.training import fit_scorer
     from trainer.tree_build import tree_from_order
-    from trainer.tree_learning import capped_samples, judged_objectives
+    from trainer.tree_learning import capped_samples, judged_objectives, reinit_internal_nodes, tree_objective
 
     n_items, cluster, samples = planted_clusters()
     current, other = random_tree(n_items, 0), random_tree(n_items, 1)
@@ -241,8 +254,14 @@ def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_pref
     index = capped_samples(samples.targets, 50, 0)
     trained = {name: judged_objectives(model, current, tree, samples, index, False, "trained")
                for name, tree in (("planted", planted), ("other", other))}
+    state = {name: value.clone() for name, value in model.state_dict().items()}
     neutral = {name: judged_objectives(model, current, tree, samples, index, False, "neutral")
                for name, tree in (("planted", planted), ("other", other))}
+    assert all(torch.equal(state[name], value) for name, value in model.state_dict().items())  # left as it was
+    reference = copy.deepcopy(model)  # the judge by definition: a copy whose internal nodes are the means
+    reinit_internal_nodes(reference, planted)
+    assert neutral["planted"][1] == pytest.approx(tree_objective(reference, planted, planted, samples, index, False),
+                                                  rel=1e-9)
     assert trained["planted"][1] > trained["planted"][0]  # L(planted) > L(current): memorised
     assert trained["other"][1] > trained["other"][0]
     assert neutral["planted"][1] < 0.95 * neutral["planted"][0]  # the planted tree wins clearly
