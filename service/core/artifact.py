@@ -78,6 +78,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A new directory in `parent` that is renamed into place once complete, with the permissions
+    a plain `mkdir` gives (0777 less the umask: 0755 usually), not mkdtemp's private 0700: a
+    published artifact is read by a service that may run as another user, and its files are
+    already 0644."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(path, 0o777 & ~_UMASK)
+    return path
+
+
 def _read_umask() -> int:
     """The process umask (read by setting it and putting it back: there is no getter). Read
     once at import, so no later thread ever sees the temporary value."""
@@ -287,7 +297,7 @@ def write_artifact(out: str | Path, write_files: Callable[[Path], dict[str, Any]
     if out.exists() and any(out.iterdir()):
         raise ArtifactError(f"{out}: already exists and is not empty; artifacts are immutable, choose a new directory")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    staging = staging_dir(out.parent, f".{out.name}.")
     try:
         sections = write_files(staging)
         files = file_entries(staging, list(REQUIRED_FILES))

@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.core.artifact import ArtifactError, atomic_write_bytes, verify_artifact
+from service.core.artifact import ArtifactError, atomic_write_bytes, staging_dir, verify_artifact
 
 CURRENT = "CURRENT"
 AB_FILE = "AB.json"
@@ -167,7 +166,7 @@ class Registry:
                 raise ArtifactError(f"{target}: version {version} exists with different files")
             return version
         self.versions_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.versions_dir, prefix=f".{version}."))
+        staging = staging_dir(self.versions_dir, f".{version}.")
         try:
             for name in ["manifest.json", *manifest["files"]]:
                 shutil.copyfile(artifact / name, staging / name)

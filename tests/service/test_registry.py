@@ -35,6 +35,24 @@ def two_artifacts(trained) -> tuple[Path, Path]:
     return trained["tdm"][1], trained["jtm-h"][1]
 
 
+def test_published_directories_are_as_readable_as_their_files(artifact: Path, tmp_path: Path) -> None:
+    """An exported artifact and its copy in a registry get a plain mkdir's permissions (0755 under
+    the usual umask 022), not a temporary directory's private 0700: a service running as another
+    user must be able to enter them, as it can read their files (0644)."""
+    import stat
+
+    plain_dir, plain_file = tmp_path / "plain", tmp_path / "plain.txt"
+    plain_dir.mkdir()
+    plain_file.write_bytes(b"x")
+    mode = lambda path: stat.S_IMODE(path.stat().st_mode)  # noqa: E731
+    if mode(plain_dir) == 0o755:
+        assert mode(plain_file) == 0o644  # the usual umask: the case the service's user depends on
+    registry = Registry(tmp_path / "registry")
+    for directory in (artifact, registry.path(registry.add(artifact))):
+        assert mode(directory) == mode(plain_dir), (directory, oct(mode(directory)))
+        assert {mode(f) for f in directory.iterdir()} == {mode(plain_file)}, directory
+
+
 def test_publish_copies_verifies_and_moves_pointer(two_artifacts, tmp_path: Path) -> None:
     a, b = two_artifacts
     registry = Registry(tmp_path / "reg")
