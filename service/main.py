@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,7 +73,9 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
             models.close()
             app.state.store.close()
 
-    app = FastAPI(title="JTM retrieval service", version="1", lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc load their JavaScript and CSS from the app itself
+    # (/static-offline-docs, shipped by fastapi-offline), not from a CDN: they work offline.
+    app = FastAPIOffline(title="JTM retrieval service", version="1", lifespan=lifespan)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
@@ -146,13 +149,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             problems.append(f"malformed JSON body: {error.get('ctx', {}).get('error', error.get('msg'))}")
             continue
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
-        problems.append(f"{where}: {error.get('msg')}")
+        message = str(error.get("msg"))
+        if error.get("type") == "value_error":  # our validators' own messages, without pydantic's prefix
+            message = message.removeprefix("Value error, ")
+        problems.append(f"{where}: {message}")
     return JSONResponse(status_code=422, content={"error": "validation", "message": "; ".join(problems[:5])})
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
-            403: "forbidden", 503: "unavailable"}.get(exc.status_code, "error")
+            403: "forbidden", 415: "unsupported_media_type", 503: "unavailable"}.get(exc.status_code, "error")
     if exc.status_code == 400:  # the framework could not parse the body (e.g. not UTF-8): invalid JSON
         return JSONResponse(status_code=422, content={"error": "validation",
                                                       "message": f"malformed request body: {exc.detail}"})

@@ -4,7 +4,8 @@ In order: shed the request if it waited past the queue budget; check it against 
 deployment's limits; resolve the history (from the request, else the behaviour store, else
 none); map original ids to the bundle's items (unknown ones are counted and dropped); build
 the filters (exclude seen items, category allow-list); beam search, or the popularity list
-when there is no usable history; and the response body. The route only adapts HTTP to this:
+when there is no usable history (`fallback_reason`: none at all, only unknown items, or the
+store could not be read); and the response body. The route only adapts HTTP to this:
 `Rejected` carries the status and message a client gets.
 """
 
@@ -55,6 +56,8 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
     beam = body.beam or bundle.default_beam
     try:
         if len(internal) == 0:
+            if unknown:  # a history was there, but the model knows none of its items
+                reason = "unknown_history"
             result: Retrieved = popular(bundle, k, allowed)
             metrics.fallbacks.labels(reason).inc()
         else:

@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import Field, StrictStr
 from starlette.concurrency import run_in_threadpool
 
+from service.api.deps import JsonBody
 from service.api.schemas import Fraction, Strict, error_responses
 from service.core.artifact import ArtifactError
 from service.core.registry import ABSetting
 
-router = APIRouter(prefix="/v1/admin", responses=error_responses(401, 403, 404, 409, 413, 422))
+router = APIRouter(prefix="/v1/admin", responses=error_responses(401, 403, 404, 409, 413, 415, 422))
 
 
 def require_admin(request: Request) -> None:
@@ -54,7 +55,7 @@ def _state(request: Request) -> dict:
             "last_error": models.last_error}
 
 
-@router.post("/reload", dependencies=[Depends(require_admin)])
+@router.post("/reload", dependencies=[Depends(require_admin), JsonBody])
 async def reload(body: ReloadRequest, request: Request) -> dict:
     follow = follower(request)
     target = body.version or follow.registry.current()
@@ -80,7 +81,7 @@ async def rollback(request: Request) -> dict:
     return _checked(request, previous)
 
 
-@router.put("/ab", dependencies=[Depends(require_admin)])
+@router.put("/ab", dependencies=[Depends(require_admin), JsonBody])
 async def start_ab(body: ABRequest, request: Request) -> dict:
     follow = follower(request)
     try:

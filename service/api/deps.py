@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
 
 from service.config import Settings
 from service.features import BehaviorStore
@@ -38,3 +38,21 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ModelsDep = Annotated[ModelStore, Depends(_models)]
 StoreDep = Annotated[BehaviorStore, Depends(_store)]
+
+
+async def require_json(request: Request) -> None:
+    """415 for a body that is not sent as JSON. FastAPI would read such a body as a string and
+    answer 422 `body: Input should be a valid dictionary`, which hides the actual mistake (curl
+    -d without `-H 'content-type: application/json'` sends application/x-www-form-urlencoded).
+    Runs before the body is validated; the body itself is already read (and cached) by then."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/json" or (media.startswith("application/") and media.endswith("+json")):
+        return
+    if not await request.body():
+        return  # no body: the validation error names the missing fields
+    sent = f"content-type {media!r}" if media else "no content-type header"
+    raise HTTPException(415, f"the body must be JSON sent with content-type: application/json ({sent} was given)")
+
+
+JsonBody = Depends(require_json)

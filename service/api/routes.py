@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import MetricsDep, ModelsDep, SettingsDep, StoreDep
+from service.api.deps import JsonBody, MetricsDep, ModelsDep, SettingsDep, StoreDep
 from service.api.schemas import (
     Event,
     EventBatch,
@@ -32,7 +32,7 @@ def unavailable(message: str) -> HTTPException:
 
 
 @router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False,
-             responses=error_responses(413, 422, 503))
+             dependencies=[JsonBody], responses=error_responses(413, 415, 422, 503))
 def recommend(body: RecommendRequest, request: Request, models: ModelsDep, settings: SettingsDep,
               metrics: MetricsDep, store: StoreDep) -> Response:
     """The request is served by one bundle from start to end, even if a new one is swapped in."""
@@ -49,7 +49,8 @@ def recommend(body: RecommendRequest, request: Request, models: ModelsDep, setti
                     headers={"X-Model-Version": answer["model_version"]})
 
 
-@router.post("/v1/events", status_code=202, response_model=EventsAccepted, responses=error_responses(413, 422, 503))
+@router.post("/v1/events", status_code=202, response_model=EventsAccepted, dependencies=[JsonBody],
+             responses=error_responses(413, 415, 422, 503))
 def events(body: Event | EventBatch, settings: SettingsDep, metrics: MetricsDep, store: StoreDep) -> EventsAccepted:
     batch = body.events if isinstance(body, EventBatch) else [body]
     if len(batch) > settings.max_events:

@@ -22,6 +22,17 @@ Id = Annotated[StrictInt | StrictStr, Field(description="an original id, as in t
 HARD_MAX_LIST = 100_000  # schema-level cap; settings apply tighter limits per deployment
 
 
+def _not_empty(value: object) -> object:
+    if isinstance(value, list) and not value:
+        raise ValueError("an empty allow-list would allow no item; leave categories out for no category filter")
+    return value
+
+
+# An empty allow-list is refused (422) rather than read as "no filter" or answered with no items:
+# either reading would hide a client's bug (an empty selection sent as the filter).
+Categories = Annotated[list[Id], Field(min_length=1, max_length=HARD_MAX_LIST), BeforeValidator(_not_empty)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -33,7 +44,8 @@ class RecommendRequest(Strict):
     k: Count = 200
     beam: BeamWidth | None = Field(None, description="default: the artifact's beam")
     exclude_seen: StrictBool = False
-    categories: list[Id] | None = Field(None, max_length=HARD_MAX_LIST, description="allow-list of category ids")
+    categories: Categories | None = Field(
+        None, description="allow-list of category ids (at least one; leave out for no category filter)")
 
 
 class ScoredItem(BaseModel):
@@ -48,7 +60,10 @@ class RecommendResponse(BaseModel):
     history_used: int = Field(description="behaviours the model saw")
     unknown_items: int = Field(description="history ids the model does not know (ignored)")
     history_source: Literal["request", "store", "none"]
-    fallback_reason: Literal["no_history", "store_unavailable"] | None = None
+    fallback_reason: Literal["no_history", "unknown_history", "store_unavailable"] | None = Field(
+        None, description="why the popular items were served: no history (none sent, none stored), "
+        "unknown_history (every history id unknown to the model: `unknown_items` says how many), "
+        "store_unavailable (the behaviour store could not be read)")
 
 
 class Event(Strict):
@@ -80,6 +95,7 @@ def error_responses(*codes: int) -> dict[int | str, dict]:
     """OpenAPI `responses` for the error statuses a route can answer (all share ErrorBody)."""
     meaning = {400: "malformed request", 401: "missing bearer token", 403: "admin API disabled or wrong token",
                404: "no such version", 409: "conflicts with the serving state", 413: "request too large",
+               415: "the body is not sent as application/json",
                422: "invalid request: the message names the field", 503: "overloaded or a dependency is down; "
                "retry after the Retry-After header"}
     return {code: {"model": ErrorBody, "description": meaning[code]} for code in codes}

@@ -74,6 +74,75 @@ def test_exclude_seen_and_category_filter(client: TestClient, artifact: Path) ->
     assert {i["item_id"] for i in body["items"]} <= allowed
 
 
+def test_an_empty_category_allow_list_is_refused(client: TestClient, artifact: Path) -> None:
+    """`categories: []` is a 422 that says how to ask for no filter, not a silent empty answer;
+    the published schema says so too (minItems 1)."""
+    r = client.post("/v1/recommend", json={"history": ids(artifact, 3), "k": 5, "categories": []})
+    assert r.status_code == 422, r.text
+    assert r.json()["message"].startswith("categories: ") and "leave categories out" in r.json()["message"]
+    assert "Value error" not in r.json()["message"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert schema["categories"]["anyOf"][0]["minItems"] == 1
+    assert client.post("/v1/recommend", json={"history": ids(artifact, 3), "k": 5}).json()["items"]
+
+
+def test_fallback_reason_says_why(client: TestClient, artifact: Path) -> None:
+    """A history the model knows none of is `unknown_history` (with the count), not `no_history`,
+    whether it came in the request or from the behaviour store."""
+    body = client.post("/v1/recommend", json={"history": ["nope", 987654321, "nope"], "k": 7}).json()
+    assert body["fallback"] == "popular" and body["fallback_reason"] == "unknown_history"
+    assert body["unknown_items"] == 3 and body["history_used"] == 0 and body["history_source"] == "request"
+    for payload in ({"k": 7}, {"history": [], "k": 7}, {"user_id": "never-seen", "k": 7}):
+        body = client.post("/v1/recommend", json=payload).json()
+        assert body["fallback_reason"] == "no_history" and body["unknown_items"] == 0, payload
+    client.post("/v1/events", json={"events": [{"user_id": "ghost", "item_id": f"gone-{i}"} for i in range(4)]})
+    body = client.post("/v1/recommend", json={"user_id": "ghost", "k": 7}).json()
+    assert body["fallback_reason"] == "unknown_history" and body["unknown_items"] == 4
+    assert body["history_source"] == "store"
+    known = client.post("/v1/recommend", json={"history": [*ids(artifact, 2), "nope"], "k": 7}).json()
+    assert known["fallback"] is None and known["fallback_reason"] is None and known["unknown_items"] == 1
+    assert "unknown_history" in str(client.get("/openapi.json").json()["components"]["schemas"]["RecommendResponse"])
+
+
+@pytest.mark.parametrize("path, payload", [("/v1/recommend", {"history": [1, 2], "k": 5}),
+                                           ("/v1/events", {"user_id": "a", "item_id": 1})])
+def test_a_body_not_sent_as_json_gets_415(client: TestClient, path: str, payload: dict) -> None:
+    """A JSON body with another content type is named in a 415, instead of the 422 `body: Input
+    should be a valid dictionary` FastAPI would give (curl -d without a content-type header)."""
+    import json
+
+    raw = json.dumps(payload).encode()
+    for content_type, named in (("text/plain", "'text/plain'"),
+                                ("application/x-www-form-urlencoded", "'application/x-www-form-urlencoded'"),
+                                (None, "no content-type header")):
+        headers = {} if content_type is None else {"content-type": content_type}
+        r = client.post(path, content=raw, headers=headers)
+        assert r.status_code == 415, (content_type, r.text)
+        assert r.json()["error"] == "unsupported_media_type" and named in r.json()["message"]
+        assert "application/json" in r.json()["message"]
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        r = client.post(path, content=raw, headers={"content-type": content_type})
+        assert r.status_code in (200, 202), (content_type, r.text)
+    r = client.post(path, content=b"", headers={"content-type": "text/plain"})
+    assert r.status_code == 422  # no body at all: the missing fields are the problem
+
+
+def test_docs_load_no_asset_from_the_network(client: TestClient) -> None:
+    """/docs and /redoc reference only the app's own assets (they work offline), and each is served."""
+    import re
+
+    for page in ("/docs", "/redoc"):
+        r = client.get(page)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+        references = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']+)', r.text)
+        assert references, r.text
+        assert not [u for u in references if "//" in u], r.text  # no http(s):// or protocol-relative URL
+        for url in references:
+            asset = client.get(url)
+            assert asset.status_code == 200 and len(asset.content) > 1000, url
+    assert "openapi.json" in client.get("/docs").text
+
+
 def test_events_feed_the_store(client: TestClient, artifact: Path) -> None:
     items = ids(artifact, 4, start=10)
     r = client.post("/v1/events", json={"user_id": "alice", "item_id": items[0], "timestamp": 1})
