@@ -15,16 +15,19 @@ from pydantic import ValidationError
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--artifact", help="artifact directory to serve (or JTM_ARTIFACT)")
-    parser.add_argument("--registry", help="registry directory: serve and follow its current version")
+    parser.add_argument("--artifact", help="artifact directory to serve (or JTM_ARTIFACT; no default: give this or "
+                        "--registry)")
+    parser.add_argument("--registry", help="registry directory: serve and follow its current version (default: "
+                        "none, serve --artifact)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default 8000)")
     parser.add_argument("--redis-url", help="behaviour store, e.g. redis://127.0.0.1:6379/0 (default: in-process)")
     parser.add_argument("--no-batching", action="store_true", help="score each request on its own")
     parser.add_argument("--ort-threads", type=int, help="onnxruntime intra-op threads per scoring call "
                         "(default 1: concurrent requests run in parallel instead)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="onnxruntime execution provider")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="onnxruntime execution provider (default cpu)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log level (default info)")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own copy of the model (default 1)")
     return parser

@@ -14,13 +14,40 @@ from trainer.errors import DataError
 from trainer.formats import FORMATS
 from trainer.tree_build import TREE_INITS
 
+# The names `train --method` accepts (trainer.run.TRAINABLE; tests/trainer/test_errors.py checks).
+TRAIN_METHODS = "dnn, tdm, jtm-j, jtm-h, jtm, jtm-cluster"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help shows its default: " (default: X)" is appended unless the help already
+    says it in words (an option whose default is "each method's own" or "none" says which)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if not action.option_strings or action.required or "default" in text or unset:
+            return text  # positionals and required options have none; a flag's is off
+        return f"{text} (default: %(default)s)"
+
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="interaction log (CSV/TSV/Parquet, .gz ok), or a directory written by `prepare`")
-    parser.add_argument("--format", default="auto", choices=FORMATS, help="log format (default: detect)")
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="log format (auto: detect it from the file name and first line)")
     parser.add_argument("--min-interactions", type=int, default=10, help="keep users with at least this many")
-    parser.add_argument("--behaviors", default=None, help="UserBehavior only: comma list of pv,buy,cart,fav")
+    parser.add_argument("--behaviors", default=None,
+                        help="UserBehavior only: comma list of pv,buy,cart,fav to keep (default: all)")
+
+
+def _add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """The evaluation protocol's options, shared by compare, train and figure2."""
+    parser.add_argument("--m", type=int, default=200, help="M in P/R/F@M, for validation and test (paper: 200)")
+    parser.add_argument("--exclude-seen", action="store_true",
+                        help="never recommend an item of the user's feature half (not in the paper)")
+    parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of users held out for validation")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of users held out for test")
+    parser.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
 
 
 def _data_config(args: argparse.Namespace):
@@ -140,19 +167,22 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    # The defaults quoted below are the configurations' own (tests/trainer/test_errors.py checks them).
     group = parser.add_argument_group("model and training (defaults: each method's own)")
-    group.add_argument("--epochs", type=int, default=None, help="max epochs (validation recall picks the best)")
-    group.add_argument("--batch-size", type=int, default=None)
-    group.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 2e-3)")
-    group.add_argument("--dim", type=int, default=None, help="embedding size")
+    group.add_argument("--epochs", type=int, default=None,
+                       help="max epochs; validation recall picks the best (default 10; youtube 20, two-tower 40)")
+    group.add_argument("--batch-size", type=int, default=None, help="training batch size (default 256)")
+    group.add_argument("--lr", type=float, default=None,
+                       help="Adam learning rate (default 2e-3; youtube 1e-3; two-tower tunes it)")
+    group.add_argument("--dim", type=int, default=None, help="embedding size (default 32; two-tower tunes it)")
     group.add_argument("--arity", type=int, default=None, help="tree arity (default 2)")
     group.add_argument("--tree-init", default=None, choices=["auto", *TREE_INITS],
-                       help="initial tree (auto: category when the log has categories, else kmeans); "
+                       help="initial tree (default auto: category when the log has categories, else kmeans); "
                             "category-random shuffles items inside a category, id-order ignores categories")
     group.add_argument("--leaf-negatives", type=int, default=None,
                        help="negatives at the leaf level, halving upward (default 50)")
     group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")
-    group.add_argument("--device", default="cpu", help="cpu, or cuda when present")
+    group.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) when present")
     group.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
                        help="training forward precision (default auto: bf16 on AMX/AVX512-BF16/CUDA)")
     group.add_argument("--kernel", default=None, choices=["auto", "fused", "autograd"],
@@ -308,16 +338,17 @@ def _metrics_line(m: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True)
+    sub = _Subcommands(commands)
 
     synth = sub.add_parser("synth", help="generate a synthetic interaction log with a planted hierarchy")
     synth.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
-    synth.add_argument("--items", type=int, default=10_000)
-    synth.add_argument("--users", type=int, default=2_000)
-    synth.add_argument("--interactions", type=int, default=None, help="default: 30 per user")
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--items", type=int, default=10_000, help="catalogue size")
+    synth.add_argument("--users", type=int, default=2_000, help="number of users")
+    synth.add_argument("--interactions", type=int, default=None, help="number of interactions (default: 30 per user)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument("--chunk-users", type=int, default=None,
                        help="write this many users at a time (default: whole log in memory up to 20M "
                             "interactions, ~10M-event chunks beyond)")
@@ -331,23 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="evaluate methods under the paper's protocol (Table 1)")
     _add_data_arguments(compare)
-    compare.add_argument("--methods", default="pop,itemcf,youtube", help="comma list")
-    compare.add_argument("--m", type=int, default=200, help="M in P/R/F@M (paper: 200)")
+    compare.add_argument("--methods", default="pop,itemcf,youtube",
+                         help="comma list of pop, itemcf, youtube, two-tower, " + TRAIN_METHODS)
     compare.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
     compare.add_argument("--seed", type=int, default=0, help="first seed")
-    compare.add_argument("--exclude-seen", action="store_true",
-                         help="never recommend an item of the user's feature half (not in the paper)")
-    compare.add_argument("--valid-fraction", type=float, default=0.1)
-    compare.add_argument("--test-fraction", type=float, default=0.1)
-    compare.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
+    _add_protocol_arguments(compare)
     compare.add_argument("--itemcf-neighbours", type=int, default=None,
                          help="Item-CF: only the K most similar items of each history item (default: all)")
     compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
-    compare.add_argument("--json", default=None, help="write the results here")
+    compare.add_argument("--json", default=None, help="also write the results here (default: print the table only)")
     compare.add_argument("--per-user", action="store_true",
                          help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
     compare.add_argument("--plot", default=None, metavar="PNG",
-                         help="also draw recall per method and paired differences against the reference")
+                         help="also draw recall per method and paired differences against the reference "
+                              "(default: no plot)")
     _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
 
@@ -358,61 +386,71 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--reference", default=None,
                        help="method the paired differences are taken against (default: the first part's)")
     merge.add_argument("--plot", default=None, metavar="PNG",
-                       help="also draw recall per method and paired differences against the reference")
+                       help="also draw recall per method and paired differences against the reference "
+                            "(default: no plot)")
     merge.set_defaults(func=cmd_merge)
 
     train = sub.add_parser("train", help="train one method and write a run directory")
     _add_data_arguments(train)
-    train.add_argument("--method", required=True, help="dnn, tdm, jtm-j, jtm-h, jtm or jtm-cluster")
+    train.add_argument("--method", required=True,
+                       help=f"one of {TRAIN_METHODS} (the baselines pop, itemcf, youtube, two-tower: use compare)")
     train.add_argument("--out", required=True, help="run directory to write")
     train.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
-    train.add_argument("--m", type=int, default=200, help="M for validation and test metrics")
-    train.add_argument("--exclude-seen", action="store_true", help="never recommend feature-half items")
-    train.add_argument("--valid-fraction", type=float, default=0.1)
-    train.add_argument("--test-fraction", type=float, default=0.1)
-    train.add_argument("--max-history", type=int, default=69)
-    train.add_argument("--export", default=None, metavar="ARTIFACT_DIR", help="also export an artifact here")
-    train.add_argument("--publish", default=None, metavar="REGISTRY", help="also publish it to this registry")
+    _add_protocol_arguments(train)
+    train.add_argument("--export", default=None, metavar="ARTIFACT_DIR",
+                       help="also export an artifact here (default: no export)")
+    train.add_argument("--publish", default=None, metavar="REGISTRY",
+                       help="also export and publish it to this registry (default: not published)")
     train.add_argument("--start-from", default=None, metavar="RUN",
-                       help="jtm/jtm-j: continue the joint loop from this tdm/jtm-h run (its iteration 0)")
-    train.add_argument("--redis-url", default=None, help="announce the published version on this Redis")
+                       help="jtm/jtm-j: continue the joint loop from this tdm/jtm-h run (its iteration 0; "
+                            "default: train iteration 0 here)")
+    train.add_argument("--redis-url", default=None,
+                       help="announce the published version on this Redis (default: the registry files only)")
     train.add_argument("--no-fidelity", action="store_true",
                        help="skip the brute-force comparison on test users (it scores every item per user)")
     _add_model_arguments(train)
     train.set_defaults(func=cmd_train)
 
     export = sub.add_parser("export", help="write a versioned ONNX + tree artifact from a run directory")
-    export.add_argument("--run", required=True)
+    export.add_argument("--run", required=True, help="run directory written by train")
     export.add_argument("--out", required=True, help="artifact directory to create (must not exist)")
     export.set_defaults(func=cmd_export)
 
     publish = sub.add_parser("publish", help="copy an artifact into a registry and make it current")
-    publish.add_argument("--artifact", required=True)
-    publish.add_argument("--registry", required=True)
-    publish.add_argument("--redis-url", default=None, help="also set the Redis key and announce on pub/sub")
+    publish.add_argument("--artifact", required=True, help="artifact directory written by export")
+    publish.add_argument("--registry", required=True, help="registry directory (created when absent)")
+    publish.add_argument("--redis-url", default=None,
+                         help="also set the Redis key and announce on pub/sub (default: the registry files only)")
     publish.set_defaults(func=cmd_publish)
 
     figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
     _add_data_arguments(figure2)
     figure2.add_argument("--out", required=True, help="directory for figure2.png and figure2.json")
-    figure2.add_argument("--seed", type=int, default=0)
-    figure2.add_argument("--m", type=int, default=200)
-    figure2.add_argument("--exclude-seen", action="store_true")
-    figure2.add_argument("--valid-fraction", type=float, default=0.1)
-    figure2.add_argument("--test-fraction", type=float, default=0.1)
-    figure2.add_argument("--max-history", type=int, default=69)
+    figure2.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
+    _add_protocol_arguments(figure2)
     _add_model_arguments(figure2)
     figure2.set_defaults(func=cmd_figure2)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a run directory on its test users")
     evaluate.add_argument("--run", required=True, help="run directory written by train")
-    evaluate.add_argument("--m", type=int, default=None, help="default: the run's M")
-    evaluate.add_argument("--beam", type=int, default=None, help="default: the run's beam")
-    evaluate.add_argument("--exclude-seen", action="store_true")
+    evaluate.add_argument("--m", type=int, default=None, help="M in P/R/F@M (default: the run's M)")
+    evaluate.add_argument("--beam", type=int, default=None, help="beam width of the search (default: the run's beam)")
+    evaluate.add_argument("--exclude-seen", action="store_true",
+                          help="never recommend feature-half items (default: the run's own rule)")
     evaluate.add_argument("--no-fidelity", action="store_true", help="skip the brute-force comparison")
-    evaluate.add_argument("--json", default=None)
+    evaluate.add_argument("--json", default=None, help="also write the metrics here (default: print only)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
+
+
+class _Subcommands:
+    """add_parser with this module's HelpFormatter (subparsers do not inherit it)."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, formatter_class=HelpFormatter, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,6 +77,10 @@ def read_log(path: str | Path, fmt: str = "auto", behaviors: tuple[str, ...] | N
         raise DataError("is a directory, expected an interaction log file", path)
     if fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", path)
+    if _is_empty(path):
+        detail = "" if path.stat().st_size == 0 else " once decompressed" if path.name.endswith(".gz") else \
+            " (nothing but blank lines)"
+        raise DataError(f"the file is empty{detail}", path)
     if fmt == "auto":
         fmt = detect_format(path)
     reader = _READERS[fmt]
@@ -307,6 +311,23 @@ def _timestamps(path: Path, column: pd.Series, header_rows: int) -> pd.Series:
         )
     epoch = pd.Timestamp(0, tz="UTC")  # resolution-independent (pandas 3 may use us, not ns)
     return ((dates - epoch) // pd.Timedelta(seconds=1)).astype(np.int64)
+
+
+def _is_empty(path: Path, probe: int = 1 << 16) -> bool:
+    """No bytes at all, or (a text log, gzip included) nothing but blank lines. Each reader would
+    fail on such a file with its own confusing message (no header, an undetectable format, a
+    parser's EmptyDataError); this names the problem. Reads at most `probe` characters."""
+    if path.stat().st_size == 0:
+        return True
+    if _strip_compression(path.name).lower().endswith((".parquet", ".pq")) or (
+            path.name != _strip_compression(path.name) and not path.name.endswith(".gz")):
+        return False  # binary, or compressed in a way this module does not open as text
+    try:
+        with _open_text(path) as fh:
+            head = fh.read(probe)
+    except (OSError, EOFError):
+        return False  # unreadable: the reader reports it
+    return len(head) < probe and not head.strip()
 
 
 def _first_line(path: Path) -> str:

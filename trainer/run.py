@@ -34,7 +34,7 @@ from trainer.data import (
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 from trainer.evaluate import evaluate
-from trainer.methods import MethodOptions, build_method
+from trainer.methods import METHODS, MethodOptions, build_method
 from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,10 @@ def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: 
 def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     """Load data, split, fit, evaluate on test users, and write the run directory."""
     if spec.method not in TRAINABLE:
-        raise DataError(f"train supports {', '.join(TRAINABLE)}; use compare for {spec.method!r}")
+        if spec.method in METHODS:  # a baseline: compare fits and scores it, it has no run directory
+            raise DataError(f"--method {spec.method} is a baseline that only compare evaluates "
+                            f"(compare --methods {spec.method}); train supports {', '.join(TRAINABLE)}")
+        raise DataError(f"unknown --method {spec.method!r}; train supports {', '.join(TRAINABLE)}")
     from trainer import distributed
 
     dist_ctx = distributed.init_from_env(options.device)

@@ -75,3 +75,104 @@ def test_bad_arguments(tmp_path: Path, args: tuple[str, ...], fragment: str) -> 
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(3) for i in range(12)))
     assert_one_line_error(run_cli("compare", "--data", str(path), *args), fragment)
+
+
+@pytest.mark.parametrize(("name", "content", "fmt"), [
+    ("log.csv", b"", "auto"),
+    ("log.csv", b"", "generic"),
+    ("ub.csv", b"", "userbehavior"),
+    ("u.data", b"", "auto"),
+    ("ratings.dat", b"", "auto"),
+    ("log.tsv", b"\n  \n\n", "auto"),
+    ("log.csv.gz", None, "auto"),  # a gzip file holding no bytes
+    ("log.parquet", b"", "auto"),
+])
+def test_an_empty_file_says_so(tmp_path: Path, name: str, content: bytes | None, fmt: str) -> None:
+    import gzip
+
+    from trainer.errors import DataError
+    from trainer.formats import read_log
+
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(b"") if content is None else content)
+    with pytest.raises(DataError, match="the file is empty") as caught:
+        read_log(path, fmt)
+    assert str(path) in str(caught.value)
+
+
+def test_an_empty_file_on_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"")
+    assert_one_line_error(run_cli("compare", "--data", str(path), "--methods", "pop"), str(path), "the file is empty")
+
+
+def test_train_names_the_methods_it_accepts(tmp_path: Path) -> None:
+    """An unknown --method lists the valid ones; a baseline is pointed at compare, which accepts it."""
+    from trainer.cli import TRAIN_METHODS
+    from trainer.methods import METHODS
+    from trainer.run import TRAINABLE
+
+    assert TRAIN_METHODS == ", ".join(TRAINABLE) and set(TRAINABLE) < set(METHODS)
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id\n1,2\n")
+    out = str(tmp_path / "run")
+    result = run_cli("train", "--data", str(path), "--method", "nosuch", "--out", out)
+    assert_one_line_error(result, "unknown --method 'nosuch'", ", ".join(TRAINABLE))
+    result = run_cli("train", "--data", str(path), "--method", "pop", "--out", out)
+    assert_one_line_error(result, "compare --methods pop", ", ".join(TRAINABLE))
+
+
+def _parsers() -> list[tuple[str, object]]:
+    """(name, parser) of `python -m trainer`, each of its subcommands, and `python -m service`."""
+    import argparse
+
+    from service.cli import build_parser as service_parser
+    from trainer.cli import build_parser
+
+    top = build_parser()
+    (commands,) = [a for a in top._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+    assert len(commands.choices) >= 9
+    return [("trainer", top), *commands.choices.items(), ("service", service_parser())]
+
+
+@pytest.mark.parametrize(("name", "parser"), _parsers(), ids=lambda value: value if isinstance(value, str) else "")
+def test_every_option_has_help_that_shows_its_default(name: str, parser) -> None:
+    """Each option of each command's --help has a help text, and that text (as printed) states the
+    default: appended by the formatter for a plain value, written out where the default is
+    "the method's own" or "none". Flags (off by default) and required options need none."""
+    import argparse
+
+    formatter = parser._get_formatter()  # noqa: SLF001
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):  # noqa: SLF001
+            continue
+        assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
+        shown = formatter._get_help_string(action) % {"default": action.default}  # noqa: SLF001
+        flag = isinstance(action, argparse._StoreTrueAction)  # noqa: SLF001
+        if action.option_strings and not action.required and not flag:
+            assert "default" in shown, f"{name} {action.option_strings}: the help does not show the default"
+    assert "%(default)" not in parser.format_help()
+
+
+def test_the_defaults_quoted_in_help_are_the_configurations() -> None:
+    """Options whose default is each method's own quote the tree methods' value: check it."""
+    from trainer.cli import build_parser
+    from trainer.config import BeamAwareConfig, DeepConfig, JointConfig
+    from trainer.model import ScorerConfig
+    from trainer.step import TrainConfig
+
+    train, joint, scorer, deep, aware = TrainConfig(), JointConfig(), ScorerConfig(), DeepConfig(), BeamAwareConfig()
+    parser = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+    helps = {o: a.help for a in parser._actions for o in a.option_strings}  # noqa: SLF001
+    lr = f"{train.lr:.0e}".replace("e-0", "e-")  # 2e-3
+    expected = {"--epochs": train.epochs, "--batch-size": train.batch_size, "--lr": lr,
+                "--dim": scorer.dim, "--arity": deep.arity, "--leaf-negatives": deep.leaf_negatives,
+                "--iterations": joint.iterations, "--retrain-epochs": joint.retrain_epochs,
+                "--internal-init": joint.internal_init, "--gap": joint.learning.gap,
+                "--max-samples-per-item": joint.learning.max_samples_per_item, "--workers": joint.learning.workers,
+                "--tree-judge": joint.learning.judge, "--beam-aware-share": aware.share,
+                "--beam-aware-beam": aware.beam, "--beam-aware-min-items": aware.min_node_items,
+                "--tree-init": deep.tree_init, "--tree-guard": "on" if joint.learning.guard else "off",
+                "--precision": train.precision, "--kernel": train.kernel}
+    for option, value in expected.items():
+        assert f"default {value}" in helps[option], (option, value, helps[option])
