@@ -245,6 +245,7 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_swap_under_load_loses_no_request(two_artifacts, tmp_path: Path) -> None:
     """A real service process, 60 req/s for 20 s from a separate load-generator process, and
     6 publishes alternating two artifacts with different trees: zero failed requests."""

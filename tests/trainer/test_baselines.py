@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from trainer.baselines.itemcf import ItemCF
 from trainer.baselines.popularity import Popularity
@@ -103,6 +104,7 @@ def test_popularity_ranks_by_training_counts() -> None:
     assert data.item_ids[recs].tolist() == [0, 1]
 
 
+@pytest.mark.slow
 def test_youtube_dnn_beats_popularity_on_movielens(movielens_path: Path) -> None:
     from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
 

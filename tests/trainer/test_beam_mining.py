@@ -131,6 +131,7 @@ def test_sampler_puts_beam_rows_in_the_first_negative_columns() -> None:
     assert sampler.label[span.start] == 1 and (sampler.label[beam_columns] == 0).all()
 
 
+@pytest.mark.slow
 def test_training_with_beam_aware_negatives_mines_each_epoch() -> None:
     from tests.trainer.test_tree_learning import planted_clusters
     from trainer.model import ScorerConfig, TreeScorer
@@ -179,6 +180,7 @@ def test_min_node_items_limits_mining_to_coarse_levels() -> None:
     assert every[10] == 10 and every[6] == counts[6]
 
 
+@pytest.mark.slow
 def test_probe_benchmark_runs_and_writes_its_table(tmp_path) -> None:
     import json
     import subprocess

@@ -133,6 +133,7 @@ def test_merging_method_runs_equals_one_run(tmp_path: Path, capsys) -> None:
     assert "different options (itemcf_neighbours: None vs 5)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_joint_history_is_kept_and_tabled(tmp_path: Path, capsys) -> None:
     """compare --per-user keeps each joint run's loop history (global loss per iteration, tree
     step before/after), merge carries it over, and the table prints it."""
@@ -154,6 +155,7 @@ def test_joint_history_is_kept_and_tabled(tmp_path: Path, capsys) -> None:
     assert merged["per_seed"]["jtm-j"][0]["joint"] == history
 
 
+@pytest.mark.slow
 def test_kmeans_reclustering_loop_reports_its_tree_steps(tmp_path: Path) -> None:
     """TDM's re-clustering as a joint loop (Figure 2's comparison curve): continues from
     JTM-H's model and records each step's loss before and after with the model fixed."""
@@ -170,6 +172,7 @@ def test_kmeans_reclustering_loop_reports_its_tree_steps(tmp_path: Path) -> None
     assert result["options"]["iterations"] == 1 and result["options"]["retrain_epochs"] == 1
 
 
+@pytest.mark.slow
 def test_equal_epochs_gives_fixed_tree_methods_the_joint_budget(tmp_path: Path, capsys) -> None:
     """--equal-epochs: TDM trains the epochs JTM-J's loop spends (1 + 1 x 1 = 2) and equals a
     plain 2-epoch TDM run; JTM-J still continues from TDM's model, taken after its own single

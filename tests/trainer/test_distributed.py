@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from service.core.tree import Tree
 from tests.conftest import ROOT
 from tests.trainer.test_tree_learning import tiny_problem
@@ -20,6 +22,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_tree_learning_over_two_ranks_equals_one_process(tmp_path: Path) -> None:
     out = tmp_path / "tree.npz"
     result = torchrun(str(ROOT / "tests" / "trainer" / "dist_tree_learning.py"), str(out))
@@ -30,6 +33,7 @@ def test_tree_learning_over_two_ranks_equals_one_process(tmp_path: Path) -> None
     assert int(Path(str(out) + ".evaluations").read_text()) == report.evaluations
 
 
+@pytest.mark.slow
 def test_torchrun_trains_a_joint_model_like_one_process(tmp_path: Path) -> None:
     """Two gloo ranks train a JTM-J model whose test recall matches single-process training
     within noise, on the same split; both far above random retrieval (M / items)."""

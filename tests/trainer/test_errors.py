@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,18 @@ from tests.conftest import ROOT
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m trainer ARGS` run in this process: the same `main`, its exit code and what it
+    printed to stderr (a process per case spent ~2 s each on imports; `run_process` checks the
+    real process)."""
+    from trainer.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(args))
+    return subprocess.CompletedProcess(["python", "-m", "trainer", *args], code, "", stderr.getvalue())
+
+
+def run_process(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "trainer", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 
@@ -100,10 +114,13 @@ def test_an_empty_file_says_so(tmp_path: Path, name: str, content: bytes | None,
     assert str(path) in str(caught.value)
 
 
-def test_an_empty_file_on_the_command_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("content", "fragment"), [(None, "no such file"), (b"", "the file is empty")])
+def test_the_real_process_prints_one_line(tmp_path: Path, content: bytes | None, fragment: str) -> None:
+    """The process itself, not only `main`: no log line or traceback besides the error."""
     path = tmp_path / "log.csv"
-    path.write_bytes(b"")
-    assert_one_line_error(run_cli("compare", "--data", str(path), "--methods", "pop"), str(path), "the file is empty")
+    if content is not None:
+        path.write_bytes(content)
+    assert_one_line_error(run_process("compare", "--data", str(path), "--methods", "pop"), str(path), fragment)
 
 
 def test_train_names_the_methods_it_accepts(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ def assert_valid_tree(tree: Tree, n_items: int) -> None:
     assert tree.item_leaf.min() >= 0 and tree.item_leaf.max() < tree.arity ** tree.depth
 
 
+@pytest.mark.slow
 def test_joint_fit_returns_the_best_iteration_and_leaves_its_inputs_alone(ctx: FitContext) -> None:
     config, model, tree = _start(ctx, "jtm-j")
     leaves = tree.item_leaf.copy()
@@ -61,6 +62,7 @@ def test_joint_fit_returns_the_best_iteration_and_leaves_its_inputs_alone(ctx: F
     assert validation_metrics(result.model, result.tree, ctx, beam) == pytest.approx(best.valid)
 
 
+@pytest.mark.slow
 def test_the_method_adapter_is_joint_fit(ctx: FitContext) -> None:
     """`DeepRetrieval.fit` only builds the start and stores what `joint_fit` returns."""
     config, model, tree = _start(ctx, "jtm-j")
@@ -73,6 +75,7 @@ def test_the_method_adapter_is_joint_fit(ctx: FitContext) -> None:
     assert _without_seconds(method.joint_history.to_json()) == _without_seconds(direct.history.to_json())
 
 
+@pytest.mark.slow
 def test_continuing_from_a_trained_model_skips_iteration_0_training(ctx: FitContext) -> None:
     config, model, tree = _start(ctx, "jtm-j")
     base = DeepRetrieval(deep_config("tdm", MethodOptions(epochs=1)))
@@ -110,6 +113,7 @@ def test_category_purity_has_known_values() -> None:
     assert category_purity(mixed, category) == [0.25, 0.5, 1.0]
 
 
+@pytest.mark.slow
 def test_joint_records_category_purity_per_iteration(ctx: FitContext) -> None:
     from trainer.joint import category_purity
 

@@ -36,6 +36,7 @@ def fit(method: str, data, seed: int = 0, epochs: int = 2, m: int = 50) -> tuple
 
 
 @pytest.mark.parametrize("method", ["tdm", "dnn"])
+@pytest.mark.slow
 def test_seeded_runs_are_identical(synth_path: Path, method: str) -> None:
     data = load_interactions(DataConfig(path=str(synth_path)))
     a, ctx = fit(method, data, epochs=1)
@@ -45,6 +46,7 @@ def test_seeded_runs_are_identical(synth_path: Path, method: str) -> None:
 
 
 @pytest.mark.parametrize("method", ["tdm", "dnn"])
+@pytest.mark.slow
 def test_training_learns_personal_scores(synth_path: Path, method: str) -> None:
     data = load_interactions(DataConfig(path=str(synth_path)))
     a, ctx = fit(method, data, epochs=5)
@@ -67,6 +69,7 @@ def test_training_learns_personal_scores(synth_path: Path, method: str) -> None:
     assert recall > user_metrics(pop.recommend(test, 30, False), test, 30).means()["recall"]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_cli_round_trip(synth_path: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_path), "--method", "tdm", "--out", str(run), "--epochs", "1",
@@ -83,6 +86,7 @@ def test_train_and_evaluate_cli_round_trip(synth_path: Path, tmp_path: Path, cap
     assert "beam search" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_train_start_from_continues_a_fixed_tree_run(synth_path: Path, tmp_path: Path, capsys) -> None:
     """`train --start-from RUN`: the joint loop's iteration 0 is the named run's model, however
     many epochs that run trained (its own --epochs need not match); a run with other features
@@ -103,6 +107,7 @@ def test_train_start_from_continues_a_fixed_tree_run(synth_path: Path, tmp_path:
     assert "same scorer" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_changed_log(synth_path: Path, tmp_path: Path, capsys) -> None:
     data = tmp_path / "log.parquet"
     data.write_bytes(synth_path.read_bytes())
@@ -114,6 +119,7 @@ def test_evaluate_refuses_a_changed_log(synth_path: Path, tmp_path: Path, capsys
     assert "fingerprint" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tdm_beats_popularity_on_movielens(movielens_path: Path) -> None:
     data = load_interactions(DataConfig(path=str(movielens_path)))
     tdm, ctx = fit("tdm", data, epochs=3, m=200)
@@ -127,6 +133,7 @@ def test_tdm_beats_popularity_on_movielens(movielens_path: Path) -> None:
 
 
 @pytest.mark.parametrize("retrain_unchanged", [False, True])
+@pytest.mark.slow
 def test_a_tree_step_that_moves_nothing_is_not_retrained(synth_path: Path, monkeypatch,
                                                          retrain_unchanged: bool) -> None:
     """A joint iteration whose tree step keeps every item in place (the guard rejected it)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer.synth import SynthConfig, generate, write
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,6 +22,7 @@ def _run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return result
 
 
+@pytest.mark.slow
 def test_bench_training_profiles_both_methods(tmp_path: Path) -> None:
     log = tmp_path / "synth.parquet"
     write(generate(SynthConfig(n_items=400, n_users=300, n_interactions=9_000, seed=1)), log)
@@ -35,6 +38,7 @@ def test_bench_training_profiles_both_methods(tmp_path: Path) -> None:
     assert "GEMM rate" in result.stdout
 
 
+@pytest.mark.slow
 def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     _run("-m", "bench.bench_gpu", "--device", "cpu", "--quick", "--json", str(out))
@@ -44,6 +48,7 @@ def test_bench_gpu_smoke_runs_on_the_cpu(tmp_path: Path) -> None:
     assert all(stage["ok"] for stage in report["pipeline"].values())
 
 
+@pytest.mark.slow
 def test_bench_scale_runs_every_stage_with_two_ranks(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
     _run("-m", "bench.bench_scale", "--events", str(tmp_path / "log.parquet"), "--generate", "--items", "500",

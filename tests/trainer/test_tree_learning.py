@@ -180,6 +180,7 @@ def test_objectives_of_several_trees_match_brute_force(hierarchical: bool) -> No
     assert np.allclose(per_level[2, :-1], per_level[0, :-1], rtol=1e-9) and per_level[2, -1] != per_level[0, -1]
 
 
+@pytest.mark.slow
 def test_parallel_workers_give_the_same_tree() -> None:
     tree, model, samples = tiny_problem(60, seed=0)
     serial, _ = learn_tree(model, tree, samples, False, TreeLearningConfig(gap=3))
@@ -203,6 +204,7 @@ def planted_clusters() -> tuple[int, np.ndarray, SampleSet]:
     return data.n_items, cluster, make_samples(data, split_users(data.n_users, seed=0).train)
 
 
+@pytest.mark.slow
 def test_tree_learning_moves_toward_planted_grouping() -> None:
     """Synthetic data with planted clusters; start from the cluster-ordered tree with 40% of the
     items shuffled to random places, train the scorer, learn the tree: nodes become purer in
@@ -233,6 +235,7 @@ def test_tree_learning_moves_toward_planted_grouping() -> None:
         assert purity(new_tree, level) > purity(tree, level) + 0.05, (level, purity(tree, level))
 
 
+@pytest.mark.slow
 def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_prefers_its_own() -> None:
     """The known answer behind `TreeLearningConfig.judge`: a model trained on a random tree,
     held fixed, scores that random tree better than the planted-cluster tree (its internal

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.trainer.test_baselines import context
@@ -40,6 +41,7 @@ def test_augmented_vectors_reproduce_the_networks_logits() -> None:
     np.testing.assert_allclose(queries @ augmented_item_vectors(net).T, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_tower_tunes_on_validation_and_serves_through_the_index(movielens_path: Path) -> None:
     data = load_interactions(DataConfig(path=str(movielens_path)))
     split = split_users(data.n_users, seed=0)
