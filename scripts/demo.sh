@@ -26,7 +26,7 @@ cat <<MSG
 Serving $artifact on http://127.0.0.1:$port  (Ctrl-C stops). Try, from another terminal:
 
   curl -s -X POST http://127.0.0.1:$port/v1/recommend -H 'content-type: application/json' \\
-       -d '{"history": [5000714, 5011228, 5016688], "k": 5}'
+       -d '{"history": [5000714, 5011228, 5016688], "k": 5, "exclude_seen": true}'
 
 MSG
 exec $PY -m service --artifact "$artifact" --port "$port"

@@ -17,7 +17,8 @@
 # (`pip index versions`: index pages and find-links only, nothing is downloaded). When that
 # already includes the wanted build (a wheelhouse in find-links, a mirror, an offline machine),
 # torch is installed from there and the index is never contacted, so a machine that cannot reach
-# it does not wait on pip's retries (each retry can take PIP_DEFAULT_TIMEOUT). Otherwise torch
+# it does not wait on pip's retries (measured where the host does not resolve: 9 s of retries; where
+# packets are dropped each of pip's 6 tries waits PIP_DEFAULT_TIMEOUT). Otherwise torch
 # comes from the index alone (`--index-url`, `--no-deps`, as deploy/trainer.Dockerfile does): an
 # unreachable index then fails with a message instead of falling back to PyPI's CUDA build, and
 # torch's own dependencies come with the project install. On macOS PyPI's torch is the CPU build.
@@ -94,7 +95,7 @@ stamp=.venv/.installed
 want=$( { cat pyproject.toml; echo "$torch_spec $TORCH_INDEX_URL"; } | sha256sum | cut -d' ' -f1)
 if [ -z "$fresh" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     [ -n "$dry" ] || exit 0
-    note ".venv is up to date (a real run would stop here); the commands of a fresh install follow"
+    note ".venv is up to date, so a real run stops here; below, what it runs when pyproject.toml or the torch choice changes"
 fi
 
 if [ -n "$fresh" ]; then
