@@ -513,10 +513,11 @@ def judged_objectives(model: TreeScorer, tree: Tree, new_tree: Tree, samples: Sa
         return before, after
     if judge != "neutral":
         raise ValueError(f"judge must be one of {', '.join(JUDGES)}, got {judge!r}")
-    # Both trees have the same shape, so they share the internal rows: save those, set them to
-    # each tree's means in place, and put them back. A copy of the whole model per tree would
-    # hold the item rows twice more (~800 MB at 4M items) for rows the judge never changes.
-    internal = torch.from_numpy(internal_node_rows(tree)).to(model.embedding.weight.device)
+    # Both trees have the same shape, so they share the internal rows (the table's rows after the
+    # items'): save those, set them to each tree's means in place, and put them back. A copy of the
+    # whole model per tree would hold the item rows twice more (~800 MB at 4M items) for rows the
+    # judge never changes.
+    internal = slice(tree.n_items, tree.n_rows)
     with torch.no_grad():
         saved_rows, saved_bias = model.embedding.weight[internal].clone(), model.bias.weight[internal].clone()
     scores = []
@@ -529,11 +530,6 @@ def judged_objectives(model: TreeScorer, tree: Tree, new_tree: Tree, samples: Sa
             model.embedding.weight[internal] = saved_rows
             model.bias.weight[internal] = saved_bias
     return scores[0], scores[1]
-
-
-def internal_node_rows(tree: Tree) -> np.ndarray:
-    """Embedding rows of every node above the leaves (the rows `reinit_internal_nodes` sets)."""
-    return np.concatenate([tree.node_ids(level, np.arange(tree.level_size(level))) for level in range(tree.depth)])
 
 
 def reinit_internal_nodes(model: TreeScorer, tree: Tree) -> None:
