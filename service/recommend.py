@@ -52,7 +52,7 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
         categories = bundle.catalog.categories.lookup(body.categories)
         categories = categories[categories >= 0]
     allowed = item_filter(bundle, internal if body.exclude_seen else None, categories)
-    k = min(body.k, bundle.tree.n_items)
+    k = min(body.k, bundle.catalog.n_served)
     beam = body.beam or bundle.default_beam
     try:
         if len(internal) == 0:

@@ -27,8 +27,10 @@ class Retrieved:
 
 
 def item_filter(bundle: ModelBundle, seen: np.ndarray | None, categories: np.ndarray | None) -> ItemFilter | None:
-    """seen: internal item indices to exclude; categories: internal category indices allowed."""
+    """seen: internal item indices to exclude; categories: internal category indices allowed.
+    Retired items are always excluded (`ItemCatalog.served_filter`, None when there are none)."""
     return combine(
+        bundle.catalog.served_filter,
         exclude_items([seen]) if seen is not None and len(seen) else None,
         allow_categories(bundle.catalog.item_category, categories) if categories is not None else None,
     )

@@ -298,6 +298,34 @@ def _publish(artifact: Path, registry: Path, redis_url: str | None) -> None:
     print(f"published {version}: now current in {registry}" + (f" (announced on {redis_url})" if redis_url else ""))
 
 
+def cmd_add_items(args: argparse.Namespace) -> None:
+    from trainer.catalogue.update import add_items
+
+    manifest = add_items(Path(args.artifact), Path(args.items), Path(args.out), Path(args.events) if args.events
+                         else None, args.format, args.window)
+    change = manifest["catalogue"]
+    placed = ", ".join(f"{n} by {reason.replace('_', '-')}" for reason, n in change["placed_by"].items())
+    print(f"artifact {manifest['version']} written to {args.out}: {change['added']} items added ({placed}); "
+          f"{manifest['tree']['n_items']} items, depth {manifest['tree']['depth']}"
+          + (f" (grown by {change['grown_levels']})" if change["grown_levels"] else "")
+          + f"; scorer vs base max |diff| {manifest['parity']['grown_vs_base_max_abs']:.1e}, top-"
+            f"{manifest['parity']['topk']['k']} unchanged for {manifest['parity']['topk']['identical_lists']}/"
+            f"{manifest['parity']['topk']['users']} sampled users")
+    if args.publish:
+        _publish(Path(args.out), Path(args.publish), args.redis_url)
+
+
+def cmd_retire_items(args: argparse.Namespace) -> None:
+    from trainer.catalogue.update import retire_items
+
+    manifest = retire_items(Path(args.artifact), Path(args.items), Path(args.out))
+    change = manifest["catalogue"]
+    print(f"artifact {manifest['version']} written to {args.out}: {change['retired']} items retired "
+          f"({change['retired_total']} in all); never served by this version")
+    if args.publish:
+        _publish(Path(args.out), Path(args.publish), args.redis_url)
+
+
 def cmd_figure2(args: argparse.Namespace) -> None:
     from trainer.run import RunSpec, figure2_run
 
@@ -422,6 +450,32 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--redis-url", default=None,
                          help="also set the Redis key and announce on pub/sub (default: the registry files only)")
     publish.set_defaults(func=cmd_publish)
+
+    add = sub.add_parser("add-items", help="place new items into an artifact's tree without retraining and "
+                                           "write a new artifact")
+    add.add_argument("--artifact", required=True, help="artifact directory to start from")
+    add.add_argument("--items", required=True, help="CSV/TSV/Parquet of new items: item_id[,category_id]")
+    add.add_argument("--events", default=None,
+                     help="recent interactions (any log format) that place new items by co-consumption "
+                          "(default: none; categories, then popularity, place them)")
+    add.add_argument("--format", default="auto", choices=FORMATS, help="format of --events")
+    add.add_argument("--window", type=int, default=50,
+                     help="events either side of a new item's event that count as co-consumed")
+    add.add_argument("--out", required=True, help="new artifact directory (must not exist)")
+    add.add_argument("--publish", default=None, metavar="REGISTRY",
+                     help="also publish it to this registry (default: not published)")
+    add.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
+    add.set_defaults(func=cmd_add_items)
+
+    retire = sub.add_parser("retire-items", help="stop serving items: write a new artifact in which they are "
+                                                 "retired")
+    retire.add_argument("--artifact", required=True, help="artifact directory to start from")
+    retire.add_argument("--items", required=True, help="CSV/TSV/Parquet of the item_id column to retire")
+    retire.add_argument("--out", required=True, help="new artifact directory (must not exist)")
+    retire.add_argument("--publish", default=None, metavar="REGISTRY",
+                        help="also publish it to this registry (default: not published)")
+    retire.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
+    retire.set_defaults(func=cmd_retire_items)
 
     figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
     _add_data_arguments(figure2)

@@ -43,6 +43,17 @@ def allow_categories(item_category: np.ndarray, categories: np.ndarray) -> ItemF
     return allowed
 
 
+def exclude_retired(retired: np.ndarray) -> ItemFilter:
+    """Reject retired items: `retired` is an (n_items,) bool mask. The same filter for every
+    row; the beam search widens past retired leaves as it does for any filter."""
+    served = ~np.asarray(retired, dtype=bool)
+
+    def allowed(candidates: np.ndarray) -> np.ndarray:
+        return (candidates >= 0) & served[np.maximum(candidates, 0)]
+
+    return allowed
+
+
 def combine(*filters: ItemFilter | None) -> ItemFilter | None:
     active = [f for f in filters if f is not None]
     if not active:

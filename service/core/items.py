@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from service.core.errors import ArtifactError
+from service.core.filters import ItemFilter, exclude_retired
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -73,35 +75,63 @@ class IdIndex:
 
 @dataclass(frozen=True)
 class ItemCatalog:
+    """Retired items (`trainer retire-items`) stay in the catalog and on their leaves: users'
+    histories still hold them, and their rows still describe those users. They are never
+    *served*: `served_filter` keeps them out of every answer, the beam search's included."""
+
     items: IdIndex
     categories: IdIndex  # original category ids
     item_category: np.ndarray  # (n_items,) index into categories
     popular: np.ndarray  # item indices, most popular first (training users)
+    retired: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # sorted item indices
 
     @property
     def n_items(self) -> int:
         return len(self.items.ids)
 
+    @property
+    def n_served(self) -> int:
+        return self.n_items - len(self.retired)
+
+    def retired_mask(self) -> np.ndarray:
+        """(n_items,) bool, True for retired items."""
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[self.retired] = True
+        return mask
+
+    @cached_property
+    def served_filter(self) -> ItemFilter | None:
+        """The filter that keeps retired items out of answers; None when none is retired (the
+        common case costs nothing). Built once per loaded catalog."""
+        return exclude_retired(self.retired_mask()) if len(self.retired) else None
+
     def save(self, path: Path) -> None:
-        np.savez(path, item_ids=self.items.ids, category_ids=self.categories.ids,
-                 item_category=self.item_category.astype(np.int32), popular=self.popular.astype(np.int32))
+        arrays = {"item_ids": self.items.ids, "category_ids": self.categories.ids,
+                  "item_category": self.item_category.astype(np.int32), "popular": self.popular.astype(np.int32)}
+        if len(self.retired):  # absent when empty: older services read the file unchanged
+            arrays["retired"] = self.retired.astype(np.int32)
+        np.savez(path, **arrays)
 
     @classmethod
     def create(cls, item_ids: np.ndarray, category_ids: np.ndarray, item_category: np.ndarray,
-               popular: np.ndarray) -> ItemCatalog:
+               popular: np.ndarray, retired: np.ndarray | None = None) -> ItemCatalog:
+        retired = np.zeros(0, np.int32) if retired is None else np.unique(np.asarray(retired, np.int32))
         return cls(items=IdIndex.build(_plain(item_ids)), categories=IdIndex.build(_plain(category_ids)),
-                   item_category=np.asarray(item_category, dtype=np.int32), popular=np.asarray(popular, np.int32))
+                   item_category=np.asarray(item_category, dtype=np.int32), popular=np.asarray(popular, np.int32),
+                   retired=retired)
 
     @classmethod
     def load(cls, path: Path, n_items: int) -> ItemCatalog:
         """Load and check shapes against the tree's item count before anything else uses them."""
-        from service.core.npz import NpzError, check_members
+        from service.core.npz import NpzError, check_members, member_headers
 
         try:
             check_members(path, {"item_ids": ("iuU", (n_items,)), "category_ids": ("iuU", (None,)),
                                  "item_category": ("iu", (n_items,)), "popular": ("iu", (None,))})
+            optional = {"retired": ("iu", (None,))} if "retired" in member_headers(path) else {}
+            check_members(path, optional)
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in ("item_ids", "category_ids", "item_category", "popular")}
+                arrays = {k: archive[k] for k in ("item_ids", "category_ids", "item_category", "popular", *optional)}
         except NpzError as exc:
             raise ArtifactError(str(exc)) from exc
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
@@ -116,7 +146,12 @@ class ItemCatalog:
         popular = arrays["popular"]
         if len(popular) and (popular.min() < 0 or popular.max() >= n_items):
             raise ArtifactError(f"{path}: popularity list names unknown items")
-        return cls.create(arrays["item_ids"], arrays["category_ids"], arrays["item_category"], popular)
+        retired = arrays.get("retired", np.zeros(0, np.int32))
+        if len(retired) and (retired.min() < 0 or retired.max() >= n_items or len(np.unique(retired)) != len(retired)):
+            raise ArtifactError(f"{path}: retired list names unknown or repeated items")
+        if len(retired) >= n_items:
+            raise ArtifactError(f"{path}: every item is retired: nothing left to serve")
+        return cls.create(arrays["item_ids"], arrays["category_ids"], arrays["item_category"], popular, retired)
 
 
 def _plain(ids: np.ndarray) -> np.ndarray:
