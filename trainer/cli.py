@@ -430,8 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--publish", default=None, metavar="REGISTRY",
                        help="also export and publish it to this registry (default: not published)")
     train.add_argument("--start-from", default=None, metavar="RUN",
-                       help="jtm/jtm-j: continue the joint loop from this tdm/jtm-h run (its iteration 0; "
-                            "default: train iteration 0 here)")
+                       help="jtm/jtm-j on the run's own log: continue the joint loop from this tdm/jtm-h run (its "
+                            "iteration 0); on a new log (--data NEW_LOG): continue this run's model on the new events "
+                            "with its learnt tree (same --method; --epochs more; events of items it does not know "
+                            "are dropped: add them with add-items) (default: train from scratch)")
     train.add_argument("--redis-url", default=None,
                        help="announce the published version on this Redis (default: the registry files only)")
     train.add_argument("--no-fidelity", action="store_true",

@@ -86,6 +86,14 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     dist_ctx = distributed.init_from_env(options.device)
     data = load_interactions(spec.data)
     log.info("data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
+    continued = _continued_base(spec, data)
+    if continued is not None:  # new events for a trained run: its items, its tree (trainer.incremental)
+        from trainer.incremental import reindex
+
+        data, dropped = reindex(data, continued[1])
+        continued[2]["dropped_events"] = dropped
+        log.info("continuing %s on %d events of its items (%d events of unknown items dropped)",
+                 spec.start_from, len(data), dropped)
     split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
                      valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
@@ -93,7 +101,14 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     method = build_method(spec.method, options)
     assert isinstance(method, DeepRetrieval)
     started = time.perf_counter()
-    if spec.start_from:
+    if continued is not None:
+        from trainer.incremental import continued_config
+        from trainer.training import train_on_tree
+
+        method = continued_config(continued[0], options.epochs)
+        assert method.model is not None and method.tree is not None
+        method.history = train_on_tree(method.model, method.tree, ctx, method.config, method.config.train)
+    elif spec.start_from:
         base = _start_from(Path(spec.start_from), data, spec, method)
         method.fit(ctx, start_from=base)
     else:
@@ -116,9 +131,31 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         metrics["world_size"] = dist_ctx.world_size
         distributed.barrier()
     split.save(out / "split.npz", data)
-    (out / "config.json").write_text(json.dumps(_config_json(spec, method, data), indent=2))
+    config = _config_json(spec, method, data)
+    if continued is not None:
+        config["continued_from"] = continued[2]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def _continued_base(spec: RunSpec, data: Interactions):
+    """(method, catalogue, record) of the `--start-from` run when the log is not the one it
+    was trained on (continue it on new events); None otherwise (the joint loop's iteration 0)."""
+    if not spec.start_from:
+        return None
+    run = Path(spec.start_from)
+    config_path = run / "config.json"
+    if not config_path.exists():
+        raise DataError("not a run directory (no config.json)", run)
+    config = json.loads(config_path.read_text())
+    if config.get("dataset", {}).get("fingerprint") == data.fingerprint():
+        return None
+    from trainer.incremental import load_base
+
+    base, catalog, _ = load_base(run, spec.method)
+    return base, catalog, {"run": str(run), "fingerprint": config["dataset"]["fingerprint"],
+                           "method": config["method"]}
 
 
 def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tuple[str, ...] = ("jtm", "jtm-cluster")
@@ -182,6 +219,13 @@ def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:
     if config.get("format") != RUN_FORMAT_VERSION:
         raise DataError(f"run format {config.get('format')}, this code reads {RUN_FORMAT_VERSION}", run)
     data = load_interactions(DataConfig.from_json(config["data"]))
+    if "continued_from" in config:  # a continued run's data is its log in the base run's item space
+        from service.core.items import ItemCatalog
+        from trainer.incremental import reindex
+
+        with np.load(run / "items.npz") as archive:
+            n_items = len(archive["item_ids"])
+        data, _ = reindex(data, ItemCatalog.load(run / "items.npz", n_items))
     split = UserSplit.load(run / "split.npz", data)
     return config, data, split, DeepRetrieval.load(run)
 

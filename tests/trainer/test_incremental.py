@@ -1,0 +1,50 @@
+"""`train --start-from RUN --data NEW_LOG` (issue 19, 3): a trained run continues on new events
+with its learnt tree and its item space, and exports, evaluates and publishes as any run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from service.core.tree import Tree
+from trainer.cli import main as trainer_main
+from trainer.data import DataConfig
+from trainer.export import export_run
+from trainer.methods import MethodOptions
+from trainer.publish import publish
+from trainer.run import RunSpec, evaluate_run, train_run
+
+
+def test_a_run_continues_on_new_events_with_its_tree(trained, tmp_path: Path, capsys) -> None:
+    run, _ = trained["tdm"]
+    log = pd.read_parquet(run.parent / "log.parquet")
+    # New events: the later half of the log, plus events of an item the run has never seen.
+    recent = log[log["timestamp"] >= log["timestamp"].median()].copy()
+    unknown = recent.iloc[:30].copy()
+    unknown["item_id"] = 123
+    new_log = tmp_path / "new.csv"
+    pd.concat([recent, unknown]).to_csv(new_log, index=False)
+    out = tmp_path / "continued"
+    metrics = train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run), m=50,
+                                fidelity=False), out, MethodOptions(epochs=1))
+    assert metrics["users"] > 0
+    assert Tree.load(out / "tree.npz").equals(Tree.load(run / "tree.npz"))  # the learnt tree is kept
+    before = torch.load(run / "model.pt", weights_only=True)["state_dict"]
+    after = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # and the model trained on
+    config = json.loads((out / "config.json").read_text())
+    assert config["continued_from"]["run"] == str(run) and config["continued_from"]["dropped_events"] > 0
+    with np.load(out / "items.npz") as new_items, np.load(run / "items.npz") as old_items:
+        assert np.array_equal(new_items["item_ids"], old_items["item_ids"])  # the run's item space
+    assert evaluate_run(out, None, None, None, fidelity=False)["users"] == metrics["users"]
+    export_run(out, tmp_path / "artifact")
+    publish(tmp_path / "artifact", tmp_path / "registry")
+    # Continuing with another method is refused in one line.
+    argv = ["train", "--data", str(new_log), "--method", "jtm-h", "--start-from", str(run), "--out",
+            str(tmp_path / "other")]
+    assert trainer_main(argv) == 2
+    assert "pass --method tdm" in capsys.readouterr().err
