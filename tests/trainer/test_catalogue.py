@@ -249,3 +249,21 @@ def test_retiring_twice_or_everything_is_refused(trained, tmp_path: Path, capsys
     assert trainer_main(["retire-items", "--artifact", str(tmp_path / "once"), "--items", str(tmp_path / "rest.csv"),
                          "--out", str(tmp_path / "all")]) == 2
     assert "nothing to serve" in capsys.readouterr().err
+
+
+def test_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    """bench.bench_catalogue at a small size (no swap): table printed, JSON written, every new
+    item placed, the scorer equal to the base's on shared rows."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    out = tmp_path / "result.json"
+    done = subprocess.run([sys.executable, "-m", "bench.bench_catalogue", "--items", "3000", "--new", "300",
+                           "--no-swap", "--cache", str(tmp_path), "--json", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| 3,000 | 300 |" in done.stdout
+    result = json.loads(out.read_text())
+    assert sum(result["placed_by"].values()) == 300 and result["parity"]["grown_vs_base_max_abs"] == 0.0
