@@ -55,7 +55,7 @@ def _data_config(args: argparse.Namespace):
 
     behaviors = None if args.behaviors is None else tuple(b.strip() for b in args.behaviors.split(","))
     return DataConfig(path=args.data, format=args.format, min_interactions=args.min_interactions,
-                      behaviors=behaviors)
+                      behaviors=behaviors, exclude_items=getattr(args, "exclude_items", None))
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "are dropped: add them with add-items) (default: train from scratch)")
     train.add_argument("--redis-url", default=None,
                        help="announce the published version on this Redis (default: the registry files only)")
+    train.add_argument("--exclude-items", default=None, metavar="LIST_OR_ARTIFACT",
+                       help="drop these items' events first: an item list (item_id column), or an artifact "
+                            "directory whose retired items they are (retire-items); default: keep every item")
     train.add_argument("--no-fidelity", action="store_true",
                        help="skip the brute-force comparison on test users (it scores every item per user)")
     _add_model_arguments(train)

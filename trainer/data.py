@@ -35,9 +35,15 @@ class DataConfig:
     format: str = "auto"
     min_interactions: int = 10  # paper: users with >= 10 interactions
     behaviors: tuple[str, ...] | None = None  # UserBehavior only: keep these behaviour types
+    # Items whose events are dropped before anything else (retired items: `trainer.catalogue`): an
+    # item list file, or an artifact directory whose retired items they are.
+    exclude_items: str | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        if data["exclude_items"] is None:
+            del data["exclude_items"]  # runs written before the option existed compare equal
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> DataConfig:
@@ -47,6 +53,7 @@ class DataConfig:
             format=data.get("format", "auto"),
             min_interactions=int(data.get("min_interactions", 10)),
             behaviors=None if behaviors is None else tuple(behaviors),
+            exclude_items=data.get("exclude_items"),
         )
 
 
@@ -131,6 +138,10 @@ def load_interactions(config: DataConfig) -> Interactions:
         stored = load_prepared(Path(config.path), config.min_interactions, config.behaviors)
         return Interactions(**{f.name: stored[f.name] for f in fields(Interactions) if f.name in stored})
     raw = read_log(config.path, config.format, config.behaviors)
+    if config.exclude_items:
+        from trainer.catalogue.inputs import drop_items
+
+        raw = drop_items(raw, Path(config.exclude_items))
     return build_interactions(raw, config.min_interactions)
 
 

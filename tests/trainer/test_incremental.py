@@ -48,3 +48,22 @@ def test_a_run_continues_on_new_events_with_its_tree(trained, tmp_path: Path, ca
             str(tmp_path / "other")]
     assert trainer_main(argv) == 2
     assert "pass --method tdm" in capsys.readouterr().err
+
+
+def test_retired_items_leave_at_the_next_full_training(trained, tmp_path: Path) -> None:
+    """train --exclude-items ARTIFACT drops the events of the artifact's retired items: the new
+    run's catalogue (and tree) no longer holds them."""
+    from trainer.catalogue.update import retire_items
+
+    run, artifact = trained["tdm"]
+    with np.load(artifact / "items.npz") as archive:
+        gone = archive["item_ids"][:5]
+    pd.DataFrame({"item_id": gone}).to_csv(tmp_path / "gone.csv", index=False)
+    retire_items(artifact, tmp_path / "gone.csv", tmp_path / "retired")
+    out = tmp_path / "fresh"
+    train_run(RunSpec(data=DataConfig(path=str(run.parent / "log.parquet"), exclude_items=str(tmp_path / "retired")),
+                      method="tdm", m=50, fidelity=False), out, MethodOptions(epochs=1))
+    with np.load(out / "items.npz") as archive:
+        assert not np.isin(gone, archive["item_ids"]).any() and len(archive["item_ids"]) > 400
+    assert json.loads((out / "config.json").read_text())["data"]["exclude_items"] == str(tmp_path / "retired")
+    assert evaluate_run(out, None, None, None, fidelity=False)["users"] > 0

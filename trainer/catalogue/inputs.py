@@ -17,7 +17,7 @@ import pandas as pd
 
 from service.core.items import ItemCatalog
 from trainer.errors import DataError
-from trainer.formats import COLUMN_ALIASES, _first_line, read_log
+from trainer.formats import COLUMN_ALIASES, RawLog, _first_line, read_log
 
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -133,3 +133,26 @@ def read_events(path: str | Path, fmt: str, numeric_ids: bool) -> Events:
     else:
         items = np.asarray(items).astype(str)
     return Events(user=user[stable], item=items)
+
+
+def drop_items(raw: RawLog, source: Path) -> RawLog:
+    """`raw` without the events of the items `source` names: an item list file, or an artifact
+    directory (its retired items). This is how retired items leave at the next full training."""
+    if (source / "manifest.json").is_file():
+        from service.core.artifact import ArtifactError, read_artifact
+
+        try:
+            catalog = read_artifact(source).catalog
+        except ArtifactError as exc:
+            raise DataError(f"not a readable artifact: {exc}") from exc
+        ids = catalog.items.ids[catalog.retired]
+    else:
+        ids = pd.read_csv(source, dtype=str).iloc[:, 0].str.strip().to_numpy() if source.is_file() else None
+        if ids is None:
+            raise DataError("no such item list or artifact directory", source)
+    column = raw.frame["item"]
+    keys = column.astype(str).to_numpy() if column.dtype.kind not in "iu" else column.to_numpy()
+    wanted = np.asarray(ids).astype(str) if column.dtype.kind not in "iu" else pd.to_numeric(
+        pd.Series(ids), errors="coerce").dropna().astype(np.int64).to_numpy()
+    keep = ~np.isin(keys, wanted)
+    return RawLog(frame=raw.frame[keep].reset_index(drop=True), format=raw.format, path=raw.path)
