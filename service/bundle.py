@@ -47,6 +47,10 @@ class ModelBundle:
                         if k in m.get("metrics", {})},
             "parity": m.get("parity"), "providers": self.scorer.providers,
             "data_fingerprint": m.get("data_fingerprint"),
+            "retired_items": len(self.catalog.retired),
+            "catalogue": {k: m["catalogue"].get(k) for k in ("operation", "base_version", "trained_version",
+                                                              "added_total", "retired_total")}
+            if isinstance(m.get("catalogue"), dict) else None,
         }
 
     def close(self) -> None:

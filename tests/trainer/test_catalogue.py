@@ -138,6 +138,8 @@ def test_retired_items_are_never_served_across_hot_reload(trained, tmp_path: Pat
         payloads += [{"history": h, "k": 100, "categories": [category]} for h in histories[:3]]
         for answer in answers(payloads):
             assert answer and not set(gone) & set(answer)
+        serving = client.get("/v1/model").json()["serving"]
+        assert serving["retired_items"] == 20 and serving["catalogue"]["operation"] == "retire-items"
         pd.DataFrame({"item_id": [NEW, NEW + 1]}).to_csv(tmp_path / "new.csv", index=False)
         add_items(tmp_path / "retired", tmp_path / "new.csv", tmp_path / "added")
         version = registry.publish(tmp_path / "added")
