@@ -260,7 +260,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     spec = RunSpec(data=_data_config(args), method=args.method, seed=args.seed,
                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
                    max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen,
-                   start_from=args.start_from, fidelity=not args.no_fidelity)
+                   start_from=args.start_from, fidelity=not args.no_fidelity, tree_step=args.tree_step)
     metrics = train_run(spec, Path(args.out), _method_options(args))
     if not metrics:  # a torch.distributed worker rank: rank 0 reports and writes
         return
@@ -436,6 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "are dropped: add them with add-items) (default: train from scratch)")
     train.add_argument("--redis-url", default=None,
                        help="announce the published version on this Redis (default: the registry files only)")
+    train.add_argument("--tree-step", action="store_true",
+                       help="with --start-from on a new log: then one JTM tree-learning step and a retraining, "
+                            "kept only when validation recall improves")
     train.add_argument("--exclude-items", default=None, metavar="LIST_OR_ARTIFACT",
                        help="drop these items' events first: an item list (item_id column), or an artifact "
                             "directory whose retired items they are (retire-items); default: keep every item")

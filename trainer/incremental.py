@@ -82,3 +82,17 @@ def continued_config(base: DeepRetrieval, epochs: int | None) -> DeepRetrieval:
     method = DeepRetrieval(config)
     method.model, method.tree = base.model, base.tree
     return method
+
+
+def one_tree_step(method: DeepRetrieval, ctx, history) -> None:
+    """After continuing: one JTM tree-learning step (Algorithm 2, the model fixed) on the new
+    log's samples, then the joint loop's retraining on the new tree; the loop keeps whichever
+    of the two (before, after) validates better, so the step can only be taken when it helps.
+    The method's own configuration (tdm's too) stays what it was: the tree is what changes."""
+    from trainer.joint import joint_fit
+
+    assert method.model is not None and method.tree is not None
+    config = replace(method.config, tree_learning="jtm",
+                     joint=replace(method.config.joint, tree_learning="jtm", iterations=1))
+    result = joint_fit(method.model, method.tree, ctx, config, initial=history)
+    method.model, method.tree, method.joint_history = result.model, result.tree, result.history

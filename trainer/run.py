@@ -55,6 +55,7 @@ class RunSpec:
     exclude_seen: bool = False
     start_from: str | None = None  # a fixed-tree run (tdm / jtm-h) whose model is iteration 0
     fidelity: bool = True  # compare beam search with a brute-force scan on the test users (slow at scale)
+    tree_step: bool = False  # continuing on a new log (start_from): one tree-learning step after the epochs
 
 
 def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: bool, fidelity: bool,
@@ -108,6 +109,10 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         method = continued_config(continued[0], options.epochs)
         assert method.model is not None and method.tree is not None
         method.history = train_on_tree(method.model, method.tree, ctx, method.config, method.config.train)
+        if spec.tree_step:
+            from trainer.incremental import one_tree_step
+
+            one_tree_step(method, ctx, method.history)
     elif spec.start_from:
         base = _start_from(Path(spec.start_from), data, spec, method)
         method.fit(ctx, start_from=base)
@@ -143,6 +148,8 @@ def _continued_base(spec: RunSpec, data: Interactions):
     """(method, catalogue, record) of the `--start-from` run when the log is not the one it
     was trained on (continue it on new events); None otherwise (the joint loop's iteration 0)."""
     if not spec.start_from:
+        if spec.tree_step:
+            raise DataError("--tree-step continues a run on a new log: it needs --start-from RUN")
         return None
     run = Path(spec.start_from)
     config_path = run / "config.json"
@@ -150,6 +157,8 @@ def _continued_base(spec: RunSpec, data: Interactions):
         raise DataError("not a run directory (no config.json)", run)
     config = json.loads(config_path.read_text())
     if config.get("dataset", {}).get("fingerprint") == data.fingerprint():
+        if spec.tree_step:
+            raise DataError("--tree-step continues a run on a new log; this is the run's own log", run)
         return None
     from trainer.incremental import load_base
 

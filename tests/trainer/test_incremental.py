@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from service.core.tree import Tree
@@ -67,3 +68,23 @@ def test_retired_items_leave_at_the_next_full_training(trained, tmp_path: Path) 
         assert not np.isin(gone, archive["item_ids"]).any() and len(archive["item_ids"]) > 400
     assert json.loads((out / "config.json").read_text())["data"]["exclude_items"] == str(tmp_path / "retired")
     assert evaluate_run(out, None, None, None, fidelity=False)["users"] > 0
+
+
+@pytest.mark.slow
+def test_continuing_with_one_tree_step_exports(trained, tmp_path: Path, capsys) -> None:
+    """--tree-step: one Algorithm-2 step and a retraining after the epochs; the joint record
+    says whether the step was kept (validation decides), and the run exports either way."""
+    run, _ = trained["tdm"]
+    log = pd.read_parquet(run.parent / "log.parquet")
+    new_log = tmp_path / "new.csv"
+    log[log["timestamp"] >= log["timestamp"].quantile(0.3)].to_csv(new_log, index=False)
+    out = tmp_path / "stepped"
+    train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run), m=50, fidelity=False,
+                      tree_step=True), out, MethodOptions(epochs=1, retrain_epochs=1))
+    joint = json.loads((out / "joint.json").read_text())
+    assert len(joint["iterations"]) == 2 and joint["iterations"][1]["moved_fraction"] is not None
+    assert Tree.load(out / "tree.npz").n_items == Tree.load(run / "tree.npz").n_items
+    export_run(out, tmp_path / "artifact")
+    assert trainer_main(["train", "--data", str(run.parent / "log.parquet"), "--method", "tdm", "--tree-step",
+                         "--out", str(tmp_path / "x")]) == 2
+    assert "needs --start-from" in capsys.readouterr().err
