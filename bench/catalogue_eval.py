@@ -112,7 +112,8 @@ def recalls(recommended: list[np.ndarray], truth: list[np.ndarray], new_items: n
         if len(want_new):
             users_new += 1
             new.append(len(np.intersect1d(got, want_new)) / len(want_new))
-    return {"recall": float(np.mean(overall)), "recall_se": float(np.std(overall) / np.sqrt(len(overall))),
+    return {"per_user": overall, "per_user_new": new,
+            "recall": float(np.mean(overall)), "recall_se": float(np.std(overall) / np.sqrt(len(overall))),
             "new_item_recall": float(np.mean(new)) if new else None,
             "new_item_recall_se": float(np.std(new) / np.sqrt(len(new))) if new else None,
             "users": len(overall), "users_with_new_items": users_new, "new_items_per_list": new_per_list}
@@ -158,6 +159,14 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
         "popularity of new items": recalls([popular_new[:M]] * len(users), truth, new_items),
         "recent popularity, all items": recalls([recent_popular[:M]] * len(users), truth, new_items),
     }
+    paired = {}
+    for other in ("full retrain", "no update", "recent popularity, all items"):
+        for key, label in (("per_user", "recall"), ("per_user_new", "new_item_recall")):
+            diff = np.asarray(rows["add-items"][key]) - np.asarray(rows[other][key])
+            paired[f"{label}: add-items - {other}"] = {"mean": float(diff.mean()),
+                                                        "se": float(diff.std() / np.sqrt(len(diff)))}
+    for row in rows.values():
+        del row["per_user"], row["per_user_new"]
     added = json.loads((out / "artifact-added" / "manifest.json").read_text())["catalogue"]
     return {
         "command": command_line(), "data": str(data), "method": method, "epochs": epochs, "m": M,
@@ -166,7 +175,7 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
         "new_items": len(new_items), "new_items_with_events": len(popular_new),
         "placed_by": added["placed_by"], "grown_levels": added["grown_levels"],
         "seconds": {"train_past": base_seconds, "add_items": add_seconds, "full_retrain": retrain_seconds},
-        "rows": rows,
+        "rows": rows, "paired_differences": paired,
     }
 
 
@@ -177,6 +186,9 @@ def table(result: dict) -> str:
             f"{100 * row['new_item_recall']:.2f}% ± {100 * row['new_item_recall_se']:.2f}"
         lines.append(f"| {name} | {new} | {100 * row['recall']:.2f}% ± {100 * row['recall_se']:.2f} | "
                      f"{row['new_items_per_list']:.1f} |")
+    lines += ["", "| paired difference (same users) | mean ± SE |", "|---|---|"]
+    lines += [f"| {name} | {100 * d['mean']:+.2f} ± {100 * d['se']:.2f} |"
+              for name, d in result["paired_differences"].items()]
     return "\n".join(lines)
 
 
@@ -196,7 +208,7 @@ def main() -> None:
     workdir = Path(args.workdir) if args.workdir else Path("bench/.cache") / f"catalogue-{json_path.stem}"
     result = run(Path(args.data), args.format, workdir, args.method, args.epochs, args.fraction, args.seed)
     print(table(result))
-    print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "paired_differences")}, indent=1))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2))
     print(f"wrote {json_path}")
