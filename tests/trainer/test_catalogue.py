@@ -269,3 +269,16 @@ def test_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     assert "| 3,000 | 300 |" in done.stdout
     result = json.loads(out.read_text())
     assert sum(result["placed_by"].values()) == 300 and result["parity"]["grown_vs_base_max_abs"] == 0.0
+
+
+@pytest.mark.slow
+def test_grown_artifact_swaps_under_load_without_failures(stand_ins, tmp_path: Path) -> None:
+    """A real service process under open-loop load from a separate process, the base and the
+    grown artifact published alternately (bench.swap_under_load): zero failed requests."""
+    from bench.swap_under_load import run
+
+    result = run([stand_ins["base"], stand_ins["grown"]], rate=40, duration=12, swaps=4, window=2.0,
+                 workdir=tmp_path)
+    assert result["sent"] >= 450
+    assert result["failed"] == 0, result["errors"]
+    assert len(result["versions_seen"]) == 2
