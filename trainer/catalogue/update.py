@@ -101,7 +101,7 @@ def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None
                             f"(> {PARITY_TOLERANCE})", out)
         topk = _unchanged_lists(base, staging, new_tree, new_catalog, old_to_new)
         return _sections(base, new_tree, operation, {"grown_vs_base_max_abs": max_abs,
-                                                            "tolerance": PARITY_TOLERANCE, "topk": topk})
+                                                     "tolerance": PARITY_TOLERANCE, "topk": topk})
 
     manifest = _write(out, write_files)
     log.info("added %d items (%s) to %s: version %s, %d levels grown, %d retired items parked", n_new,
