@@ -10,7 +10,9 @@ level for several trees:
 - `current`: the tree the model was trained on;
 - `learnt`: Algorithm 2's proposal (guard off), and `learnt (segment 1 only)` where only the
   first segment's (top-level) choice is kept and each item keeps its old position below it
-  where that leaf is free;
+  where that leaf is free; `learnt (weights from mean nodes)`: the same step computed by the
+  model with the current tree's internal nodes at their items' mean rows (the neutral guard's
+  model), so the learner optimises what the guard measures;
 - `category` (when the log has categories) and `another random` tree: trees the model was not
   trained on.
 
@@ -24,6 +26,11 @@ What the answer means:
 - If every tree the model was not trained on scores far worse than `current` (category and
   another random tree alike), the model has memorised the current tree's ancestors: under the
   model fixed, the current tree looks optimal whatever its quality.
+- With the hierarchical representation (`--method jtm-h`) a user's features are her behaviours'
+  ancestors, so they change with the tree. The learner scores every candidate with the current
+  tree's features; the guard with the candidate's own. The mean-node table reports both: if the
+  learnt tree wins with the current features and loses with its own, the step is undone by the
+  features it changes.
 """
 
 from __future__ import annotations
@@ -113,9 +120,16 @@ def main() -> None:
     started = time.perf_counter()
     learnt, report = learn_tree(model, current, ctx.samples, hierarchical, learning)
     step_seconds = time.perf_counter() - started
+    # The same step with the weights computed by the model whose internal nodes are the current
+    # tree's item means: the learner then optimises what the neutral guard measures.
+    current_as_means = copy.deepcopy(model)
+    reinit_internal_nodes(current_as_means, current)
+    learnt_from_means, _ = learn_tree(current_as_means, current, ctx.samples, hierarchical, learning)
+    del current_as_means
     first_end = segments(current.depth, learning.gap)[0][1]
     trees = {"current": current, "learnt": learnt,
              "learnt (segment 1 only)": top_segment_only(current, learnt, first_end),
+             "learnt (weights from mean nodes)": learnt_from_means,
              "another random": random_tree(data.n_items, args.seed + 101, current.arity)}
     if data.has_category and data.n_categories > 1:
         trees["category"] = category_tree(data.item_category, args.seed, current.arity)
@@ -124,11 +138,16 @@ def main() -> None:
     valid = {name: validation_metrics(model, tree, ctx, args.m)["recall"] for name, tree in trees.items()}
     # The same, with every tree's internal nodes set to the mean of their items' rows: a judge
     # that cannot have memorised any tree (the leaves, i.e. the items, are the trained model's).
-    neutral, neutral_valid = {}, {}
+    # With the hierarchical representation the features depend on the tree too: `neutral` maps a
+    # user's behaviours through the current tree (what the learner assumes), `neutral_own` through
+    # the tree being scored (what the guard measures and what serving that tree would see).
+    neutral, neutral_own, neutral_valid = {}, {}, {}
     for name, tree in trees.items():
         nodes_as_means = copy.deepcopy(model)
         reinit_internal_nodes(nodes_as_means, tree)
         neutral[name] = level_losses(nodes_as_means, {name: tree}, current, ctx.samples, index, hierarchical)[name]
+        neutral_own[name] = (level_losses(nodes_as_means, {name: tree}, tree, ctx.samples, index, hierarchical)[name]
+                             if hierarchical else neutral[name])
         neutral_valid[name] = validation_metrics(nodes_as_means, tree, ctx, args.m)["recall"]
 
     depth = current.depth
@@ -144,13 +163,14 @@ def main() -> None:
               f"{per_level.sum():,.0f} | {100 * (per_level.sum() / base - 1):+.2f}% | {100 * moved:.1f}% | "
               f"{100 * valid[name]:.2f} |")
     print("\nThe same model with each tree's internal nodes at the mean of their items' rows:\n")
-    print(f"| tree | L, segment 1 | L, below | L, all | vs current | validation R@{args.m} |\n"
-          "|---|---|---|---|---|---|")
-    base = neutral["current"].sum()
+    print(f"| tree | L, segment 1 | L, below | L, all | vs current | L, features through this tree | vs current "
+          f"| validation R@{args.m} |\n|---|---|---|---|---|---|---|---|")
+    base, base_own = neutral["current"].sum(), neutral_own["current"].sum()
     for name, per_level in neutral.items():
+        own = neutral_own[name].sum()
         print(f"| {name} | {per_level[:first_end].sum():,.0f} | {per_level[first_end:].sum():,.0f} | "
-              f"{per_level.sum():,.0f} | {100 * (per_level.sum() / base - 1):+.2f}% | "
-              f"{100 * neutral_valid[name]:.2f} |")
+              f"{per_level.sum():,.0f} | {100 * (per_level.sum() / base - 1):+.2f}% | {own:,.0f} | "
+              f"{100 * (own / base_own - 1):+.2f}% | {100 * neutral_valid[name]:.2f} |")
     print("\nL per level (sum over the samples), current -> learnt:\n")
     print("| level | " + " | ".join(str(j) for j in range(1, depth + 1)) + " |\n|---|" + "---|" * depth)
     for name in ("current", "learnt"):
@@ -162,6 +182,7 @@ def main() -> None:
             "step_seconds": step_seconds, "segments": segments(depth, learning.gap), "samples": len(index),
             "report": report.to_json(), "level_losses": {k: v.tolist() for k, v in losses.items()},
             "valid_recall": valid, "mean_node_level_losses": {k: v.tolist() for k, v in neutral.items()},
+            "mean_node_own_feature_level_losses": {k: v.tolist() for k, v in neutral_own.items()},
             "mean_node_valid_recall": neutral_valid,
             "moved": {k: float((t.item_leaf != current.item_leaf).mean()) for k, t in trees.items()}}, indent=2))
 
