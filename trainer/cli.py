@@ -208,8 +208,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     joint.add_argument("--gap", type=int, default=None, help="tree learning gap d (default 7)")
     joint.add_argument("--max-samples-per-item", type=int, default=None, help="tree learning cap (default 50)")
     joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
-    joint.add_argument("--tree-guard", default=None, choices=["on", "off"],
-                       help="keep the old tree when the learnt one scores worse with the model fixed (default on)")
+    joint.add_argument("--tree-guard", default=None, choices=["auto", "on", "off"],
+                       help="keep the old tree when the learnt one scores worse with the model fixed; auto: on "
+                            "for plain features, off with the hierarchical representation, where validation "
+                            "recall after retraining decides (default auto)")
     joint.add_argument("--tree-judge", default=None, choices=["neutral", "trained"],
                        help="how the guard scores trees: each with its internal nodes at its items' mean rows "
                             "(neutral), or with the trained model's nodes, which favour the tree they were "
@@ -244,7 +246,7 @@ def _method_options(args: argparse.Namespace):
         leaf_negatives=args.leaf_negatives, beam=args.beam, iterations=args.iterations,
         retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
         max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
-        guard=None if args.tree_guard is None else args.tree_guard == "on", tree_judge=args.tree_judge,
+        guard=None if args.tree_guard in (None, "auto") else args.tree_guard == "on", tree_judge=args.tree_judge,
         retrain_unchanged=True if getattr(args, "retrain_unchanged", False) else None,
         kernel=args.kernel, threads=args.threads,
         itemcf_neighbours=getattr(args, "itemcf_neighbours", None),

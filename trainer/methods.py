@@ -37,7 +37,7 @@ class MethodOptions:
     max_samples_per_item: int | None = None
     workers: int | None = None
     precision: str | None = None
-    guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse
+    guard: bool | None = None  # tree learning keeps the old tree when the new one scores worse (None: auto)
     tree_judge: str | None = None  # how the guard scores trees (neutral / trained)
     retrain_unchanged: bool | None = None  # retrain after a tree step that moved nothing
     kernel: str | None = None  # training kernel: fused / autograd (execution only: same gradients)

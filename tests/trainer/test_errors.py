@@ -189,7 +189,8 @@ def test_the_defaults_quoted_in_help_are_the_configurations() -> None:
                 "--max-samples-per-item": joint.learning.max_samples_per_item, "--workers": joint.learning.workers,
                 "--tree-judge": joint.learning.judge, "--beam-aware-share": aware.share,
                 "--beam-aware-beam": aware.beam, "--beam-aware-min-items": aware.min_node_items,
-                "--tree-init": deep.tree_init, "--tree-guard": "on" if joint.learning.guard else "off",
+                "--tree-init": deep.tree_init,
+                "--tree-guard": {None: "auto", True: "on", False: "off"}[joint.learning.guard],
                 "--precision": train.precision, "--kernel": train.kernel}
     for option, value in expected.items():
         assert f"default {value}" in helps[option], (option, value, helps[option])

@@ -17,6 +17,7 @@ from trainer.tree_build import random_tree
 from trainer.tree_learning import (
     TreeLearningConfig,
     assign_with_capacity,
+    guard_applies,
     learn_tree,
     segments,
     subtree_layout,
@@ -135,7 +136,7 @@ def test_learn_tree_close_to_exact_optimum(hierarchical: bool, n_items: int, gap
         tree, model, samples = tiny_problem(n_items, seed, hierarchical=hierarchical)
         # The trained model's own objective: what the assignment optimises and this test measures.
         config = TreeLearningConfig(gap=gap, max_samples_per_item=10, lazy=False, exact_limit=exact_limit,
-                                    judge="trained")
+                                    judge="trained", guard=True)
         new_tree, report = learn_tree(model, tree, samples, hierarchical, config)
         assert report.items_with_samples == n_items - 2 and report.evaluations > 0
         # Capacities respected: a valid tree of the same shape; items without samples stay.
@@ -272,3 +273,17 @@ def test_the_neutral_judge_prefers_the_planted_tree_where_the_trained_model_pref
     assert neutral["planted"][0] == neutral["other"][0]  # the current tree's score is the current tree's
     with pytest.raises(ValueError, match="judge"):
         judged_objectives(model, current, planted, samples, index, False, "nosuch")
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_the_guard_judges_plain_features_only_by_default(hierarchical: bool) -> None:
+    """auto (guard=None): plain-feature steps are judged, hierarchical ones are taken as learnt
+    (their judge cannot tell trees apart; the joint loop's validation recall decides). An explicit
+    on/off is obeyed either way."""
+    tree, model, samples = tiny_problem(30, seed=5, hierarchical=hierarchical)
+    assert guard_applies(TreeLearningConfig(), hierarchical) is (not hierarchical)
+    assert guard_applies(TreeLearningConfig(guard=True), hierarchical) is True
+    assert guard_applies(TreeLearningConfig(guard=False), hierarchical) is False
+    _, report = learn_tree(model, tree, samples, hierarchical, TreeLearningConfig(gap=2, max_samples_per_item=10))
+    assert (report.objective_before is None) is hierarchical
+    assert not report.kept_previous or not hierarchical
