@@ -231,6 +231,18 @@ def _method_options(args: argparse.Namespace):
 
         if not torch.cuda.is_available():
             raise DataError(f"--device {args.device} asked for, but no CUDA device is available")
+    # Sizes that make no training or no search: refused before the (possibly long) read, instead
+    # of, e.g., --epochs 0 silently evaluating an untrained model.
+    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
+                               ("--dim", args.dim, 1), ("--arity", args.arity, 2),
+                               ("--leaf-negatives", args.leaf_negatives, 1), ("--beam", args.beam, 1),
+                               ("--iterations", args.iterations, 0), ("--retrain-epochs", args.retrain_epochs, 1),
+                               ("--gap", args.gap, 1), ("--max-samples-per-item", args.max_samples_per_item, 1),
+                               ("--workers", args.workers, 1)):
+        if value is not None and value < least:
+            raise DataError(f"{flag} must be at least {least}, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise DataError(f"--lr must be positive, got {args.lr}")
     if not args.beam_aware and any(v is not None for v in (args.beam_aware_share, args.beam_aware_beam,
                                                             args.beam_aware_min_items)):
         raise DataError("--beam-aware-share, --beam-aware-beam and --beam-aware-min-items need --beam-aware")

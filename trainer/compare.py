@@ -341,7 +341,7 @@ def format_table(result: dict) -> str:
         cells = [f"{100 * r[k]:.2f}% ± {100 * r['std'][k]:.2f}" for k in METRICS]
         diff = r.get("recall_vs_reference")
         diff_cell = "-" if diff is None else f"{100 * diff['mean']:+.2f} ± {100 * diff['se']:.2f} (z {diff['z']:+.1f})"
-        epochs = "-" if "epochs" not in r else f"{r['epochs']:g}"
+        epochs = "-" if "epochs" not in r else f"{r['epochs']:.3g}"  # a mean over seeds: 5.33, not 5.33333
         lines.append(f"| {name} | {' | '.join(cells)} | {100 * r['user_se']['recall']:.2f} | {diff_cell} "
                      f"| {epochs} |")
     fidelity = {n: r for n, r in result["results"].items() if "beam_fidelity" in r}

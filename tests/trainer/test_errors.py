@@ -84,6 +84,10 @@ def test_undetectable_format(tmp_path: Path) -> None:
     (("--methods", "tdm", "--beam-aware", "--beam-aware-min-items", "0"), "--beam-aware-min-items"),
     (("--methods", "tdm", "--beam-aware", "--beam-aware-share", "1.5"), "--beam-aware-share"),
     (("--methods", "tdm", "--beam-aware", "--beam-aware-beam", "0"), "--beam-aware-beam"),
+    (("--methods", "tdm", "--epochs", "0"), "--epochs must be at least 1"),
+    (("--methods", "jtm", "--retrain-epochs", "0"), "--retrain-epochs"),
+    (("--methods", "tdm", "--arity", "1"), "--arity"),
+    (("--methods", "tdm", "--lr", "0"), "--lr must be positive"),
 ])
 def test_bad_arguments(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:
     path = tmp_path / "log.csv"
