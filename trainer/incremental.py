@@ -31,7 +31,7 @@ def reindex(data: Interactions, catalog: ItemCatalog) -> tuple[Interactions, int
     """`data` with items numbered as in `catalog` (its ids, categories) and the events of
     unknown items dropped; returns it and how many events were dropped."""
     index = catalog.items.lookup(list(data.item_ids)) if not catalog.items.numeric or \
-        data.item_ids.dtype.kind not in "iu" else _lookup_numeric(catalog, data.item_ids.astype(np.int64))
+        data.item_ids.dtype.kind not in "iu" else catalog.items.lookup_keys(data.item_ids.astype(np.int64))
     mapped = index[data.item]
     keep = mapped >= 0
     lengths = np.bincount(data.user[keep], minlength=data.n_users)
@@ -51,12 +51,6 @@ def reindex(data: Interactions, catalog: ItemCatalog) -> tuple[Interactions, int
         item_ids=catalog.items.ids, category_ids=catalog.categories.ids, format=data.format, source=data.source,
         has_timestamp=data.has_timestamp, has_category=data.has_category)
     return result, int((~keep).sum())
-
-
-def _lookup_numeric(catalog: ItemCatalog, ids: np.ndarray) -> np.ndarray:
-    index = catalog.items
-    position = np.minimum(np.searchsorted(index.sorted_ids, ids), len(index.sorted_ids) - 1)
-    return np.where(index.sorted_ids[position] == ids, index.order[position], -1)
 
 
 def load_base(run: Path, method: str) -> tuple[DeepRetrieval, ItemCatalog, dict]:

@@ -63,10 +63,15 @@ class IdIndex:
         if len(values) == 0:
             return np.zeros(0, dtype=np.int64)
         keys, ok = _as_key_array(values, self.numeric)
-        position = np.searchsorted(self.sorted_ids, keys)
-        position = np.minimum(position, len(self.sorted_ids) - 1)
-        found = ok & (self.sorted_ids[position] == keys)
-        return np.where(found, self.order[position], -1)
+        return np.where(ok, self.lookup_keys(keys), -1)
+
+    def lookup_keys(self, keys: np.ndarray) -> np.ndarray:
+        """`lookup` for ids already of the key type (int64 or str), vectorized: the bulk path of
+        the catalogue tools, which read whole files of ids. -1 for unknown ones."""
+        if len(keys) == 0:
+            return np.zeros(0, dtype=np.int64)
+        position = np.minimum(np.searchsorted(self.sorted_ids, keys), len(self.sorted_ids) - 1)
+        return np.where(self.sorted_ids[position] == keys, self.order[position], -1)
 
     def original(self, index: np.ndarray) -> list:
         """Original ids for internal indices, as JSON-ready Python values."""

@@ -99,15 +99,6 @@ def _plain_category(value: object) -> object:
         return text
 
 
-def lookup_ids(catalog: ItemCatalog, ids: np.ndarray) -> np.ndarray:
-    """Internal index of each id (same key type as the catalogue), -1 when unknown; vectorized."""
-    index = catalog.items
-    if len(ids) == 0:
-        return np.zeros(0, dtype=np.int64)
-    position = np.minimum(np.searchsorted(index.sorted_ids, ids), len(index.sorted_ids) - 1)
-    return np.where(index.sorted_ids[position] == ids, index.order[position], -1)
-
-
 @dataclass(frozen=True)
 class Events:
     """Recent interactions, time-ordered within each user. item: the catalogue's key type."""

@@ -20,7 +20,7 @@ from service.core.artifact import MANIFEST, Artifact, ArtifactError, read_artifa
 from service.core.artifact import write_artifact as core_write_artifact
 from service.core.items import ItemCatalog
 from service.core.tree import Tree
-from trainer.catalogue.inputs import lookup_ids, read_events, read_item_list
+from trainer.catalogue.inputs import read_events, read_item_list
 from trainer.catalogue.placement import REASONS, co_consumption, place
 from trainer.catalogue.scorer_table import parity, read_table, write_grown
 from trainer.errors import DataError
@@ -48,7 +48,7 @@ def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None
     base = load(artifact)
     catalog, tree = base.catalog, base.tree
     listed = read_item_list(items, catalog, with_categories=True)
-    known = lookup_ids(catalog, listed.ids)
+    known = catalog.items.lookup_keys(listed.ids)
     if (known >= 0).any():
         first = listed.ids[known >= 0][0]
         raise DataError(f"item {first} is already in the catalogue ({int((known >= 0).sum())} of "
@@ -63,7 +63,7 @@ def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None
     event_counts = np.zeros(n_new, dtype=np.int64)
     if events is not None:
         log_events = read_events(events, fmt, catalog.items.numeric)
-        index = lookup_ids(catalog, log_events.item)
+        index = catalog.items.lookup_keys(log_events.item)
         position = np.minimum(np.searchsorted(listed.ids[new_order], log_events.item), n_new - 1)
         is_new = listed.ids[new_order][position] == log_events.item
         index = np.where(is_new, n_old + new_order[position], index)
@@ -116,7 +116,7 @@ def retire_items(artifact: Path, items: Path, out: Path) -> dict:
     base = load(artifact)
     catalog = base.catalog
     listed = read_item_list(items, catalog, with_categories=False)
-    index = lookup_ids(catalog, listed.ids)
+    index = catalog.items.lookup_keys(listed.ids)
     if (index < 0).any():
         raise DataError(f"item {listed.ids[index < 0][0]} is not in the catalogue ({int((index < 0).sum())} of "
                         f"{len(index)} listed are not); retire-items takes catalogue items only", items)
