@@ -36,7 +36,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Job:
-    history: np.ndarray
+    states: np.ndarray  # (B, ...) the rows' user states (`OnnxScorer.user_state`), any dtype
     nodes: np.ndarray
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
@@ -82,10 +82,11 @@ class MicroBatcher:
     def queued_rows(self) -> int:
         return self._queued_rows
 
-    def score(self, history: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-        """Same contract as the scorer: (B, L), (B, C) -> (B, C); blocks until scored."""
-        job = _Job(np.ascontiguousarray(history, dtype=np.int64), np.ascontiguousarray(nodes, dtype=np.int64))
-        rows = len(job.history)
+    def score(self, states: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+        """Same contract as the scorer's `score_state`: (B, ...), (B, C) -> (B, C); blocks until
+        scored."""
+        job = _Job(np.ascontiguousarray(states), np.ascontiguousarray(nodes, dtype=np.int64))
+        rows = len(job.states)
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed")
@@ -93,7 +94,7 @@ class MicroBatcher:
         if alone:
             # Nobody to batch with: score in this thread, sparing two thread hand-offs per level
             # (they added ~3 ms to a 13-level single-stream search).
-            return self.score_rows(job.history, job.nodes)
+            return self.score_rows(job.states, job.nodes)
         with self._cond:
             if self._queued_rows + rows > self.max_queue_rows:
                 raise Overloaded(f"{self._queued_rows} scorer rows already queued")
@@ -141,10 +142,10 @@ class MicroBatcher:
                     break
                 self._cond.wait(remaining)
             jobs, rows = [], 0
-            while self._queue and (not jobs or rows + len(self._queue[0].history) <= self.max_rows):
+            while self._queue and (not jobs or rows + len(self._queue[0].states) <= self.max_rows):
                 job = self._queue.popleft()
                 jobs.append(job)
-                rows += len(job.history)
+                rows += len(job.states)
             self._queued_rows -= rows
             return jobs
 
@@ -156,10 +157,10 @@ class MicroBatcher:
             started = time.perf_counter()
             try:
                 width = max(job.nodes.shape[1] for job in jobs)
-                history = np.concatenate([job.history for job in jobs])
+                states = np.concatenate([job.states for job in jobs])
                 nodes = np.concatenate([np.pad(job.nodes, ((0, 0), (0, width - job.nodes.shape[1])),
                                                constant_values=-1) for job in jobs])
-                logits = self.score_rows(history, nodes)
+                logits = self.score_rows(states, nodes)
                 start = 0
                 for job in jobs:
                     rows, cols = job.nodes.shape
@@ -172,7 +173,7 @@ class MicroBatcher:
                 for job in jobs:
                     job.done.set()
             self.stats.calls += 1
-            self.stats.rows += sum(len(job.history) for job in jobs)
+            self.stats.rows += sum(len(job.states) for job in jobs)
             self.stats.jobs += len(jobs)
             if self.on_batch is not None:
-                self.on_batch(len(jobs), sum(len(job.history) for job in jobs), time.perf_counter() - started)
+                self.on_batch(len(jobs), sum(len(job.states) for job in jobs), time.perf_counter() - started)

@@ -34,7 +34,8 @@ class ModelBundle:
 
     @property
     def score_rows(self) -> RowScorer:
-        return self.batcher.score if self.batcher is not None else self.scorer.score
+        """(user states, node rows) -> logits: through the micro-batcher when there is one."""
+        return self.batcher.score if self.batcher is not None else self.scorer.score_state
 
     def summary(self) -> dict:
         m = self.manifest

@@ -49,7 +49,7 @@ def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = 
     )
     if settings.batching:
         bundle.batcher = MicroBatcher(
-            scorer.score, max_rows=settings.batch_max_rows, max_wait_s=settings.batch_max_wait_ms / 1000,
+            scorer.score_state, max_rows=settings.batch_max_rows, max_wait_s=settings.batch_max_wait_ms / 1000,
             max_queue_rows=settings.batch_queue_rows, timeout_s=settings.batch_timeout_s,
             on_batch=metrics.observe_batch if metrics is not None else None,
         )

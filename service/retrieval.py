@@ -16,7 +16,6 @@ import numpy as np
 from service.bundle import ModelBundle
 from service.core.beam import beam_search
 from service.core.filters import ItemFilter, allow_categories, combine, exclude_items
-from service.scorer import level_score_fn
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def search(
     row = np.full((1, bundle.history_length), -1, dtype=np.int64)
     recent = history[: bundle.history_length]
     row[0, : len(recent)] = recent
-    score = level_score_fn(bundle.score_rows, bundle.tree, row, bundle.hierarchical)
+    score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical, bundle.score_rows)
     if on_level is not None:
         inner = score
 

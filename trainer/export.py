@@ -1,8 +1,11 @@
 """`export`: turn a run directory into a versioned, self-describing artifact for the service.
 
-The scorer becomes one ONNX graph ``(history (B, L) rows, nodes (B, C) rows) -> logits (B, C)``
-that computes the user part (window pooling, a_u and M_u) once per row and applies it to all C
-candidates of that row, so one call per beam-search level is the serving cost. With the
+The scorer becomes one ONNX graph with two halves that share the embedding table:
+``history (H, L) rows -> user_state (H, d + 2, H1)``, the user part (window pooling, a_u and
+M_u), and ``(user (B, d + 2, H1), nodes (B, C) rows) -> logits (B, C)``, the candidates. The
+service computes the user states of every level a search will visit in one call per request
+and then calls the candidate half once per beam-search level (the "split" interface; a graph
+that recomputed the user part in every level's call cost ~8% more search time). With the
 hierarchical representation the service maps behaviours to level-l ancestors (numpy, from the
 tree in the same artifact) before the call, exactly as training did.
 
@@ -73,44 +76,90 @@ class _ScorerGraph(torch.nn.Module):
             self.register_buffer("windows", model.pool.weights.detach().float().clone())  # (W, L)
             self.register_buffer("windows_t", model.pool.weights.detach().float().T.contiguous())
 
-    def forward(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    def user_state(self, history: torch.Tensor) -> torch.Tensor:
+        """(H, L) behaviour rows -> (H, d + 2, H1) per-row matrices [M_u^T; a_u; 0]."""
         pad = torch.tensor(self.n_rows, dtype=history.dtype)
         mask = history >= 0
-        embedded = self.table[torch.where(mask, history, pad)]  # (B, L, d + 2)
-        sums = torch.matmul(self.windows, embedded)  # (B, W, d + 2)
-        counts = torch.matmul(mask.to(embedded.dtype), self.windows_t)  # (B, W)
+        embedded = self.table[torch.where(mask, history, pad)]  # (H, L, d + 2)
+        sums = torch.matmul(self.windows, embedded)  # (H, W, d + 2)
+        counts = torch.matmul(mask.to(embedded.dtype), self.windows_t)  # (H, W)
         pooled = sums / counts.clamp(min=1.0).unsqueeze(-1)
-        a = torch.matmul(pooled.flatten(1), self.a_aug) + self.first_bias  # (B, H1)
-        user = (pooled.unsqueeze(-1) * self.c_aug).sum(1) + self.b_aug + a.unsqueeze(1) * self.one_hot
+        a = torch.matmul(pooled.flatten(1), self.a_aug) + self.first_bias  # (H, H1)
+        return (pooled.unsqueeze(-1) * self.c_aug).sum(1) + self.b_aug + a.unsqueeze(1) * self.one_hot
+
+    def logits(self, user: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        """(B, d + 2, H1) user states, (B, C) candidate rows -> (B, C) logits."""
+        pad = torch.tensor(self.n_rows, dtype=nodes.dtype)
         target = self.table[torch.where(nodes >= 0, nodes, pad)]  # (B, C, d + 2)
         hidden = torch.matmul(target, user)  # (B, C, H1): a_u + M_u t for every candidate
         logits = self.rest(hidden.reshape(-1, hidden.shape[-1])).reshape(nodes.shape)
         return logits + target[:, :, -1]
 
+    def forward(self, history: torch.Tensor, user: torch.Tensor,
+                nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both halves in one graph; a caller asks for the output it needs and feeds the other
+        half's inputs empty (0 rows), which costs a few empty kernels."""
+        return self.user_state(history), self.logits(user, nodes)
 
-def export_onnx(model: TreeScorer, path: Path) -> dict:
-    """Write the scorer as ONNX with dynamic batch and candidate axes; return its I/O spec."""
+
+class _FullScorerGraph(torch.nn.Module):
+    """The interface before the split, ``(history, nodes) -> logits``, one call doing both
+    halves: what artifacts exported before it contain. Kept so that tests can build such an
+    artifact and prove the service still serves it."""
+
+    def __init__(self, graph: _ScorerGraph) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, history: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+        return self.graph.logits(self.graph.user_state(history), nodes)
+
+
+def export_onnx(model: TreeScorer, path: Path, interface: str = "split") -> dict:
+    """Write the scorer as ONNX with dynamic batch and candidate axes; return its I/O spec.
+    interface: "split" (user half and candidate half, the default) or "full" (the older
+    single-output graph, for compatibility tests)."""
     if model.config.attention:
         raise DataError("the attention variant cannot be exported: it has no user/node split")
+    if interface not in ("split", "full"):
+        raise ValueError(f"interface must be 'split' or 'full', got {interface!r}")
     model = model.cpu().eval()
+    graph = _ScorerGraph(model)
     history = torch.full((2, model.config.max_history), -1, dtype=torch.long)
     history[:, :3] = torch.arange(3)
     nodes = torch.arange(6, dtype=torch.long).reshape(2, 3) % model.n_rows
+    width, hidden = model.config.dim + 2, model.config.hidden[0]
+    history_spec = {"name": "history", "dtype": "int64", "shape": ["rows", model.config.max_history],
+                    "meaning": "embedding rows of the behaviours, most recent first, -1 padded"}
+    nodes_spec = {"name": "nodes", "dtype": "int64", "shape": ["batch", "candidates"],
+                  "meaning": "embedding rows of candidate nodes, -1 = none"}
+    logits_spec = {"name": "logits", "dtype": "float32", "shape": ["batch", "candidates"]}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-        torch.onnx.export(
-            _ScorerGraph(model), (history, nodes), str(path), input_names=["history", "nodes"],
-            output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
-            dynamic_axes={"history": {0: "batch"}, "nodes": {0: "batch", 1: "candidates"},
-                          "logits": {0: "batch", 1: "candidates"}},
-        )
+        if interface == "split":
+            with torch.no_grad():
+                user = graph.user_state(history)
+            torch.onnx.export(
+                graph, (history, user, nodes), str(path), input_names=["history", "user", "nodes"],
+                output_names=["user_state", "logits"], opset_version=ONNX_OPSET, dynamo=False,
+                dynamic_axes={"history": {0: "rows"}, "user": {0: "batch"}, "nodes": {0: "batch", 1: "candidates"},
+                              "user_state": {0: "rows"}, "logits": {0: "batch", 1: "candidates"}},
+            )
+            user_spec = {"name": "user", "dtype": "float32", "shape": ["batch", width, hidden],
+                         "meaning": "user states (the user_state output) of the rows to score"}
+            state_spec = {"name": "user_state", "dtype": "float32", "shape": ["rows", width, hidden]}
+            io = {"inputs": [history_spec, user_spec, nodes_spec], "outputs": [state_spec, logits_spec]}
+        else:
+            torch.onnx.export(
+                _FullScorerGraph(graph), (history, nodes), str(path), input_names=["history", "nodes"],
+                output_names=["logits"], opset_version=ONNX_OPSET, dynamo=False,
+                dynamic_axes={"history": {0: "batch"}, "nodes": {0: "batch", 1: "candidates"},
+                              "logits": {0: "batch", 1: "candidates"}},
+            )
+            io = {"inputs": [{**history_spec, "shape": ["batch", model.config.max_history]}, nodes_spec],
+                  "outputs": [logits_spec]}
     return {
-        "file": "scorer.onnx", "opset": ONNX_OPSET,
-        "inputs": [{"name": "history", "dtype": "int64", "shape": ["batch", model.config.max_history],
-                    "meaning": "embedding rows of the behaviours, most recent first, -1 padded"},
-                   {"name": "nodes", "dtype": "int64", "shape": ["batch", "candidates"],
-                    "meaning": "embedding rows of candidate nodes, -1 = none"}],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", "candidates"]}],
+        "file": "scorer.onnx", "opset": ONNX_OPSET, "interface": interface, **io,
         "n_rows": model.n_rows, "max_history": model.config.max_history,
         "hierarchical": model.config.hierarchical, "windows": [list(w) for w in model.config.windows],
         "dim": model.config.dim, "hidden": list(model.config.hidden),
@@ -147,7 +196,7 @@ def logits_parity(model: TreeScorer, onnx_path: Path, seed: int = 0) -> float:
 def topk_parity(method: DeepRetrieval, onnx_path: Path, histories: np.ndarray, k: int, beam: int) -> dict:
     """Offline (PyTorch) vs service (ONNX) beam search on the same users: identical lists?"""
     from service.core.beam import beam_search
-    from service.scorer import OnnxScorer, level_score_fn
+    from service.scorer import OnnxScorer
     from trainer.scoring import retrieve
 
     assert method.model is not None and method.tree is not None
@@ -156,7 +205,7 @@ def topk_parity(method: DeepRetrieval, onnx_path: Path, histories: np.ndarray, k
     online = np.full_like(offline, -1)
     for start in range(0, len(histories), 64):
         chunk = histories[start:start + 64]
-        score = level_score_fn(scorer.score, method.tree, chunk, method.config.scorer.hierarchical)
+        score = scorer.levels(method.tree, chunk, method.config.scorer.hierarchical)  # the served path
         online[start:start + 64] = beam_search(method.tree, score, len(chunk), k, beam).items
     identical = int((offline == online).all(axis=1).sum())
     overlap = float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / max((a >= 0).sum(), 1)

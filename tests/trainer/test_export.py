@@ -14,10 +14,10 @@ from service.core.artifact import ArtifactError, verify_artifact
 from service.core.beam import beam_search
 from service.model_store import load_bundle
 from service.retrieval import search
-from service.scorer import OnnxScorer
+from service.scorer import OnnxScorer, level_score_fn
 from trainer.data import make_eval_set
 from trainer.errors import DataError
-from trainer.export import export_run
+from trainer.export import export_onnx, export_run
 from trainer.run import load_run
 from trainer.scoring import TorchScoreFn
 
@@ -33,7 +33,9 @@ def test_manifest_describes_the_artifact(trained, method: str) -> None:
     config = json.loads((run / "config.json").read_text())
     assert manifest["data_fingerprint"] == config["dataset"]["fingerprint"]
     assert manifest["scorer"]["hierarchical"] == (method == "jtm-h")
-    assert [i["name"] for i in manifest["scorer"]["inputs"]] == ["history", "nodes"]
+    assert manifest["scorer"]["interface"] == "split"
+    assert [i["name"] for i in manifest["scorer"]["inputs"]] == ["history", "user", "nodes"]
+    assert [o["name"] for o in manifest["scorer"]["outputs"]] == ["user_state", "logits"]
     assert manifest["metrics"]["recall"] > 0
     assert manifest["parity"]["onnx_vs_torch_max_abs"] <= 1e-4
 
@@ -94,3 +96,80 @@ def test_tampered_artifacts_are_refused(trained, tmp_path: Path) -> None:
     (copy / "tree.npz").write_bytes((copy / "tree.npz").read_bytes()[:-10])
     with pytest.raises(ArtifactError, match="tree.npz.*truncated"):
         verify_artifact(copy)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_split_scorer_serves_what_the_single_call_graph_served(trained, method: str, tmp_path: Path) -> None:
+    """The served path (user states of every level in one call, then one candidate call per
+    level) against the graph exported before the split, which recomputes the user part in
+    every call: same logits, and the same beam search, with a filter that forces the search
+    to widen and rerun (so states are reused across reruns)."""
+    run, artifact = trained[method]
+    config, data, split, offline = load_run(run)
+    full_path = tmp_path / "full.onnx"
+    spec = export_onnx(offline.model, full_path, interface="full")
+    assert spec["interface"] == "full" and [i["name"] for i in spec["inputs"]] == ["history", "nodes"]
+    served, single = OnnxScorer(artifact / "scorer.onnx", threads=1), OnnxScorer(full_path, threads=1)
+    assert served.split and not single.split
+    rng = np.random.default_rng(2)
+    n_rows = offline.model.n_rows
+    history = rng.integers(-1, n_rows, size=(5, 69))
+    nodes = rng.integers(-1, n_rows, size=(5, 33))
+    np.testing.assert_allclose(served.score(history, nodes), single.score(history, nodes), atol=1e-5)
+    np.testing.assert_allclose(served.score_state(served.user_state(history), nodes),
+                               single.score(history, nodes), atol=1e-5)
+
+    tree, hierarchical = offline.tree, offline.config.scorer.hierarchical
+    histories = make_eval_set(data, split.test).histories(69)[:16]
+    banned = np.zeros(tree.n_items, dtype=bool)
+    banned[rng.permutation(tree.n_items)[: tree.n_items * 3 // 4]] = True
+
+    def allowed(ids: np.ndarray) -> np.ndarray:
+        return (ids >= 0) & ~banned[np.maximum(ids, 0)]
+
+    calls = []
+
+    def counted_user_state(rows: np.ndarray) -> np.ndarray:
+        calls.append(len(rows))
+        return served.user_state(rows)
+
+    for flt in (None, allowed):
+        calls.clear()
+        fast = beam_search(tree, level_score_fn(served.score_state, tree, histories, hierarchical,
+                                                counted_user_state), len(histories), 30, 8, flt)
+        slow = beam_search(tree, level_score_fn(single.score, tree, histories, hierarchical),
+                           len(histories), 30, 8, flt)
+        np.testing.assert_array_equal(fast.items, slow.items)
+        np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-5)
+        # Plain features: one state per user. Hierarchical: one call covers the start level and
+        # everything below; a rerun with a wider beam may start higher and adds only those levels.
+        assert len(calls) == 1 or (flt is not None and hierarchical)
+        assert sum(calls) <= len(histories) * (tree.depth + 1 if hierarchical else 1)
+
+
+def test_service_serves_an_artifact_exported_before_the_split(trained, tmp_path: Path) -> None:
+    """An artifact whose scorer is the older single-call graph still loads and answers the
+    same as the current export."""
+    import shutil
+
+    from service.core.artifact import sha256_file
+    from trainer.export import bind_tree
+
+    run, artifact = trained["jtm-h"]
+    _, data, split, offline = load_run(run)
+    old = tmp_path / "old"
+    shutil.copytree(artifact, old)
+    export_onnx(offline.model, old / "scorer.onnx", interface="full")
+    manifest = json.loads((old / "manifest.json").read_text())
+    bind_tree(old / "scorer.onnx", manifest["files"]["tree.npz"]["sha256"])
+    manifest["files"]["scorer.onnx"] = {"sha256": sha256_file(old / "scorer.onnx"),
+                                        "bytes": (old / "scorer.onnx").stat().st_size}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    current, before = load_bundle(artifact, Settings(batching=False)), load_bundle(old, Settings(batching=False))
+    assert not before.scorer.split
+    for history in make_eval_set(data, split.test).histories(69)[:10]:
+        a = search(current, history[history >= 0].astype(np.int64), k=40, beam=40)
+        b = search(before, history[history >= 0].astype(np.int64), k=40, beam=40)
+        np.testing.assert_array_equal(a.items, b.items)
+    current.close()
+    before.close()
