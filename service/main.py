@@ -7,7 +7,6 @@ once a warmed bundle is being served.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -22,6 +21,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.admin import router as admin_router
+from service.api.errors import http_error_response, send_json
+from service.api.fast_path import RecommendFastPath
 from service.api.routes import router
 from service.config import Settings
 from service.features import BehaviorStore, make_store
@@ -32,9 +33,10 @@ log = logging.getLogger("service")
 
 
 def create_app(settings: Settings, bundle: ModelBundle | None = None, store: BehaviorStore | None = None,
-               metrics: Metrics | None = None) -> FastAPI:
+               metrics: Metrics | None = None, fast_path: bool = True) -> FastAPI:
     """Build the app. `bundle` may be preloaded (the CLI validates before binding a port); it
-    must then have been loaded with this app's `metrics`."""
+    must then have been loaded with this app's `metrics`. `fast_path=False` serves every
+    recommend request through FastAPI's route (tests compare the two: same answers)."""
     metrics = metrics or Metrics()
 
     @asynccontextmanager
@@ -84,7 +86,8 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    app.add_middleware(RequestContext, metrics=metrics, max_inflight=settings.max_inflight)
+    fast = RecommendFastPath(app.state, settings, metrics) if fast_path else None
+    app.add_middleware(RequestContext, metrics=metrics, max_inflight=settings.max_inflight, fast_path=fast)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _publish_limits(app, settings)
     return app
@@ -157,15 +160,7 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    kind = {404: "not_found", 405: "method_not_allowed", 413: "too_large", 401: "unauthorized",
-            403: "forbidden", 415: "unsupported_media_type", 503: "unavailable"}.get(exc.status_code, "error")
-    if exc.status_code == 400:  # the framework could not parse the body (e.g. not UTF-8): invalid JSON
-        return JSONResponse(status_code=422, content={"error": "validation",
-                                                      "message": f"malformed request body: {exc.detail}"})
-    if exc.status_code == 422:
-        kind = "validation"
-    return JSONResponse(status_code=exc.status_code, content={"error": kind, "message": str(exc.detail)},
-                          headers=getattr(exc, "headers", None))
+    return http_error_response(exc)
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -180,13 +175,17 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 class RequestContext:
     """Request id (X-Request-ID in and out), latency histogram per route, one access-log line,
     and admission control: beyond `max_inflight` recommend requests in progress, new ones get
-    503 with Retry-After at once (bounded work and memory instead of a growing queue)."""
+    503 with Retry-After at once (bounded work and memory instead of a growing queue). An
+    admitted `POST /v1/recommend` goes to `fast_path` (`service.api.fast_path`), which answers
+    it without FastAPI's routing or hands it on to the app unchanged."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, max_inflight: int) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_inflight: int,
+                 fast_path: RecommendFastPath | None = None) -> None:
         self.app = app
         self.metrics = metrics
         self.max_inflight = max_inflight
         self.inflight = 0
+        self.fast_path = fast_path  # answers well-formed recommend requests before FastAPI's routing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -196,19 +195,21 @@ class RequestContext:
         if scope["path"] == "/v1/recommend":
             if self.inflight >= self.max_inflight:
                 self.metrics.rejected.labels("inflight_limit").inc()
-                await _json_response(send, 503, {"error": "unavailable",
-                                                 "message": f"overloaded: {self.inflight} requests in progress"},
-                                     [(b"retry-after", b"1")])
+                await send_json(send, 503, {"error": "unavailable",
+                                            "message": f"overloaded: {self.inflight} requests in progress"},
+                                [(b"retry-after", b"1")])
                 return
             self.inflight += 1
             try:
-                await self._serve(scope, receive, send)
+                fast = self.fast_path
+                await self._serve(scope, receive, send, fast if fast is not None and fast.handles(scope) else None)
             finally:
                 self.inflight -= 1
             return
         await self._serve(scope, receive, send)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send,
+                     fast: RecommendFastPath | None = None) -> None:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")[:64]
         rid = incoming or uuid.uuid4().hex[:16]
         token = request_id.set(rid)
@@ -224,7 +225,10 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            if fast is None:
+                await self.app(scope, receive, send_with_id)
+            else:
+                await fast(scope, receive, send_with_id, self.app)
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
@@ -278,12 +282,4 @@ class _BodyTooLarge(StarletteHTTPException):
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    await _json_response(send, 413, {"error": "too_large", "message": f"request body over {limit} bytes"})
-
-
-async def _json_response(send: Send, status: int, content: dict, headers: list | None = None) -> None:
-    body = json.dumps(content).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, 413, {"error": "too_large", "message": f"request body over {limit} bytes"})

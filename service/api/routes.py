@@ -18,9 +18,12 @@ from service.api.schemas import (
     RecommendResponse,
     error_responses,
 )
-from service.features import StoredEvent, StoreUnavailable
+from service.config import Settings
+from service.features import BehaviorStore, StoredEvent, StoreUnavailable
+from service.model_store import ModelStore
 from service.recommend import Rejected
 from service.recommend import recommend as recommend_request
+from service.telemetry import Metrics
 
 log = logging.getLogger("service.api")
 router = APIRouter()
@@ -35,12 +38,23 @@ def unavailable(message: str) -> HTTPException:
              dependencies=[JsonBody], responses=error_responses(413, 415, 422, 503))
 def recommend(body: RecommendRequest, request: Request, models: ModelsDep, settings: SettingsDep,
               metrics: MetricsDep, store: StoreDep) -> Response:
-    """The request is served by one bundle from start to end, even if a new one is swapped in."""
+    """The request is served by one bundle from start to end, even if a new one is swapped in.
+
+    A well-formed request seldom gets here: `service.api.fast_path` answers it first, through
+    the same `serve_recommend`. This route documents the endpoint and answers every request the
+    fast path hands over (a body that is not valid, not JSON, over the size limit)."""
+    return serve_recommend(body, models, settings, metrics, store, request.scope.get("jtm_arrival"))
+
+
+def serve_recommend(body: RecommendRequest, models: ModelStore, settings: Settings, metrics: Metrics,
+                    store: BehaviorStore, arrived: float | None) -> Response:
+    """One validated recommend request, on one bundle held (`models.use`) until it is answered;
+    a refusal is raised as the HTTPException the client gets. Blocking: runs on a worker thread."""
     with models.use(body.user_id) as bundle:
         if bundle is None:
             raise unavailable("no model loaded yet")
         try:
-            answer = recommend_request(body, bundle, settings, metrics, store, request.scope.get("jtm_arrival"))
+            answer = recommend_request(body, bundle, settings, metrics, store, arrived)
         except Rejected as exc:
             raise (unavailable(exc.detail) if exc.retry else HTTPException(exc.status, exc.detail)) from exc
     # Serialised directly (orjson): the schema above documents it; building 200 pydantic
