@@ -48,6 +48,12 @@ class Settings(BaseSettings):
     queue_budget_ms: float = Field(250.0, gt=0)
     worker_threads: int = Field(64, ge=1, description="threads serving requests")
 
+    # Server processes, each with its own copy of the model. None: one per usable CPU (the CPU
+    # affinity mask and the cgroup quota, at most 8) on CPU, 1 with cuda. Processes sidestep
+    # the GIL on the search's numpy work and the HTTP layer: on 2 cores, 1 process failed at
+    # 100-150 requests/s where 2 held 150 (docs/PERFORMANCE.md).
+    workers: int | None = Field(None, ge=1, le=64)
+
     # Scoring.
     device: Literal["cpu", "cuda"] = "cpu"
     # onnxruntime intra-op threads per scoring call. 1 is fastest for one request's ~400-row
