@@ -356,13 +356,14 @@ def section_threads(args: argparse.Namespace) -> list[dict]:
 def section_throughput(args: argparse.Namespace) -> list[dict]:
     from loadtest.generator import bodies_from, run_load
 
-    artifact = artifact_for(args.sweep_size)
+    code = Path(args.code).resolve() if args.code else ROOT
+    artifact = artifact_for(args.sweep_size, code)
     bodies = bodies_from(artifact, 2000, args.k, seed=0)
     rates = [float(r) for r in args.rates.split(",")]
     results = []
     for name in args.configs.split(";"):
         flags, env = CONFIGS[name]
-        process, url = start(artifact, flags, args.device, env=env)
+        process, url = start(artifact, flags, args.device, root=code, env=env)
         sweep = []
         try:
             for rate in rates:
@@ -400,7 +401,7 @@ def section_throughput(args: argparse.Namespace) -> list[dict]:
             stop(process)
         passing = sorted({s["target_rate"] for s in sweep}
                          - {s["target_rate"] for s in sweep if not s["meets_slo"]})
-        results.append({"config": name, "flags": flags, "env": env, "sweep": sweep,
+        results.append({"config": name, "code": describe(code), "flags": flags, "env": env, "sweep": sweep,
                         "max_sustainable_rate": max(passing) if passing else None})
     print(f"\nopen loop, {args.sweep_size:,} items, k = {args.k}, {args.duration:g} s per rate after a "
           f"{args.warmup:g} s warm-up; SLO: p99 <= {args.slo_ms:g} ms, no errors (ms)\n")
@@ -489,6 +490,8 @@ def main() -> None:
                         help=f"server configurations for the throughput sweep, ';'-separated: {'; '.join(CONFIGS)}")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds counted per rate")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds sent before counting, per rate")
+    parser.add_argument("--code", default="", help="throughput: serve with the code in this directory (a git "
+                        "worktree of another commit) and an artifact built by its exporter; default this one")
     parser.add_argument("--repeat", type=int, default=1, help="runs per rate; a rate is sustained only if every "
                         "run meets the SLO")
     parser.add_argument("--slo-ms", type=float, default=50.0, help="p99 bound for a rate to count as sustained")
