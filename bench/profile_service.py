@@ -78,7 +78,7 @@ def main() -> None:
         raise SystemExit("error: py-spy not found (pip install py-spy into the venv)")
 
     artifact = artifact_for(args.items)
-    flags = ["--no-batching"] + (["--workers", str(args.workers)] if args.workers > 1 else [])
+    flags = ["--no-batching", "--workers", str(args.workers)]  # explicit: the default is one per CPU
     process, url = start(artifact, flags)
     raw = Path(f"/tmp/profile-{process.pid}.txt")
     try:
