@@ -24,8 +24,13 @@ server are not counted. Latency is measured from just before sending to the end 
     .venv/bin/python -m bench.bench_service --sizes 10000,100000,1000000 --json bench/results/service.json
     .venv/bin/python -m bench.bench_service --sizes '' --ks 50,200,1000 --beams 100,200,400,800 \\
         --ort-threads 1,2 --json bench/results/service_sweeps.json
-    .venv/bin/python -m bench.bench_service --sizes '' --rates 100,150,200,250,300,350 \\
-        --configs '1 process;1 process, batching;2 processes' --json bench/results/service_throughput.json
+    .venv/bin/python -m bench.bench_service --sizes '' --rates 200,250 --duration 60 --warmup 5 --repeat 2 \\
+        --configs default --json bench/results/service_throughput.json
+    .venv/bin/python -m bench.bench_service --gpu-quick --json bench/results/service_gpu.json   # with a GPU
+
+`--gpu-quick` needs onnxruntime's CUDA provider (`pip install onnxruntime-gpu` in place of
+onnxruntime); each configuration prints the providers the server really uses, since
+`--device cuda` falls back to the CPU without it.
 """
 
 from __future__ import annotations
@@ -364,6 +369,8 @@ def section_throughput(args: argparse.Namespace) -> list[dict]:
     for name in args.configs.split(";"):
         flags, env = CONFIGS[name]
         process, url = start(artifact, flags, args.device, root=code, env=env)
+        providers = serving_providers(url)
+        print(f"{name}: onnxruntime providers {providers}", file=sys.stderr, flush=True)
         sweep = []
         try:
             for rate in rates:
@@ -401,7 +408,8 @@ def section_throughput(args: argparse.Namespace) -> list[dict]:
             stop(process)
         passing = sorted({s["target_rate"] for s in sweep}
                          - {s["target_rate"] for s in sweep if not s["meets_slo"]})
-        results.append({"config": name, "code": describe(code), "flags": flags, "env": env, "sweep": sweep,
+        results.append({"config": name, "code": describe(code), "flags": flags, "env": env, "providers": providers,
+                        "sweep": sweep,
                         "max_sustainable_rate": max(passing) if passing else None})
     print(f"\nopen loop, {args.sweep_size:,} items, k = {args.k}, {args.duration:g} s per rate after a "
           f"{args.warmup:g} s warm-up; SLO: p99 <= {args.slo_ms:g} ms, no errors (ms)\n")
@@ -420,6 +428,20 @@ def section_throughput(args: argparse.Namespace) -> list[dict]:
     for r in results:
         print(f"| {r['config']} | {r['max_sustainable_rate'] or '-'} |")
     return results
+
+
+def serving_providers(url: str) -> list[str] | None:
+    """The execution providers the server really uses (`--device cuda` falls back to the CPU
+    when onnxruntime has no CUDA provider): from GET /v1/model."""
+    parsed = urlparse(url)
+    connection = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
+    try:
+        connection.request("GET", "/v1/model")
+        return (json.loads(connection.getresponse().read()).get("serving") or {}).get("providers")
+    except (OSError, ValueError):
+        return None
+    finally:
+        connection.close()
 
 
 def describe(code_dir: Path) -> str:
@@ -498,7 +520,13 @@ def main() -> None:
     parser.add_argument("--versions", default="", help="CODE_DIR[:ARTIFACT_CODE_DIR],... to compare side by side")
     parser.add_argument("--rounds", type=int, default=3, help="in-process search rounds per version")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--gpu-quick", action="store_true", help="the GPU serving check in under 5 minutes: "
+                        "--device cuda, 1M items, single stream, then open loop at 200-1600/s for 10 s each with "
+                        "micro-batching (the cuda default) and without")
     args = parser.parse_args()
+    if args.gpu_quick:
+        args.device, args.sizes, args.requests, args.duration, args.warmup = "cuda", "1000000", 300, 10.0, 2.0
+        args.rates, args.configs = "200,400,800,1600", "default;1 process"
 
     result: dict = {"command": command_line(), "device": args.device,
                     "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "k": args.k,
