@@ -62,8 +62,7 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
             metrics.fallbacks.labels(reason).inc()
         else:
             with metrics.search_seconds.labels(bundle.version).time():
-                result = search(bundle, internal, k, beam, allowed,
-                                on_level=lambda level, s: metrics.level_seconds.labels(str(level)).observe(s))
+                result = search(bundle, internal, k, beam, allowed, on_level=metrics.level_timer())
     except Overloaded as exc:
         metrics.rejected.labels("overloaded").inc()
         raise Rejected(503, f"overloaded: {exc}", retry=True) from exc

@@ -48,3 +48,4 @@ def test_workers_setting_is_validated() -> None:
     assert Settings().workers is None
     with pytest.raises(ValidationError):
         Settings(workers=0)
+
