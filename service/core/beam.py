@@ -84,15 +84,18 @@ def _search(tree: Tree, score: ScoreFn, n_users: int, k: int, beam: int, allowed
     levels_scored = scored = 0
     while True:
         if dense and level < tree.depth:
-            ids = tree.n_items + tree.level_offset(level) + candidates  # tree.node_ids without the -1 mask
+            # tree.node_ids without the -1 mask; every candidate is valid, so no mask either
+            ids = tree.n_items + tree.level_offset(level) + candidates
+            scores = _score(score, level, ids, None)
+            scored += ids.size
         else:
             ids = tree.node_ids(level, candidates)
-        valid = ids >= 0
-        if level == tree.depth and allowed is not None:
-            valid &= allowed(np.where(valid, ids, -1))
-        scores = _score(score, level, ids, valid)
+            valid = ids >= 0
+            if level == tree.depth and allowed is not None:
+                valid &= allowed(np.where(valid, ids, -1))
+            scores = _score(score, level, ids, valid)
+            scored += int(valid.sum())
         levels_scored += 1
-        scored += int(valid.sum())
         if level == tree.depth:
             index, values = top_k(scores, k)
             items = np.where(index >= 0, gather(ids, np.maximum(index, 0)), -1)
@@ -139,9 +142,10 @@ def brute_force(
     return SearchResult(items=best_items, scores=best_scores, levels_scored=1, candidates_scored=n_items * n_users)
 
 
-def _score(score: ScoreFn, level: int, ids: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Call the scorer with invalid entries as -1 and mask them to -inf afterwards."""
-    everything = bool(valid.all())
+def _score(score: ScoreFn, level: int, ids: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """Call the scorer with invalid entries as -1 and mask them to -inf afterwards (valid None:
+    every entry is valid)."""
+    everything = valid is None or bool(valid.all())
     result = np.asarray(score(level, ids if everything else np.where(valid, ids, -1)), dtype=np.float64)
     if result.shape != ids.shape:
         raise ValueError(f"scorer returned shape {result.shape} for candidates {ids.shape}")
@@ -161,7 +165,7 @@ def _keep(
         return np.where(np.isfinite(scores), candidates, -1)
     # Fast path (the usual case): the `beam` best nodes already hold >= k usable items, so
     # an unordered top-beam (argpartition, O(C)) is enough; no full sort.
-    top = np.argpartition(-scores, beam - 1, axis=1)[:, :beam]
+    top = np.argpartition(scores, -beam, axis=1)[:, -beam:]  # the beam largest, unordered
     kept = gather(candidates, top)
     top_scores = gather(scores, top)
     if np.isfinite(top_scores).all() and (kept >= 0).all():
