@@ -135,6 +135,9 @@ def load_interactions(config: DataConfig) -> Interactions:
     """Read, filter and index a log as `config` says, or memory-map a directory written by
     `trainer prepare` (`trainer.prepared`). Raises DataError on bad input."""
     if is_prepared(Path(config.path)):
+        if config.exclude_items:  # the events are indexed already: dropping some would renumber them
+            raise DataError("--exclude-items applies to a log, not to a directory written by `trainer prepare`: "
+                            "train from the log, or prepare it again without those items", config.path)
         stored = load_prepared(Path(config.path), config.min_interactions, config.behaviors)
         return Interactions(**{f.name: stored[f.name] for f in fields(Interactions) if f.name in stored})
     raw = read_log(config.path, config.format, config.behaviors)

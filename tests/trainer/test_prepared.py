@@ -44,6 +44,8 @@ def test_prepared_data_refuses_other_settings_and_names_broken_files(log: Path, 
     assert trainer_main(["prepare", "--data", str(log), "--out", str(out)]) == 0
     with pytest.raises(DataError, match="prepared with --min-interactions 10, asked for 5"):
         load_interactions(DataConfig(str(out), min_interactions=5))
+    with pytest.raises(DataError, match="--exclude-items applies to a log"):  # it used to be ignored silently
+        load_interactions(DataConfig(str(out), exclude_items=str(tmp_path / "retired.csv")))
     (out / "item.npy").write_bytes(b"not an array")
     assert trainer_main(["train", "--data", str(out), "--method", "tdm", "--out", str(tmp_path / "run")]) == 2
     assert "item.npy" in capsys.readouterr().err
