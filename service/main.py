@@ -164,9 +164,13 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 naming the request id (body and X-Request-ID), so a client's report finds the log line.
+    Starlette calls this from its outermost middleware, outside `RequestContext`, which therefore
+    leaves the id set when a request fails."""
     log.exception("unhandled error")
-    return JSONResponse(status_code=500, content={"error": "internal",
-                                                    "message": f"internal error (request {request_id.get()})"})
+    rid = request_id.get()
+    return JSONResponse(status_code=500, content={"error": "internal", "message": f"internal error (request {rid})"},
+                        headers={"x-request-id": rid} if rid != "-" else None)
 
 
 # ----------------------------------------------------------------------------- middleware
@@ -224,11 +228,13 @@ class RequestContext:
                 message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
             await send(message)
 
+        failed = True
         try:
             if fast is None:
                 await self.app(scope, receive, send_with_id)
             else:
                 await fast(scope, receive, send_with_id, self.app)
+            failed = False
         finally:
             seconds = time.perf_counter() - started
             route = scope.get("route")
@@ -237,7 +243,8 @@ class RequestContext:
             if path not in ("/metrics", "/healthz", "/readyz"):
                 log.info("%s %s", scope["method"], scope["path"], extra={
                     "route": path, "status": status, "ms": round(1000 * seconds, 2), "request_id": rid})
-            request_id.reset(token)
+            if not failed:  # an unhandled error's 500 (`_internal_error`, further out) still names the id
+                request_id.reset(token)
 
 
 class BodyLimit:

@@ -284,7 +284,9 @@ def test_no_model_and_internal_errors_as_before(artifact: Path, monkeypatch: pyt
         monkeypatch.setattr(service.api.routes, "recommend_request", broken)
         got = answer(fast, content, headers)
         assert got == answer(plain, content, headers)
-        assert got[0] == 500 and json.loads(got[2])["error"] == "internal"
+        assert got[0] == 500
+        assert json.loads(got[2]) == {"error": "internal", "message": "internal error (request test-1)"}
+        assert (b"x-request-id", b"test-1") in got[1]  # the id a client reports finds the log line
         text = fast.get("/metrics").text
     assert metric(text, "jtm_http_request_seconds_count", route="/v1/recommend", status="500") == 1
     assert metric(text, "jtm_http_request_seconds_count", route="/v1/recommend", status="503") == 1
