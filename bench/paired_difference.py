@@ -8,6 +8,9 @@ checked; the difference is pooled over all seeds' users, as compare does.
     .venv/bin/python -m bench.paired_difference \\
         bench/results/table1/table1-ml-reduced.json:jtm \\
         bench/results/table1/control-ml-jtmh-5epochs.json:jtm-h
+
+Either side may list several results, comma-separated (`a-s0.json:jtm,a-s1.json:jtm`): one
+seed each, run separately, pooled as one.
 """
 
 from __future__ import annotations
@@ -31,14 +34,28 @@ def per_user(spec: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:
     return result, {run.seed: getattr(run.metrics, metric) for run in runs}
 
 
+def pooled(specs: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:
+    """per_user over comma-separated specs, their seeds pooled (each seed in one spec only)."""
+    first, merged = None, {}
+    for spec in specs.split(","):
+        result, values = per_user(spec, metric)
+        if first is not None and result["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]:
+            raise SystemExit(f"{spec}: other data than {specs.split(',')[0]}")
+        if set(values) & set(merged):
+            raise SystemExit(f"{spec}: seed {sorted(set(values) & set(merged))} already given")
+        first = first or result
+        merged.update(values)
+    return first, merged
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", help="RESULT.json:method")
-    parser.add_argument("b", help="RESULT.json:method (the one subtracted)")
+    parser.add_argument("a", help="RESULT.json:method[,RESULT.json:method...]")
+    parser.add_argument("b", help="RESULT.json:method[,...] (the one subtracted)")
     parser.add_argument("--metric", default="recall", choices=("precision", "recall", "f_measure"))
     args = parser.parse_args()
-    result_a, a = per_user(args.a, args.metric)
-    result_b, b = per_user(args.b, args.metric)
+    result_a, a = pooled(args.a, args.metric)
+    result_b, b = pooled(args.b, args.metric)
     if result_a["dataset"]["fingerprint"] != result_b["dataset"]["fingerprint"]:
         raise SystemExit("the results come from different data")
     if sorted(a) != sorted(b):
