@@ -13,6 +13,10 @@ service's own search (ONNX scorer, shared beam search, M = 200, no filter):
 - no update: the 90% model as it is (it cannot recommend a new item);
 - popularity of new items: the new items ranked by their recent events, alone in the list (as
   many of them as there are, up to M: when there are fewer than M, every one of them);
+- add-items, new items only: the add-items model's top-M among the new items alone (the
+  search with an allow-list of the new items): the list the popularity of new items is a fair
+  comparison for, since both rank the same items. When there are fewer than M new items it
+  lists every one, so the comparison only means something where they are many (Ciao);
 - recent popularity, all items: every item ranked by its recent events.
 
 Recall of new items is over the test users with at least one new item in their truth, of those
@@ -36,7 +40,8 @@ import pandas as pd
 from bench import command_line
 from service.core.artifact import read_artifact
 from service.core.beam import beam_search
-from service.scorer import OnnxScorer, level_score_fn
+from service.core.filters import combine
+from service.scorer import OnnxScorer
 from trainer.catalogue.update import add_items
 from trainer.data import DataConfig
 from trainer.export import export_run
@@ -82,11 +87,19 @@ def train_export(log: Path, out: Path, method: str, epochs: int, seed: int) -> t
     return artifact, seconds
 
 
-def recommend(artifact: Path, histories: list[np.ndarray], m: int) -> list[np.ndarray]:
+def recommend(artifact: Path, histories: list[np.ndarray], m: int, only: np.ndarray | None = None) -> list[np.ndarray]:
     """Original ids of the top-m items for each history (original ids, oldest first), by the
-    service's path: catalogue lookup, ONNX scorer, the shared beam search, the retired filter."""
+    service's path: catalogue lookup, ONNX scorer, the shared beam search, the retired filter;
+    `only` (original ids): an allow-list, applied as the service applies its filters."""
     loaded = read_artifact(artifact)
     scorer = OnnxScorer(loaded.scorer_file, threads=1)
+    allowed = loaded.catalog.served_filter
+    if only is not None:
+        internal = loaded.catalog.items.lookup(list(only))
+        listed = np.zeros(loaded.tree.n_items, dtype=bool)
+        listed[internal[internal >= 0]] = True
+        allowed = combine(allowed, lambda ids: (ids >= 0) & listed[np.maximum(ids, 0)])
+        m = min(m, int(listed.sum()))
     results = []
     for start in range(0, len(histories), 64):
         chunk = histories[start:start + 64]
@@ -95,9 +108,9 @@ def recommend(artifact: Path, histories: list[np.ndarray], m: int) -> list[np.nd
             known = loaded.catalog.items.lookup(list(history[::-1]))
             known = known[known >= 0][:loaded.history_length]
             rows[i, :len(known)] = known
-        score = level_score_fn(scorer.score, loaded.tree, rows, loaded.hierarchical)
+        score = scorer.levels(loaded.tree, rows, loaded.hierarchical)  # the served path
         items = beam_search(loaded.tree, score, len(chunk), min(m, loaded.catalog.n_served), loaded.default_beam,
-                            loaded.catalog.served_filter).items
+                            allowed).items
         results += [np.asarray(loaded.catalog.items.original(row[row >= 0])) for row in items]
     return results
 
@@ -157,14 +170,17 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
         "full retrain": recalls(recommend(retrained, histories, M), truth, new_items),
         "no update": recalls(recommend(base, histories, M), truth, new_items),
         "popularity of new items": recalls([popular_new[:M]] * len(users), truth, new_items),
+        "add-items, new items only": recalls(recommend(out / "artifact-added", histories, M, only=new_items),
+                                             truth, new_items),
         "recent popularity, all items": recalls([recent_popular[:M]] * len(users), truth, new_items),
     }
     paired = {}
-    for other in ("full retrain", "no update", "recent popularity, all items"):
+    pairs = [("add-items", other) for other in ("full retrain", "no update", "recent popularity, all items")]
+    for ours, other in [*pairs, ("add-items, new items only", "popularity of new items")]:
         for key, label in (("per_user", "recall"), ("per_user_new", "new_item_recall")):
-            diff = np.asarray(rows["add-items"][key]) - np.asarray(rows[other][key])
-            paired[f"{label}: add-items - {other}"] = {"mean": float(diff.mean()),
-                                                        "se": float(diff.std() / np.sqrt(len(diff)))}
+            diff = np.asarray(rows[ours][key]) - np.asarray(rows[other][key])
+            paired[f"{label}: {ours} - {other}"] = {"mean": float(diff.mean()),
+                                                     "se": float(diff.std() / np.sqrt(len(diff)))}
     for row in rows.values():
         del row["per_user"], row["per_user_new"]
     added = json.loads((out / "artifact-added" / "manifest.json").read_text())["catalogue"]
