@@ -27,6 +27,8 @@ from trainer.metrics import paired_difference
 
 def per_user(spec: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:
     path, _, method = spec.rpartition(":")
+    if not Path(path).is_file():
+        raise SystemExit(f"{path}: no such result file")
     result = json.loads(Path(path).read_text())
     if "per_seed" not in result or method not in result["per_seed"]:
         raise SystemExit(f"{path}: no per-user results for {method!r} (run compare with --per-user)")
