@@ -33,7 +33,7 @@ from service.core.beam import beam_search, brute_force
 from service.core.topk import top_k
 from service.model_store import load_bundle
 from service.retrieval import search
-from service.scorer import OnnxScorer, level_score_fn
+from service.scorer import OnnxScorer
 
 
 def timed(fn, repeat: int) -> tuple[list[float], object]:
@@ -117,7 +117,7 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
     def brute(history: np.ndarray, scorer: OnnxScorer):
         row = np.full((1, bundle.history_length), -1, dtype=np.int64)
         row[0, :len(history[:bundle.history_length])] = history[:bundle.history_length]
-        score = level_score_fn(scorer.score, bundle.tree, row, bundle.hierarchical)
+        score = scorer.levels(bundle.tree, row, bundle.hierarchical)
         return brute_force(n_items, score, 1, k, bundle.tree.depth, chunk=chunk)
 
     brute_times, exact = [], []
@@ -140,7 +140,7 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
         for h, want in zip(histories[:brute_requests], exact, strict=False):
             row = np.full((1, bundle.history_length), -1, dtype=np.int64)
             row[0, :len(h[:bundle.history_length])] = h[:bundle.history_length]
-            score = level_score_fn(bundle.scorer.score, bundle.tree, row, bundle.hierarchical)
+            score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical)
             candidates.append(beam_search(bundle.tree, score, 1, k, beam).candidates_scored)
             started = time.perf_counter()
             got = search(bundle, h, k, beam).items

@@ -136,7 +136,7 @@ def main() -> None:
     from service.core.beam import beam_search
     from service.model_store import load_bundle
     from service.retrieval import search
-    from service.scorer import OnnxScorer, level_score_fn
+    from service.scorer import OnnxScorer
 
     artifact = artifact_for(args.items)
     manifest = json.loads((artifact / "manifest.json").read_text())
@@ -170,7 +170,7 @@ def main() -> None:
     bundle.scorer.session.run = session_run
     row = np.full((1, bundle.history_length), -1, dtype=np.int64)
     row[0, :30] = histories[0][:30]
-    scored = beam_search(bundle.tree, level_score_fn(bundle.scorer.score, bundle.tree, row, True), 1, args.k,
+    scored = beam_search(bundle.tree, bundle.scorer.levels(bundle.tree, row, True), 1, args.k,
                          args.beam)
     per_request = {
         "levels": float(np.mean(levels)), "candidates": float(np.mean(candidates)),

@@ -255,7 +255,6 @@ def candidates_per_request(artifact: Path, k: int, beam: int, requests: int = 30
     from service.config import Settings
     from service.core.beam import beam_search
     from service.model_store import load_bundle
-    from service.scorer import level_score_fn
 
     bundle = load_bundle(artifact, Settings(batching=False))
     rng = np.random.default_rng(0)
@@ -264,7 +263,7 @@ def candidates_per_request(artifact: Path, k: int, beam: int, requests: int = 30
         row = np.full((1, bundle.history_length), -1, dtype=np.int64)
         history = rng.integers(0, bundle.tree.n_items, rng.integers(5, 70))
         row[0, :len(history)] = history
-        score = level_score_fn(bundle.scorer.score, bundle.tree, row, bundle.hierarchical)
+        score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical)
         total += beam_search(bundle.tree, score, 1, k, beam).candidates_scored
     bundle.close()
     return total / requests

@@ -101,42 +101,29 @@ def level_score_fn(score_rows: RowScorer, tree: Tree, histories: np.ndarray, hie
 
     Plain: every level uses the item rows. Hierarchical: level l uses the ancestors' rows at l
     (`Tree.ancestor_ids_by_level`: the training mapping), computed from the behaviours' leaf
-    positions, which are looked up once. Without `user_state`, `score_rows` gets those rows.
-    With it, `score_rows` gets their user states: computed once for plain features, and for
-    the hierarchical representation for the first level scored and every level below it in
-    one call (a search walks them all), other levels as they are asked for.
+    positions, which are looked up once. `score_rows` gets `user_state` of those rows (None:
+    the rows themselves): computed once for plain features, and for the hierarchical
+    representation for the first level scored and every level below it in one call (a search
+    walks them all), other levels as they are asked for.
     """
     ids_at = tree.ancestor_ids_by_level(histories) if hierarchical else None
-    if user_state is None:
-        cache: dict[int, np.ndarray] = {}
-
-        def score(level: int, node_ids: np.ndarray) -> np.ndarray:
-            if ids_at is not None:
-                rows = cache.get(level)
-                if rows is None:
-                    rows = cache[level] = ids_at(level)
-            else:
-                rows = histories
-            return score_rows(rows, node_ids)
-
-        return score
-
+    to_state = user_state or (lambda rows: rows)
     states: dict[int, np.ndarray] = {}
     n_users = len(histories)
 
-    def score_states(level: int, node_ids: np.ndarray) -> np.ndarray:
+    def score(level: int, node_ids: np.ndarray) -> np.ndarray:
         if ids_at is None:
             state = states.get(0)
             if state is None:
-                state = states[0] = user_state(histories)
+                state = states[0] = to_state(histories)
         else:
             state = states.get(level)
             if state is None:
                 missing = [lv for lv in range(level, tree.depth + 1) if lv not in states]
-                computed = user_state(np.concatenate([ids_at(lv) for lv in missing]))
+                computed = to_state(np.concatenate([ids_at(lv) for lv in missing]))
                 for i, lv in enumerate(missing):
                     states[lv] = computed[i * n_users:(i + 1) * n_users]
                 state = states[level]
         return score_rows(state, node_ids)
 
-    return score_states
+    return score

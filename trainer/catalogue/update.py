@@ -207,16 +207,16 @@ def _unchanged_lists(base: Artifact, staging: Path, new_tree: Tree, catalog: Ite
     """Top-k of sampled histories (old, served items) before and after: how many lists are
     identical, and that no retired item is served."""
     from service.core.beam import beam_search
-    from service.scorer import OnnxScorer, level_score_fn
+    from service.scorer import OnnxScorer
     from trainer.export import sampled_histories
 
     histories = sampled_histories(base.tree.n_items, base.history_length, PARITY_USERS)
     k, beam = min(base.default_k, catalog.n_served), base.default_beam
     old_scorer, new_scorer = OnnxScorer(base.scorer_file, threads=1), OnnxScorer(staging / "scorer.onnx", threads=1)
-    before = beam_search(base.tree, level_score_fn(old_scorer.score, base.tree, histories, base.hierarchical),
+    before = beam_search(base.tree, old_scorer.levels(base.tree, histories, base.hierarchical),
                          len(histories), k, beam, base.catalog.served_filter).items
     moved = np.where(histories >= 0, old_to_new[np.maximum(histories, 0)], -1)
-    after = beam_search(new_tree, level_score_fn(new_scorer.score, new_tree, moved, base.hierarchical),
+    after = beam_search(new_tree, new_scorer.levels(new_tree, moved, base.hierarchical),
                         len(histories), k, beam, catalog.served_filter).items
     retired = catalog.retired_mask()
     return {"users": len(histories), "k": k, "beam": beam,
