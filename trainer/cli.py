@@ -200,6 +200,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--beam-aware-min-items", type=int, default=None,
                        help="with --beam-aware: mine only at levels whose nodes hold at least this many items "
                             "on average (default 1: every level)")
+    group.add_argument("--beam-aware-warmup", type=int, default=None,
+                       help="with --beam-aware: epochs of each training run on uniform negatives before mining "
+                            "starts (default 0)")
     joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")
     joint.add_argument("--iterations", type=int, default=None, help="joint iterations T (default 3)")
     joint.add_argument("--retrain-epochs", type=int, default=None, help="epochs per iteration (default 2)")
@@ -244,14 +247,17 @@ def _method_options(args: argparse.Namespace):
     if args.lr is not None and not args.lr > 0:
         raise DataError(f"--lr must be positive, got {args.lr}")
     if not args.beam_aware and any(v is not None for v in (args.beam_aware_share, args.beam_aware_beam,
-                                                            args.beam_aware_min_items)):
-        raise DataError("--beam-aware-share, --beam-aware-beam and --beam-aware-min-items need --beam-aware")
+                                                            args.beam_aware_min_items, args.beam_aware_warmup)):
+        raise DataError("--beam-aware-share, --beam-aware-beam, --beam-aware-min-items and --beam-aware-warmup "
+                        "need --beam-aware")
     if args.beam_aware_share is not None and not 0.0 < args.beam_aware_share <= 1.0:
         raise DataError(f"--beam-aware-share must be in (0, 1], got {args.beam_aware_share}")
     if args.beam_aware_beam is not None and args.beam_aware_beam < 1:
         raise DataError(f"--beam-aware-beam must be positive, got {args.beam_aware_beam}")
     if args.beam_aware_min_items is not None and args.beam_aware_min_items < 1:
         raise DataError(f"--beam-aware-min-items must be positive, got {args.beam_aware_min_items}")
+    if args.beam_aware_warmup is not None and args.beam_aware_warmup < 0:
+        raise DataError(f"--beam-aware-warmup must be >= 0, got {args.beam_aware_warmup}")
     return MethodOptions(
         epochs=args.epochs, device=args.device, max_history=args.max_history, batch_size=args.batch_size,
         lr=args.lr, dim=args.dim, arity=args.arity, tree_init=args.tree_init,
@@ -264,7 +270,7 @@ def _method_options(args: argparse.Namespace):
         itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
         equal_epochs=getattr(args, "equal_epochs", False),
         beam_aware=args.beam_aware, beam_aware_share=args.beam_aware_share, beam_aware_beam=args.beam_aware_beam,
-        beam_aware_min_items=args.beam_aware_min_items,
+        beam_aware_min_items=args.beam_aware_min_items, beam_aware_warmup=args.beam_aware_warmup,
     )
 
 

@@ -73,6 +73,10 @@ class BeamAwareConfig:
     # OTM literally). Deep nodes the user never touched are weak negatives: most of the beam's
     # best leaves are items the user would consume but has not (see trainer/beam_mining.py).
     min_node_items: int = 1
+    # Epochs of each fit trained on uniform negatives before mining starts (0: mine from the
+    # first epoch). OTM's argument needs a model whose beam already means something: an
+    # untrained model's beam candidates are arbitrary nodes, and mining them only adds noise.
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.share <= 1.0:
@@ -81,6 +85,8 @@ class BeamAwareConfig:
             raise ValueError(f"beam-aware beam must be positive, got {self.beam}")
         if self.min_node_items < 1:
             raise ValueError(f"beam-aware min_node_items must be positive, got {self.min_node_items}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"beam-aware warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class MethodOptions:
     beam_aware_share: float | None = None
     beam_aware_beam: int | None = None
     beam_aware_min_items: int | None = None
+    beam_aware_warmup: int | None = None
 
 
 def _popularity(options: MethodOptions) -> Recommender:
@@ -127,7 +128,8 @@ def deep_config(method: str, options: MethodOptions) -> DeepConfig:
         beam_aware = BeamAwareConfig(share=_given(options.beam_aware_share, default_aware.share),
                                      beam=_given(options.beam_aware_beam, default_aware.beam),
                                      min_node_items=_given(options.beam_aware_min_items,
-                                                           default_aware.min_node_items))
+                                                           default_aware.min_node_items),
+                                     warmup_epochs=_given(options.beam_aware_warmup, default_aware.warmup_epochs))
     config = DeepConfig()
     return DeepConfig(method=method, scorer=scorer, train=train, tree_learning=variant["tree_learning"], joint=joint,
                       arity=_given(options.arity, config.arity), tree_init=_given(options.tree_init, config.tree_init),

@@ -214,7 +214,8 @@ def fit_scorer(
         mining_rng = np.random.default_rng([seed, 1])  # its own stream: the batches' draws stay the same
 
         def before_epoch(epoch: int) -> None:
-            sampler.refresh(model, samples, hierarchical, mining_rng)
+            if epoch > sampler.config.warmup_epochs:  # uniform negatives until then
+                sampler.refresh(model, samples, hierarchical, mining_rng)
 
     return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
                         validate=validate, patience=config.patience, description=description,

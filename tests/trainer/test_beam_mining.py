@@ -132,7 +132,8 @@ def test_sampler_puts_beam_rows_in_the_first_negative_columns() -> None:
 
 
 @pytest.mark.slow
-def test_training_with_beam_aware_negatives_mines_each_epoch() -> None:
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_training_with_beam_aware_negatives_mines_each_epoch_after_the_warmup(warmup: int) -> None:
     from tests.trainer.test_tree_learning import planted_clusters
     from trainer.model import ScorerConfig, TreeScorer
     from trainer.step import TrainConfig
@@ -140,7 +141,7 @@ def test_training_with_beam_aware_negatives_mines_each_epoch() -> None:
 
     n_items, cluster, samples = planted_clusters()
     tree = random_tree(n_items, seed=0)
-    sampler = make_sampler(tree, n_items, 20, BeamAwareConfig(share=0.5, beam=8))
+    sampler = make_sampler(tree, n_items, 20, BeamAwareConfig(share=0.5, beam=8, warmup_epochs=warmup))
     assert isinstance(sampler, BeamAwareSampler)
     model = TreeScorer(tree.n_rows, ScorerConfig(dim=8, hidden=(16,)))
     refreshed = []
@@ -153,7 +154,7 @@ def test_training_with_beam_aware_negatives_mines_each_epoch() -> None:
     object.__setattr__(sampler, "refresh", counting_refresh)
     history = fit_scorer(model, samples, sampler, tree, False, TrainConfig(epochs=2, batch_size=256), seed=0,
                          validate=None, description="test")
-    assert len(refreshed) == 2 and len(history.epochs) == 2
+    assert len(refreshed) == 2 - warmup and len(history.epochs) == 2
     assert all(np.isfinite(e.train_loss) for e in history.epochs)
     assert sampler.mined and all(len(rows) == len(samples) for rows in sampler.mined.values())
 
@@ -162,12 +163,14 @@ def test_beam_aware_option_reaches_the_configuration_and_round_trips() -> None:
     from trainer.config import DeepConfig
     from trainer.methods import MethodOptions, deep_config
 
-    config = deep_config("jtm", MethodOptions(beam_aware=True, beam_aware_beam=16))
-    assert config.beam_aware == BeamAwareConfig(share=0.5, beam=16)
+    config = deep_config("jtm", MethodOptions(beam_aware=True, beam_aware_beam=16, beam_aware_warmup=1))
+    assert config.beam_aware == BeamAwareConfig(share=0.5, beam=16, warmup_epochs=1)
     assert DeepConfig.from_json(config.to_json()) == config
     assert deep_config("jtm", MethodOptions()).beam_aware is None
     with pytest.raises(ValueError, match="share"):
         BeamAwareConfig(share=0.0)
+    with pytest.raises(ValueError, match="warmup"):
+        BeamAwareConfig(warmup_epochs=-1)
 
 
 def test_min_node_items_limits_mining_to_coarse_levels() -> None:

@@ -84,6 +84,7 @@ def test_undetectable_format(tmp_path: Path) -> None:
     (("--methods", "tdm", "--beam-aware", "--beam-aware-min-items", "0"), "--beam-aware-min-items"),
     (("--methods", "tdm", "--beam-aware", "--beam-aware-share", "1.5"), "--beam-aware-share"),
     (("--methods", "tdm", "--beam-aware", "--beam-aware-beam", "0"), "--beam-aware-beam"),
+    (("--methods", "tdm", "--beam-aware", "--beam-aware-warmup", "-1"), "--beam-aware-warmup"),
     (("--methods", "tdm", "--epochs", "0"), "--epochs must be at least 1"),
     (("--methods", "jtm", "--retrain-epochs", "0"), "--retrain-epochs"),
     (("--methods", "tdm", "--arity", "1"), "--arity"),
@@ -193,6 +194,7 @@ def test_the_defaults_quoted_in_help_are_the_configurations() -> None:
                 "--max-samples-per-item": joint.learning.max_samples_per_item, "--workers": joint.learning.workers,
                 "--tree-judge": joint.learning.judge, "--beam-aware-share": aware.share,
                 "--beam-aware-beam": aware.beam, "--beam-aware-min-items": aware.min_node_items,
+                "--beam-aware-warmup": aware.warmup_epochs,
                 "--tree-init": deep.tree_init,
                 "--tree-guard": {None: "auto", True: "on", False: "off"}[joint.learning.guard],
                 "--precision": train.precision, "--kernel": train.kernel}
