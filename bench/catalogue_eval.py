@@ -22,6 +22,12 @@ service's own search (ONNX scorer, shared beam search, M = 200, no filter):
 Recall of new items is over the test users with at least one new item in their truth, of those
 new items; overall recall over all test users and their whole truth.
 
+What any method can know about a new item is bounded by the recent events: an item nobody
+touched before a test user's truth half has no co-consumption and no popularity, only its
+category. `new_item_signal` measures that ceiling from the split alone (`--signal-only` prints it
+without training): the share of the truth's new items with at least one recent event, per user,
+and how many events those items have.
+
     .venv/bin/python -m bench.catalogue_eval --data ../shared/data/movielens-100k/u.data \\
         --json bench/results/catalogue/movielens.json
 """
@@ -64,6 +70,23 @@ def temporal_split(frame: pd.DataFrame, fraction: float) -> dict:
     truth_half = test_user & (position >= size // 2)
     return {"past": past, "recent": recent, "events": recent[~truth_half], "truth": recent[truth_half],
             "new_items": new_items, "cut_time": int(frame["timestamp"].iloc[cut])}
+
+
+def new_item_signal(split: dict) -> dict:
+    """The evidence the recent events hold about the new items the test users go on to consume:
+    a method that places or ranks new items from those events (add-items, popularity) finds at
+    most the ones with an event, so `per_user_ceiling` bounds its new-item recall."""
+    new_items, events = split["new_items"], split["events"]
+    counts = events["item"].value_counts()
+    counts_new = counts[counts.index.isin(new_items)]
+    truth_new = split["truth"][split["truth"]["item"].isin(new_items)].drop_duplicates(["user", "item"])
+    seen = truth_new["item"].isin(counts.index)
+    per_user = seen.groupby(truth_new["user"]).mean()
+    return {"truth_new_pairs": len(truth_new), "truth_new_with_event": float(seen.mean()) if len(seen) else None,
+            "per_user_ceiling": float(per_user.mean()) if len(per_user) else None,
+            "users_with_new_items": len(per_user), "new_items_with_events": len(counts_new),
+            "new_items_with_one_event": float((counts_new == 1).mean()) if len(counts_new) else None,
+            "median_events_per_new_item": float(counts_new.median()) if len(counts_new) else None}
 
 
 def write_log(frame: pd.DataFrame, path: Path) -> Path:
@@ -132,6 +155,13 @@ def recalls(recommended: list[np.ndarray], truth: list[np.ndarray], new_items: n
             "users": len(overall), "users_with_new_items": users_new, "new_items_per_list": new_per_list}
 
 
+def signal_only(data: Path, fmt: str, fraction: float) -> dict:
+    """`new_item_signal` of the split, without training anything."""
+    split = temporal_split(read_log(data, fmt).frame, fraction)
+    return {"command": command_line(), "data": str(data), "fraction": fraction, "new_items": len(split["new_items"]),
+            "signal": new_item_signal(split)}
+
+
 def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: float, seed: int) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     frame = read_log(data, fmt).frame
@@ -191,8 +221,21 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
         "new_items": len(new_items), "new_items_with_events": len(popular_new),
         "placed_by": added["placed_by"], "grown_levels": added["grown_levels"],
         "seconds": {"train_past": base_seconds, "add_items": add_seconds, "full_retrain": retrain_seconds},
-        "rows": rows, "paired_differences": paired,
+        "signal": new_item_signal(split), "rows": rows, "paired_differences": paired,
     }
+
+
+def signal_table(signal: dict) -> str:
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    return "\n".join([
+        "| new items in the test users' truth | with a recent event | per-user ceiling | new items with events | "
+        "of them with one event | median events |", "|---|---|---|---|---|---|",
+        f"| {signal['truth_new_pairs']:,} (user, item) pairs, {signal['users_with_new_items']} users | "
+        f"{share(signal['truth_new_with_event'])} | {share(signal['per_user_ceiling'])} | "
+        f"{signal['new_items_with_events']:,} | {share(signal['new_items_with_one_event'])} | "
+        f"{signal['median_events_per_new_item']} |"])
 
 
 def table(result: dict) -> str:
@@ -218,14 +261,23 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None,
                         help="where runs and artifacts go (default: bench/.cache/catalogue-NAME)")
+    parser.add_argument("--signal-only", action="store_true",
+                        help="print what the recent events know about the new items (new_item_signal), train nothing")
     parser.add_argument("--json", required=True)
     args = parser.parse_args()
     json_path = Path(args.json)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    if args.signal_only:
+        result = signal_only(Path(args.data), args.format, args.fraction)
+        print(signal_table(result["signal"]))
+        json_path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {json_path}")
+        return
     workdir = Path(args.workdir) if args.workdir else Path("bench/.cache") / f"catalogue-{json_path.stem}"
     result = run(Path(args.data), args.format, workdir, args.method, args.epochs, args.fraction, args.seed)
     print(table(result))
+    print(signal_table(result["signal"]))
     print(json.dumps({k: v for k, v in result.items() if k not in ("rows", "paired_differences")}, indent=1))
-    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2))
     print(f"wrote {json_path}")
 

@@ -282,3 +282,25 @@ def test_grown_artifact_swaps_under_load_without_failures(stand_ins, tmp_path: P
     assert result["sent"] >= 450
     assert result["failed"] == 0, result["errors"]
     assert len(result["versions_seen"]) == 2
+
+
+def test_new_item_signal_counts_what_the_recent_events_know() -> None:
+    """bench.catalogue_eval's ceiling on a log whose answer is worked out by hand: after the cut,
+    new item 10 has two recent events, 11 one, and 12 none before the test users' truth."""
+    from bench.catalogue_eval import new_item_signal, temporal_split
+
+    past = [(u, i, t) for t, (u, i) in enumerate([(0, 1), (1, 2), (2, 3), (0, 2), (1, 3), (2, 1), (0, 3), (1, 1),
+                                                    (2, 2)])]
+    # After the cut (the last 10 of 19 events), per user in time order: the first half are
+    # features (recent events), the second half truth.
+    recent = [(0, 10, 100), (0, 11, 101), (0, 10, 102), (0, 12, 103),    # user 0: truth (0, 10), (0, 12)
+              (1, 10, 104), (1, 2, 105), (1, 11, 106), (1, 12, 107),     # user 1: truth (1, 11), (1, 12)
+              (3, 10, 108), (3, 1, 109)]                                 # user 3: truth (3, 1)
+    frame = pd.DataFrame(past + recent, columns=["user", "item", "timestamp"])
+    split = temporal_split(frame, 0.5)  # cut after event 9 (int(9.5))
+    assert sorted(split["new_items"]) == [10, 11, 12]
+    signal = new_item_signal(split)
+    # recent events (features): 10 x3 (users 0, 1, 3), 11 x1 (user 0), 2 x1; item 12 never
+    assert signal["new_items_with_events"] == 2 and signal["new_items_with_one_event"] == 0.5
+    assert signal["truth_new_pairs"] == 4 and signal["truth_new_with_event"] == 0.5  # (0,10), (1,11) of 4
+    assert signal["users_with_new_items"] == 2 and signal["per_user_ceiling"] == 0.5
