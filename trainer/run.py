@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
+from service.core.items import ItemCatalog
 from trainer.data import (
     DataConfig,
     EvalSet,
@@ -91,8 +93,8 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     if continued is not None:  # new events for a trained run: its items, its tree (trainer.incremental)
         from trainer.incremental import reindex
 
-        data, dropped = reindex(data, continued[1])
-        continued[2]["dropped_events"] = dropped
+        data, dropped = reindex(data, continued.catalog)
+        continued.record["dropped_events"] = dropped
         log.info("continuing %s on %d events of its items (%d events of unknown items dropped)",
                  spec.start_from, len(data), dropped)
     split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
@@ -106,7 +108,7 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         from trainer.incremental import continued_config
         from trainer.training import train_on_tree
 
-        method = continued_config(continued[0], options.epochs)
+        method = continued_config(continued.method, options.epochs)
         assert method.model is not None and method.tree is not None
         method.history = train_on_tree(method.model, method.tree, ctx, method.config, method.config.train)
         if spec.tree_step:
@@ -138,15 +140,23 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     split.save(out / "split.npz", data)
     config = _config_json(spec, method, data)
     if continued is not None:
-        config["continued_from"] = continued[2]
+        config["continued_from"] = continued.record
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
-def _continued_base(spec: RunSpec, data: Interactions):
-    """(method, catalogue, record) of the `--start-from` run when the log is not the one it
-    was trained on (continue it on new events); None otherwise (the joint loop's iteration 0)."""
+class ContinuedBase(NamedTuple):
+    """A trained run that `train --start-from` continues on a new log."""
+
+    method: DeepRetrieval  # the run's model and tree, loaded
+    catalog: ItemCatalog  # its item ids: the new log is re-indexed into them
+    record: dict  # what config.json records under "continued_from"
+
+
+def _continued_base(spec: RunSpec, data: Interactions) -> ContinuedBase | None:
+    """The `--start-from` run when the log is not the one it was trained on (continue it on
+    new events); None otherwise (the joint loop's iteration 0)."""
     if not spec.start_from:
         if spec.tree_step:
             raise DataError("--tree-step continues a run on a new log: it needs --start-from RUN")
@@ -163,8 +173,8 @@ def _continued_base(spec: RunSpec, data: Interactions):
     from trainer.incremental import load_base
 
     base, catalog, _ = load_base(run, spec.method)
-    return base, catalog, {"run": str(run), "fingerprint": config["dataset"]["fingerprint"],
-                           "method": config["method"]}
+    return ContinuedBase(base, catalog, {"run": str(run), "fingerprint": config["dataset"]["fingerprint"],
+                                         "method": config["method"]})
 
 
 def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tuple[str, ...] = ("jtm", "jtm-cluster")
@@ -210,10 +220,8 @@ def _start_from(run: Path, data: Interactions, spec: RunSpec, method: DeepRetrie
     return base
 
 
-def item_catalog(data: Interactions, split: UserSplit):
+def item_catalog(data: Interactions, split: UserSplit) -> ItemCatalog:
     """Original ids, categories and popularity (training users) for the artifact."""
-    from service.core.items import ItemCatalog
-
     counts = data.item_counts(split.train)
     popular = np.lexsort((np.arange(data.n_items), -counts))
     return ItemCatalog.create(data.item_ids, data.category_ids, data.item_category, popular)
@@ -229,7 +237,6 @@ def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:
         raise DataError(f"run format {config.get('format')}, this code reads {RUN_FORMAT_VERSION}", run)
     data = load_interactions(DataConfig.from_json(config["data"]))
     if "continued_from" in config:  # a continued run's data is its log in the base run's item space
-        from service.core.items import ItemCatalog
         from trainer.incremental import reindex
 
         with np.load(run / "items.npz") as archive:
