@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 
 def _number_not_text(value: object) -> object:
@@ -18,7 +28,22 @@ def _number_not_text(value: object) -> object:
 Count = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_number_not_text)]
 BeamWidth = Annotated[int, Field(ge=1, le=100_000), BeforeValidator(_number_not_text)]
 Fraction = Annotated[float, Field(ge=0, le=1), BeforeValidator(_number_not_text)]
-Id = Annotated[StrictInt | StrictStr, Field(description="an original id, as in the training log")]
+
+
+def _encodable(value: int | str) -> int | str:
+    # JSON may escape a lone surrogate ("\\ud800"); Python decodes it to a str that UTF-8 cannot
+    # encode, so the behaviour store's keys and every log line would fail on it later (a 500
+    # from Redis). No training log can hold such an id: refuse it here.
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("ids must be valid Unicode text (a lone surrogate such as \\ud800 is not)") from None
+    return value
+
+
+Id = Annotated[StrictInt | StrictStr, Field(description="an original id, as in the training log"),
+               AfterValidator(_encodable)]
 HARD_MAX_LIST = 100_000  # schema-level cap; settings apply tighter limits per deployment
 
 

@@ -173,6 +173,22 @@ def test_bad_requests_get_422_naming_the_field(client: TestClient, payload: dict
     assert r.json()["error"] == "validation" and field in r.json()["message"]
 
 
+@pytest.mark.parametrize(("path", "raw", "field"), [
+    ("/v1/events", b'{"user_id": "\\ud800", "item_id": 1}', "user_id"),
+    ("/v1/events", b'{"user_id": "a", "item_id": "x\\udfff"}', "item_id"),
+    ("/v1/recommend", b'{"user_id": "\\ud800", "k": 5}', "user_id"),
+    ("/v1/recommend", b'{"history": [1, "\\ud800"], "k": 5}', "history.1"),
+])
+def test_a_lone_surrogate_id_gets_422_not_a_500_from_the_store(client: TestClient, path: str, raw: bytes,
+                                                               field: str) -> None:
+    """JSON can escape a lone surrogate that UTF-8 cannot encode; on Redis it used to reach the
+    key and fail there with a 500. Nothing is stored."""
+    r = client.post(path, content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert field in r.json()["message"] and "surrogate" in r.json()["message"]
+    assert client.post("/v1/recommend", json={"user_id": "a", "k": 3}).json()["history_used"] == 0
+
+
 def test_malformed_json_and_oversized_bodies(client: TestClient) -> None:
     r = client.post("/v1/recommend", content=b'{"k": ', headers={"content-type": "application/json"})
     assert r.status_code == 422 and "malformed JSON" in r.json()["message"]
