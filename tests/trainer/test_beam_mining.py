@@ -198,3 +198,35 @@ def test_probe_benchmark_runs_and_writes_its_table(tmp_path) -> None:
     runs = json.loads(out.read_text())["runs"]
     assert [r["variant"] for r in runs] == ["uniform", "0.5:16"]
     assert all(len(r["valid_recall"]) == 1 and 0.0 <= r["valid_recall"][0] <= 1.0 for r in runs)
+
+
+def test_false_negative_measure_gives_the_known_shares() -> None:
+    """bench.beam_false_negatives on answers known by construction: every user's truth is the
+    whole catalogue (every node holds a future item: both shares 1), or one item that is nobody's
+    feature, under a beam that compares every leaf (share 1 of the 253 non-feature leaves)."""
+    from bench.beam_false_negatives import measure
+    from trainer.data import EvalSet
+    from trainer.model import ScorerConfig, TreeScorer
+
+    n_items, users = 256, 6
+    tree = random_tree(n_items, seed=1)
+    model = TreeScorer(tree.n_rows, ScorerConfig(dim=8, hidden=(16,))).eval()
+    features = np.arange(users * 3, dtype=np.int64)  # user u's features: items 3u, 3u+1, 3u+2
+    feature_offsets = np.arange(0, users * 3 + 1, 3, dtype=np.int64)
+    popularity = np.linspace(100, 0, n_items)
+    everything = EvalSet(np.arange(users), features, feature_offsets, np.tile(np.arange(n_items), users),
+                         np.arange(0, users * n_items + 1, n_items), n_items)
+    rows = measure(model, tree, everything, 16, popularity, np.random.default_rng(0))
+    assert [r["level"] for r in rows] == list(range(start_level(tree, 16), tree.depth + 1))
+    assert all(r["mined_holding_future_item"] == 1.0 and r["uniform_holding_future_item"] == 1.0 for r in rows)
+    assert all(r["mined_candidates"] > 0 for r in rows)
+
+    # A beam of 128 over 256 leaves compares every leaf: each user's mined leaves are the 253 items
+    # that are not her features, and exactly one of them (her truth) holds a future item.
+    lone = n_items - 1  # nobody's feature
+    one = EvalSet(np.arange(users), features, feature_offsets, np.full(users, lone), np.arange(users + 1), n_items)
+    leaf = measure(model, tree, one, 128, popularity, np.random.default_rng(0))[-1]
+    assert leaf["level"] == tree.depth and leaf["mined_candidates"] == users * (n_items - 3)
+    assert leaf["mined_holding_future_item"] == pytest.approx(1 / (n_items - 3))
+    not_features = [np.setdiff1d(np.arange(n_items), features[3 * u:3 * u + 3]) for u in range(users)]
+    assert leaf["mined_popularity_percentile"] == pytest.approx(np.mean([popularity[i].mean() for i in not_features]))
