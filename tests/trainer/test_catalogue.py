@@ -304,3 +304,14 @@ def test_new_item_signal_counts_what_the_recent_events_know() -> None:
     assert signal["new_items_with_events"] == 2 and signal["new_items_with_one_event"] == 0.5
     assert signal["truth_new_pairs"] == 4 and signal["truth_new_with_event"] == 0.5  # (0,10), (1,11) of 4
     assert signal["users_with_new_items"] == 2 and signal["per_user_ceiling"] == 0.5
+
+
+def test_reciprocal_rank_fusion_by_hand() -> None:
+    """Scores 1/(60 + rank) summed over the rankings: b (ranks 2 and 1) beats a (1, absent) and
+    c (3, 2); an item in one list only still counts."""
+    from bench.catalogue_eval import reciprocal_rank_fusion
+
+    fused = reciprocal_rank_fusion([np.array(["a", "b", "c"]), np.array(["b", "c", "d"])], 3)
+    # b: 1/62 + 1/61, c: 1/63 + 1/62, a: 1/61, d: 1/63
+    assert fused.tolist() == ["b", "c", "a"]
+    assert reciprocal_rank_fusion([np.array([1, 2]), np.array([], dtype=np.int64)], 5).tolist() == [1, 2]
