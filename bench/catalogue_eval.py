@@ -230,7 +230,8 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
     paired = {}
     pairs = [("add-items", other) for other in ("full retrain", "no update", "recent popularity, all items")]
     for ours, other in [*pairs, ("add-items, new items only", "popularity of new items"),
-                        ("add-items + popularity, new items only", "popularity of new items")]:
+                        ("add-items + popularity, new items only", "popularity of new items"),
+                        ("add-items + popularity, new items only", "recent popularity, all items")]:
         for key, label in (("per_user", "recall"), ("per_user_new", "new_item_recall")):
             diff = np.asarray(rows[ours][key]) - np.asarray(rows[other][key])
             paired[f"{label}: {ours} - {other}"] = {"mean": float(diff.mean()),
