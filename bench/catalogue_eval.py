@@ -17,11 +17,10 @@ service's own search (ONNX scorer, shared beam search, M = 200, no filter):
   search with an allow-list of the new items): the list the popularity of new items is a fair
   comparison for, since both rank the same items. When there are fewer than M new items it
   lists every one, so the comparison only means something where they are many (Ciao);
-- add-items + popularity, new items only: the two rankings of the new items above fused by
-  reciprocal rank (Cormack et al. 2009: score = sum of 1 / (60 + rank), the constant theirs, not
-  tuned here; the model's ranking taken to depth 1,000), top-M: the two signals are nearly
-  independent (the model places a new item by its co-consumption, popularity counts its events),
-  so a user who would combine them gets this list;
+- add-items + popularity, new items only: what the service answers to a `fresh` request, the
+  model's ranking of the new items (to depth 1,000) fused by reciprocal rank
+  (`service.core.fusion`: score = sum of 1 / (60 + rank), Cormack et al.'s constant, not tuned
+  here) with the new items' order by recent events that add-items stores in the catalogue;
 - recent popularity, all items: every item ranked by its recent events.
 
 Recall of new items is over the test users with at least one new item in their truth, of those
@@ -52,6 +51,7 @@ from bench import command_line
 from service.core.artifact import read_artifact
 from service.core.beam import beam_search
 from service.core.filters import combine
+from service.core.fusion import reciprocal_rank_fusion
 from service.scorer import OnnxScorer
 from trainer.catalogue.update import add_items
 from trainer.data import DataConfig
@@ -94,19 +94,7 @@ def new_item_signal(split: dict) -> dict:
             "median_events_per_new_item": float(counts_new.median()) if len(counts_new) else None}
 
 
-RRF_K = 60  # reciprocal rank fusion's constant, as published
 FUSION_DEPTH = 1000  # how deep the model's ranking of the new items is read for the fusion
-
-
-def reciprocal_rank_fusion(rankings: list[np.ndarray], m: int) -> np.ndarray:
-    """Top-m ids by the sum over `rankings` (ids, best first) of 1 / (RRF_K + rank), rank from 1;
-    an id absent from a ranking gets nothing from it. Ties keep the first ranking's order."""
-    score: dict = {}
-    for ranking in rankings:
-        for rank, item in enumerate(ranking.tolist(), start=1):
-            score[item] = score.get(item, 0.0) + 1.0 / (RRF_K + rank)
-    ordered = sorted(score, key=lambda item: -score[item])  # stable: first-seen order breaks ties
-    return np.asarray(ordered[:m])
 
 
 def write_log(frame: pd.DataFrame, path: Path) -> Path:
@@ -215,8 +203,12 @@ def run(data: Path, fmt: str, out: Path, method: str, epochs: int, fraction: flo
     recent_popular = split["events"]["item"].value_counts().index.to_numpy()
     popular_new = recent_popular[np.isin(recent_popular, new_items)]
 
+    # The fused list as the service serves a `fresh` request: the model's ranking of the new items
+    # and the catalogue's order of them by recent events (`ItemCatalog.fresh`).
+    added_catalog = read_artifact(out / "artifact-added").catalog
+    fresh_order = np.asarray(added_catalog.items.original(added_catalog.fresh))
     model_new = recommend(out / "artifact-added", histories, FUSION_DEPTH, only=new_items)
-    fused = [reciprocal_rank_fusion([ranked, popular_new], M) for ranked in model_new]
+    fused = [reciprocal_rank_fusion([ranked, fresh_order], M) for ranked in model_new]
     rows = {
         "add-items": recalls(recommend(out / "artifact-added", histories, M), truth, new_items),
         "full retrain": recalls(recommend(retrained, histories, M), truth, new_items),

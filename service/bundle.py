@@ -49,6 +49,7 @@ class ModelBundle:
             "parity": m.get("parity"), "providers": self.scorer.providers,
             "data_fingerprint": m.get("data_fingerprint"),
             "retired_items": len(self.catalog.retired),
+            "fresh_items": len(self.catalog.fresh),  # added since training: what `fresh` requests rank
             "catalogue": {k: m["catalogue"].get(k) for k in ("operation", "base_version", "trained_version",
                                                               "added_total", "retired_total")}
             if isinstance(m.get("catalogue"), dict) else None,

@@ -5,7 +5,8 @@ deployment's limits; resolve the history (from the request, else the behaviour s
 none); map original ids to the bundle's items (unknown ones are counted and dropped); build
 the filters (exclude seen items, category allow-list); beam search, or the popularity list
 when there is no usable history (`fallback_reason`: none at all, only unknown items, or the
-store could not be read); and the response body. The route only adapts HTTP to this:
+store could not be read), and for a `fresh` request the added items' fused ranking (`_fresh`);
+and the response body. The route only adapts HTTP to this:
 `Rejected` carries the status and message a client gets.
 """
 
@@ -19,9 +20,13 @@ from service.api.schemas import RecommendRequest
 from service.batcher import Overloaded
 from service.bundle import ModelBundle
 from service.config import Settings
+from service.core.filters import ItemFilter, combine, exclude_retired
+from service.core.fusion import reciprocal_rank_fusion
 from service.features import BehaviorStore, StoreUnavailable
 from service.retrieval import Retrieved, item_filter, popular, search
 from service.telemetry import Metrics
+
+FRESH_DEPTH = 1000  # how deep the model's ranking of the fresh items is read before fusing
 
 
 class Rejected(Exception):
@@ -55,7 +60,12 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
     k = min(body.k, bundle.catalog.n_served)
     beam = body.beam or bundle.default_beam
     try:
-        if len(internal) == 0:
+        if body.fresh:
+            result = _fresh(bundle, internal, k, beam, allowed)
+            if result.fallback:  # no usable history: their popularity alone
+                reason = "unknown_history" if unknown else reason
+                metrics.fallbacks.labels(reason).inc()
+        elif len(internal) == 0:
             if unknown:  # a history was there, but the model knows none of its items
                 reason = "unknown_history"
             result: Retrieved = popular(bundle, k, allowed)
@@ -75,6 +85,27 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
         "history_used": int(min(len(internal), bundle.history_length)), "unknown_items": unknown,
         "history_source": source, "fallback_reason": reason if result.fallback else None,
     }
+
+
+def _fresh(bundle: ModelBundle, internal: np.ndarray, k: int, beam: int, allowed: ItemFilter | None) -> Retrieved:
+    """A `fresh` request: the items added since training that pass the filters, ranked by the
+    model (searched with them as an allow-list, to depth FRESH_DEPTH) fused with their recent
+    popularity (`service.core.fusion`); without a usable history, their popularity alone."""
+    fresh = bundle.catalog.fresh.astype(np.int64)
+    if not len(fresh):
+        # 409, not 422: the request is valid, the model serving it has nothing to rank for it.
+        raise Rejected(409, "fresh: this model has no items added since training (trainer add-items adds them)")
+    mask = np.zeros(bundle.catalog.n_items, dtype=bool)
+    mask[fresh] = True
+    allowed = combine(allowed, exclude_retired(~mask))  # every item that is not fresh is left out
+    by_popularity = fresh[allowed(fresh[None, :])[0]] if allowed is not None else fresh
+    if len(internal) == 0:
+        return Retrieved(items=by_popularity[:k], scores=None, fallback="popular")
+    if not len(by_popularity):  # the filters leave no fresh item
+        return Retrieved(items=by_popularity, scores=None, fallback=None)
+    model = search(bundle, internal, min(FRESH_DEPTH, len(by_popularity)), beam, allowed)
+    fused = reciprocal_rank_fusion([model.items, by_popularity], k)
+    return Retrieved(items=fused.astype(np.int64), scores=None, fallback=None)
 
 
 def _admit(body: RecommendRequest, settings: Settings, metrics: Metrics, arrived: float | None) -> None:

@@ -35,7 +35,7 @@ def unavailable(message: str) -> HTTPException:
 
 
 @router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False,
-             dependencies=[JsonBody], responses=error_responses(413, 415, 422, 503))
+             dependencies=[JsonBody], responses=error_responses(409, 413, 415, 422, 503))
 def recommend(body: RecommendRequest, request: Request, models: ModelsDep, settings: SettingsDep,
               metrics: MetricsDep, store: StoreDep) -> Response:
     """The request is served by one bundle from start to end, even if a new one is swapped in.

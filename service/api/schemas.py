@@ -71,6 +71,9 @@ class RecommendRequest(Strict):
     exclude_seen: StrictBool = False
     categories: Categories | None = Field(
         None, description="allow-list of category ids (at least one; leave out for no category filter)")
+    fresh: StrictBool = Field(
+        False, description="rank only the items added since training (`trainer add-items`): the model's ranking "
+        "of them fused with their recent popularity by reciprocal rank; scores are null")
 
 
 class ScoredItem(BaseModel):

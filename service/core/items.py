@@ -89,6 +89,9 @@ class ItemCatalog:
     item_category: np.ndarray  # (n_items,) index into categories
     popular: np.ndarray  # item indices, most popular first (training users)
     retired: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))  # sorted item indices
+    # Items added since the last full training (`trainer add-items`), by recent events, most
+    # first: what a `fresh` request ranks (`service.recommend`).
+    fresh: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
 
     @property
     def n_items(self) -> int:
@@ -115,15 +118,19 @@ class ItemCatalog:
                   "item_category": self.item_category.astype(np.int32), "popular": self.popular.astype(np.int32)}
         if len(self.retired):  # absent when empty: older services read the file unchanged
             arrays["retired"] = self.retired.astype(np.int32)
+        if len(self.fresh):  # the same
+            arrays["fresh"] = self.fresh.astype(np.int32)
         np.savez(path, **arrays)
 
     @classmethod
     def create(cls, item_ids: np.ndarray, category_ids: np.ndarray, item_category: np.ndarray,
-               popular: np.ndarray, retired: np.ndarray | None = None) -> ItemCatalog:
+               popular: np.ndarray, retired: np.ndarray | None = None, fresh: np.ndarray | None = None
+               ) -> ItemCatalog:
         retired = np.zeros(0, np.int32) if retired is None else np.unique(np.asarray(retired, np.int32))
+        fresh = np.zeros(0, np.int32) if fresh is None else np.asarray(fresh, np.int32)
         return cls(items=IdIndex.build(_plain(item_ids)), categories=IdIndex.build(_plain(category_ids)),
                    item_category=np.asarray(item_category, dtype=np.int32), popular=np.asarray(popular, np.int32),
-                   retired=retired)
+                   retired=retired, fresh=fresh)
 
     @classmethod
     def load(cls, path: Path, n_items: int) -> ItemCatalog:
@@ -133,7 +140,8 @@ class ItemCatalog:
         try:
             check_members(path, {"item_ids": ("iuU", (n_items,)), "category_ids": ("iuU", (None,)),
                                  "item_category": ("iu", (n_items,)), "popular": ("iu", (None,))})
-            optional = {"retired": ("iu", (None,))} if "retired" in member_headers(path) else {}
+            present = member_headers(path)
+            optional = {name: ("iu", (None,)) for name in ("retired", "fresh") if name in present}
             check_members(path, optional)
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {k: archive[k] for k in ("item_ids", "category_ids", "item_category", "popular", *optional)}
@@ -156,7 +164,11 @@ class ItemCatalog:
             raise ArtifactError(f"{path}: retired list names unknown or repeated items")
         if len(retired) >= n_items:
             raise ArtifactError(f"{path}: every item is retired: nothing left to serve")
-        return cls.create(arrays["item_ids"], arrays["category_ids"], arrays["item_category"], popular, retired)
+        fresh = arrays.get("fresh", np.zeros(0, np.int32))
+        if len(fresh) and (fresh.min() < 0 or fresh.max() >= n_items or len(np.unique(fresh)) != len(fresh)):
+            raise ArtifactError(f"{path}: fresh list names unknown or repeated items")
+        return cls.create(arrays["item_ids"], arrays["category_ids"], arrays["item_category"], popular, retired,
+                          fresh)
 
 
 def _plain(ids: np.ndarray) -> np.ndarray:

@@ -69,6 +69,7 @@ def requests_to_compare(artifact: Path) -> list[tuple[str, object, dict[str, str
         ("+json type", body({"history": ids[:3], "k": 5}), {"content-type": "application/merge-patch+json"}),
         ("chunked", iter([b'{"history": ', body(ids[:4]), b', "k": 9}']), as_json),
         ("lone surrogate id", b'{"history": ["\\ud800"], "k": 5}', as_json),
+        ("fresh, nothing added", body({"history": ids[:5], "k": 5, "fresh": True}), as_json),
         ("BOM", b"\xef\xbb\xbf" + body({"k": 5}), as_json),
         ("UTF-16", json.dumps({"k": 5}).encode("utf-16"), as_json),
         # 415

@@ -309,9 +309,54 @@ def test_new_item_signal_counts_what_the_recent_events_know() -> None:
 def test_reciprocal_rank_fusion_by_hand() -> None:
     """Scores 1/(60 + rank) summed over the rankings: b (ranks 2 and 1) beats a (1, absent) and
     c (3, 2); an item in one list only still counts."""
-    from bench.catalogue_eval import reciprocal_rank_fusion
+    from service.core.fusion import reciprocal_rank_fusion
 
     fused = reciprocal_rank_fusion([np.array(["a", "b", "c"]), np.array(["b", "c", "d"])], 3)
     # b: 1/62 + 1/61, c: 1/63 + 1/62, a: 1/61, d: 1/63
     assert fused.tolist() == ["b", "c", "a"]
     assert reciprocal_rank_fusion([np.array([1, 2]), np.array([], dtype=np.int64)], 5).tolist() == [1, 2]
+
+
+def test_fresh_requests_rank_only_added_items_by_the_fused_ranking(stand_ins, tmp_path: Path) -> None:
+    """`fresh: true` answers with the items added since training: by recent events alone
+    without a history (fallback "popular"), else the model's ranking among them (the served
+    search with an allow-list, computed here by the offline evaluator's own path) fused with
+    those events by reciprocal rank. Retired fresh items stay out; an artifact with no added
+    items refuses with 409 (the request is valid; the model has nothing to rank)."""
+    from bench.catalogue_eval import recommend as offline_recommend
+    from service.core.fusion import reciprocal_rank_fusion
+
+    grown, log = stand_ins["grown"], stand_ins["log"]
+    new_ids = [NEW + i for i in range(3)]
+    events = pd.read_csv(stand_ins["root"] / "events.csv")
+    counts = events["item_id"].value_counts()
+    by_events = sorted(new_ids, key=lambda i: (-counts.get(i, 0), new_ids.index(i)))
+    catalog = read_artifact(grown).catalog
+    assert catalog.items.original(catalog.fresh) == by_events  # this update's items, most events first
+    user = log[log["item_id"] == stand_ins["originals"][0]]["user_id"].iloc[0]
+    history = log[log["user_id"] == user].sort_values("timestamp")["item_id"].tolist()[-20:]
+    model_ranking = offline_recommend(grown, [np.asarray(history)], 1000, only=np.asarray(new_ids))[0]
+    expected = reciprocal_rank_fusion([model_ranking, np.asarray(by_events)], 3).tolist()
+
+    with TestClient(create_app(Settings(artifact=grown))) as client:
+        assert client.get("/v1/model").json()["serving"]["fresh_items"] == 3
+        body = client.post("/v1/recommend", json={"history": history, "k": 3, "fresh": True}).json()
+        assert [i["item_id"] for i in body["items"]] == expected and body["fallback"] is None
+        assert all(i["score"] is None for i in body["items"])
+        cold = client.post("/v1/recommend", json={"k": 5, "fresh": True}).json()
+        assert [i["item_id"] for i in cold["items"]] == by_events and cold["fallback"] == "popular"
+        assert cold["fallback_reason"] == "no_history"
+        seen = client.post("/v1/recommend", json={"history": history + [by_events[0]], "k": 3, "fresh": True,
+                                                  "exclude_seen": True}).json()
+        assert sorted(i["item_id"] for i in seen["items"]) == sorted(by_events[1:])
+
+    pd.DataFrame({"item_id": [by_events[0]]}).to_csv(tmp_path / "gone.csv", index=False)
+    retire_items(grown, tmp_path / "gone.csv", tmp_path / "retired")
+    assert read_artifact(tmp_path / "retired").catalog.items.original(
+        read_artifact(tmp_path / "retired").catalog.fresh) == by_events[1:]
+    with TestClient(create_app(Settings(artifact=tmp_path / "retired"))) as client:
+        body = client.post("/v1/recommend", json={"history": history, "k": 3, "fresh": True}).json()
+        assert set(i["item_id"] for i in body["items"]) == set(by_events[1:])
+    with TestClient(create_app(Settings(artifact=stand_ins["base"]))) as client:
+        refused = client.post("/v1/recommend", json={"history": history, "k": 3, "fresh": True})
+        assert refused.status_code == 409 and "fresh" in refused.json()["message"]

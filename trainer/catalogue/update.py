@@ -82,7 +82,7 @@ def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None
     new_catalog = ItemCatalog.create(
         item_ids=np.concatenate([catalog.items.ids, listed.ids]), category_ids=category_ids,
         item_category=item_category, popular=np.concatenate([catalog.popular, n_old + by_events]),
-        retired=catalog.retired)
+        retired=catalog.retired, fresh=np.concatenate([n_old + by_events, catalog.fresh]))  # this update's first
 
     scorer = read_table(base.scorer_file)
     table, old_to_new = _grown_table(scorer.table, tree, new_tree, placement)
@@ -130,7 +130,7 @@ def retire_items(artifact: Path, items: Path, out: Path) -> dict:
     gone[retired] = True
     new_catalog = ItemCatalog(items=catalog.items, categories=catalog.categories,
                               item_category=catalog.item_category, popular=catalog.popular[~gone[catalog.popular]],
-                              retired=retired.astype(np.int32))
+                              retired=retired.astype(np.int32), fresh=catalog.fresh[~gone[catalog.fresh]])
     operation = {"operation": "retire-items", "retired": len(index)}
     identity = np.arange(base.tree.n_rows, dtype=np.int64)
 
