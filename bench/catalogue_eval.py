@@ -50,7 +50,7 @@ import pandas as pd
 from bench import command_line
 from service.core.artifact import read_artifact
 from service.core.beam import beam_search
-from service.core.filters import combine
+from service.core.filters import allow_items, combine
 from service.core.fusion import reciprocal_rank_fusion
 from service.scorer import OnnxScorer
 from trainer.catalogue.update import add_items
@@ -129,7 +129,7 @@ def recommend(artifact: Path, histories: list[np.ndarray], m: int, only: np.ndar
         internal = loaded.catalog.items.lookup(list(only))
         listed = np.zeros(loaded.tree.n_items, dtype=bool)
         listed[internal[internal >= 0]] = True
-        allowed = combine(allowed, lambda ids: (ids >= 0) & listed[np.maximum(ids, 0)])
+        allowed = combine(allowed, allow_items(listed))
         m = min(m, int(listed.sum()))
     results = []
     for start in range(0, len(histories), 64):

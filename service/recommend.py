@@ -20,7 +20,7 @@ from service.api.schemas import RecommendRequest
 from service.batcher import Overloaded
 from service.bundle import ModelBundle
 from service.config import Settings
-from service.core.filters import ItemFilter, combine, exclude_retired
+from service.core.filters import ItemFilter, combine
 from service.core.fusion import reciprocal_rank_fusion
 from service.features import BehaviorStore, StoreUnavailable
 from service.retrieval import Retrieved, item_filter, popular, search
@@ -91,14 +91,13 @@ def _fresh(bundle: ModelBundle, internal: np.ndarray, k: int, beam: int, allowed
     """A `fresh` request: the items added since training that pass the filters, ranked by the
     model (searched with them as an allow-list, to depth FRESH_DEPTH) fused with their recent
     popularity (`service.core.fusion`); without a usable history, their popularity alone."""
-    fresh = bundle.catalog.fresh.astype(np.int64)
-    if not len(fresh):
+    fresh_only = bundle.catalog.fresh_filter
+    if fresh_only is None:
         # 409, not 422: the request is valid, the model serving it has nothing to rank for it.
         raise Rejected(409, "fresh: this model has no items added since training (trainer add-items adds them)")
-    mask = np.zeros(bundle.catalog.n_items, dtype=bool)
-    mask[fresh] = True
-    allowed = combine(allowed, exclude_retired(~mask))  # every item that is not fresh is left out
-    by_popularity = fresh[allowed(fresh[None, :])[0]] if allowed is not None else fresh
+    allowed = combine(allowed, fresh_only)
+    fresh = bundle.catalog.fresh.astype(np.int64)
+    by_popularity = fresh[allowed(fresh[None, :])[0]]
     if len(internal) == 0:
         return Retrieved(items=by_popularity[:k], scores=None, fallback="popular")
     if not len(by_popularity):  # the filters leave no fresh item

@@ -43,15 +43,20 @@ def allow_categories(item_category: np.ndarray, categories: np.ndarray) -> ItemF
     return allowed
 
 
+def allow_items(accepted: np.ndarray) -> ItemFilter:
+    """Accept only items marked in `accepted`, an (n_items,) bool mask (same for every row)."""
+    accepted = np.asarray(accepted, dtype=bool)
+
+    def allowed(candidates: np.ndarray) -> np.ndarray:
+        return (candidates >= 0) & accepted[np.maximum(candidates, 0)]
+
+    return allowed
+
+
 def exclude_retired(retired: np.ndarray) -> ItemFilter:
     """Reject retired items: `retired` is an (n_items,) bool mask. The same filter for every
     row; the beam search widens past retired leaves as it does for any filter."""
-    served = ~np.asarray(retired, dtype=bool)
-
-    def allowed(candidates: np.ndarray) -> np.ndarray:
-        return (candidates >= 0) & served[np.maximum(candidates, 0)]
-
-    return allowed
+    return allow_items(~np.asarray(retired, dtype=bool))
 
 
 def combine(*filters: ItemFilter | None) -> ItemFilter | None:

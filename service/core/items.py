@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.errors import ArtifactError
-from service.core.filters import ItemFilter, exclude_retired
+from service.core.filters import ItemFilter, allow_items, exclude_retired
 
 _INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 
@@ -112,6 +112,16 @@ class ItemCatalog:
         """The filter that keeps retired items out of answers; None when none is retired (the
         common case costs nothing). Built once per loaded catalog."""
         return exclude_retired(self.retired_mask()) if len(self.retired) else None
+
+    @cached_property
+    def fresh_filter(self) -> ItemFilter | None:
+        """The filter that accepts only the items added since training (a `fresh` request's
+        allow-list); None when there are none. Built once per loaded catalog, not per request."""
+        if not len(self.fresh):
+            return None
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[self.fresh] = True
+        return allow_items(mask)
 
     def save(self, path: Path) -> None:
         arrays = {"item_ids": self.items.ids, "category_ids": self.categories.ids,
