@@ -9,6 +9,8 @@ from pathlib import Path
 
 
 def command_line() -> str:
-    """How the running benchmark was invoked, in the form the docs give (`python -m bench.NAME ARGS`),
-    for the `command` its JSON records."""
-    return shlex.join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
+    """How the running benchmark (or experiment) was invoked, in the form the docs give
+    (`python -m bench.NAME ARGS`), for the `command` its JSON records."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    module = spec.name if spec is not None else f"bench.{Path(sys.argv[0]).stem}"
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])

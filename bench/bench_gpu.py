@@ -27,13 +27,14 @@ import numpy as np
 import torch
 
 from bench import command_line
-from trainer.batches import prefetch
-from trainer.data import DataConfig, load_interactions, make_samples, split_users
-from trainer.model import ScorerConfig, TreeScorer
-from trainer.sampler import LayerwiseSampler
-from trainer.step import ScorerStep, TrainConfig, make_builder
-from trainer.synth import SynthConfig, generate, write
-from trainer.tree_build import category_tree
+from trainer.data.interactions import DataConfig, load_interactions
+from trainer.data.split import make_samples, split_users
+from trainer.data.synth import SynthConfig, generate, write
+from trainer.fit.batches import prefetch
+from trainer.fit.sampler import LayerwiseSampler
+from trainer.fit.step import ScorerStep, TrainConfig, make_builder
+from trainer.model.scorer import ScorerConfig, TreeScorer
+from trainer.tree.build import category_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 

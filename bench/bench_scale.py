@@ -7,7 +7,7 @@ events), loaded, indexed, turned into samples and trained on, within 16 GB of pe
 Each stage runs in its own process, so its peak RSS is its own:
 1. `generate` (optional): `python -m trainer synth` in ~10M-event chunks, streamed to Parquet.
 2. `prepare`: read the log, keep users with >= 10 events, contiguous int32 ids, sort each
-   user's events by time, and write memory-mapped arrays (`trainer.prepared`).
+   user's events by time, and write memory-mapped arrays (`trainer.data.prepared`).
 3. `train`: map the arrays, build the training samples (int32 row indices, histories gathered
    per batch, never materialised) and the category tree, then train JTM-H (the hierarchical
    representation, the costly case) and TDM for `--steps` steps each: samples/s, and the
@@ -40,8 +40,8 @@ def peak_rss_gb() -> float:
 
 
 def stage_prepare(args: argparse.Namespace) -> dict:
-    from trainer.data import DataConfig, load_interactions
-    from trainer.prepared import save_prepared
+    from trainer.data.interactions import DataConfig, load_interactions
+    from trainer.data.prepared import save_prepared
 
     started = time.perf_counter()
     data = load_interactions(DataConfig(args.events))
@@ -58,13 +58,14 @@ def stage_train(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from trainer import distributed
-    from trainer.batches import batch_indices, prefetch
-    from trainer.data import DataConfig, load_interactions, make_samples, split_users
-    from trainer.model import ScorerConfig, TreeScorer
-    from trainer.sampler import LayerwiseSampler, default_negative_counts
-    from trainer.step import ScorerStep, StepTimes, TrainConfig, make_builder
-    from trainer.tree_build import category_tree
+    from trainer.data.interactions import DataConfig, load_interactions
+    from trainer.data.split import make_samples, split_users
+    from trainer.fit import distributed
+    from trainer.fit.batches import batch_indices, prefetch
+    from trainer.fit.sampler import LayerwiseSampler, default_negative_counts
+    from trainer.fit.step import ScorerStep, StepTimes, TrainConfig, make_builder
+    from trainer.model.scorer import ScorerConfig, TreeScorer
+    from trainer.tree.build import category_tree
 
     ctx = distributed.init_from_env("cpu")
     rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
@@ -169,7 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     args.prepared = args.prepared or f"{args.events}.prepared"
     if args.leaf_negatives is None:
-        from trainer.sampler import DEFAULT_LEAF_NEGATIVES
+        from trainer.fit.sampler import DEFAULT_LEAF_NEGATIVES
 
         args.leaf_negatives = DEFAULT_LEAF_NEGATIVES
     if args.stage != "main":

@@ -28,14 +28,15 @@ import torch
 from bench import command_line
 from service.core.beam import beam_search, brute_force
 from service.core.tree import Tree
-from trainer.data import build_interactions, make_samples, split_users
-from trainer.formats import RawLog
-from trainer.model import ScorerConfig, TreeScorer
-from trainer.sampler import LayerwiseSampler
-from trainer.scoring import TorchScoreFn
-from trainer.step import ScorerStep, TrainConfig, make_builder
-from trainer.synth import SynthConfig, generate
-from trainer.tree_build import category_tree
+from trainer.data.formats import RawLog
+from trainer.data.interactions import build_interactions
+from trainer.data.split import make_samples, split_users
+from trainer.data.synth import SynthConfig, generate
+from trainer.evaluate.recommend import TorchScoreFn
+from trainer.fit.sampler import LayerwiseSampler
+from trainer.fit.step import ScorerStep, TrainConfig, make_builder
+from trainer.model.scorer import ScorerConfig, TreeScorer
+from trainer.tree.build import category_tree
 
 
 def percentiles(values: list[float]) -> dict[str, float]:

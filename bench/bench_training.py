@@ -59,10 +59,11 @@ def _setup(data_path: str, hierarchical: bool, seed: int, leaf_negatives: int):
     import numpy as np
     import torch
 
-    from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
-    from trainer.model import ScorerConfig, TreeScorer
-    from trainer.sampler import LayerwiseSampler, default_negative_counts
-    from trainer.tree_build import category_tree
+    from trainer.data.interactions import DataConfig, load_interactions
+    from trainer.data.split import make_eval_set, make_samples, split_users
+    from trainer.fit.sampler import LayerwiseSampler, default_negative_counts
+    from trainer.model.scorer import ScorerConfig, TreeScorer
+    from trainer.tree.build import category_tree
 
     data = load_interactions(DataConfig(data_path))
     split = split_users(data.n_users, seed)
@@ -76,7 +77,7 @@ def _setup(data_path: str, hierarchical: bool, seed: int, leaf_negatives: int):
 
 
 def _validation_seconds(model, valid, tree, hierarchical: bool) -> float:
-    from trainer.scoring import retrieve
+    from trainer.evaluate.recommend import retrieve
 
     histories = valid.histories(model.config.max_history)
     started = time.perf_counter()
@@ -93,8 +94,8 @@ def _peak_rss_gb() -> float:
 def worker_ours(args: argparse.Namespace) -> dict:
     np, torch, data, samples, valid, tree, model, sampler = _setup(args.data_path, args.hierarchical, args.seed,
                                                                   args.leaf_negatives)
-    from trainer.batches import prefetch
-    from trainer.step import ScorerStep, StepTimes, TrainConfig, make_builder
+    from trainer.fit.batches import prefetch
+    from trainer.fit.step import ScorerStep, StepTimes, TrainConfig, make_builder
 
     times = StepTimes()
     step = ScorerStep(model, TrainConfig(batch_size=args.batch_size, threads=args.threads, precision=args.precision,
@@ -126,7 +127,7 @@ def worker_baseline(args: argparse.Namespace) -> dict:
     from torch.nn import functional as F
     from trainer.train import TrainingForward, resolve_precision
 
-    from trainer.training import AdamWithSparseEmbeddings
+    from trainer.fit.epochs import AdamWithSparseEmbeddings
 
     forward = TrainingForward(model)
     optimizer = AdamWithSparseEmbeddings(model, 1e-3)

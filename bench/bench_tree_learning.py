@@ -19,13 +19,14 @@ from pathlib import Path
 import torch
 
 from bench import command_line
-from trainer.data import DataConfig, load_interactions, make_samples, split_users
-from trainer.deep_retrieval import initial_tree
-from trainer.model import ScorerConfig, TreeScorer
-from trainer.sampler import LayerwiseSampler
-from trainer.step import TrainConfig
-from trainer.training import fit_scorer
-from trainer.tree_learning import TreeLearningConfig, learn_tree
+from trainer.data.interactions import DataConfig, load_interactions
+from trainer.data.split import make_samples, split_users
+from trainer.fit.epochs import fit_scorer
+from trainer.fit.sampler import LayerwiseSampler
+from trainer.fit.step import TrainConfig
+from trainer.model.scorer import ScorerConfig, TreeScorer
+from trainer.tree.build import initial_tree
+from trainer.tree.learning import TreeLearningConfig, learn_tree
 
 
 def rss_mb() -> float:

@@ -54,9 +54,9 @@ from service.core.filters import allow_items, combine
 from service.core.fusion import reciprocal_rank_fusion
 from service.scorer import OnnxScorer
 from trainer.catalogue.update import add_items
-from trainer.data import DataConfig
+from trainer.data.formats import read_log
+from trainer.data.interactions import DataConfig
 from trainer.export import export_run
-from trainer.formats import read_log
 from trainer.methods import MethodOptions
 from trainer.run import RunSpec, train_run
 

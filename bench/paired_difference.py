@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.compare import SeedRun
-from trainer.metrics import paired_difference
+from trainer.evaluate.compare import SeedRun
+from trainer.evaluate.metrics import paired_difference
 
 
 def per_user(spec: str, metric: str) -> tuple[dict, dict[int, np.ndarray]]:

@@ -20,8 +20,8 @@ from service.core.items import ItemCatalog
 from trainer.config import DeepConfig
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.export import sampled_histories, write_artifact
-from trainer.model import ScorerConfig, TreeScorer
-from trainer.tree_build import tree_from_order
+from trainer.model.scorer import ScorerConfig, TreeScorer
+from trainer.tree.build import tree_from_order
 
 
 def build(n_items: int, out: Path, hierarchical: bool = True, seed: int = 0, parity_users: int = 20) -> dict:

@@ -13,14 +13,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from trainer.data.synth import SynthConfig, generate, write
 from trainer.methods import MethodOptions
 from trainer.run import RunSpec, train_run
-from trainer.synth import SynthConfig, generate, write
 
 
 def train_and_export(root: Path, method: str, seed: int, tree_init: str) -> tuple[Path, Path]:
     """Train a tiny model on synthetic data and export it through the real path."""
-    from trainer.data import DataConfig
+    from trainer.data.interactions import DataConfig
     from trainer.export import export_run
 
     data = root / "log.parquet"

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("service", "trainer", "bench", "loadtest")
+PACKAGES = ("service", "trainer", "bench", "experiments", "loadtest")
 
 
 def import_graph() -> dict[str, set[str]]:

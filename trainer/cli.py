@@ -10,9 +10,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+from trainer.data.formats import FORMATS
 from trainer.errors import DataError
-from trainer.formats import FORMATS
-from trainer.tree_build import TREE_INITS
+from trainer.tree.build import TREE_INITS
 
 # The names `train --method` accepts (trainer.run.TRAINABLE; tests/trainer/test_errors.py checks).
 TRAIN_METHODS = "dnn, tdm, jtm-j, jtm-h, jtm, jtm-cluster"
@@ -51,7 +51,7 @@ def _add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_config(args: argparse.Namespace):
-    from trainer.data import DataConfig
+    from trainer.data.interactions import DataConfig
 
     behaviors = None if args.behaviors is None else tuple(b.strip() for b in args.behaviors.split(","))
     return DataConfig(path=args.data, format=args.format, min_interactions=args.min_interactions,
@@ -59,7 +59,7 @@ def _data_config(args: argparse.Namespace):
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
-    from trainer.synth import SynthConfig, generate, generate_chunks, write, write_chunks
+    from trainer.data.synth import SynthConfig, generate, generate_chunks, write, write_chunks
 
     config = SynthConfig(n_items=args.items, n_users=args.users, n_interactions=args.interactions,
                          seed=args.seed)
@@ -81,13 +81,13 @@ def _progress(chunks, config, chunk_users: int):
     """Log each chunk as it is written (a 100M-event log takes minutes)."""
     total = -(-config.n_users // chunk_users)
     for i, frame in enumerate(chunks, start=1):
-        logging.getLogger("trainer.synth").info("synth: chunk %d/%d, %s events", i, total, f"{len(frame):,}")
+        logging.getLogger("trainer.data.synth").info("synth: chunk %d/%d, %s events", i, total, f"{len(frame):,}")
         yield frame
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
-    from trainer.data import load_interactions
-    from trainer.prepared import save_prepared
+    from trainer.data.interactions import load_interactions
+    from trainer.data.prepared import save_prepared
 
     started = time.perf_counter()
     config = _data_config(args)
@@ -100,8 +100,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from trainer.compare import CompareConfig, format_table, run_compare
-    from trainer.data import load_interactions
+    from trainer.data.interactions import load_interactions
+    from trainer.evaluate.compare import CompareConfig, format_table, run_compare
     from trainer.methods import parse_methods
 
     methods = parse_methods(args.methods)
@@ -136,7 +136,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def _plot(result: dict, path: str | None) -> None:
     if path:
-        from trainer.table_plot import plot_table
+        from trainer.evaluate.table_plot import plot_table
 
         plot_table(result, Path(path))
         print(f"wrote {path}")
@@ -150,7 +150,7 @@ def _write_json_atomically(path: Path, value: dict) -> None:
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
-    from trainer.compare import format_table, merge_results
+    from trainer.evaluate.compare import format_table, merge_results
 
     parts = []
     for path in args.results:
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
-    from trainer import distributed
+    from trainer.fit import distributed
 
     try:
         args.func(args)

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from trainer.model import ScorerConfig
-from trainer.sampler import DEFAULT_LEAF_NEGATIVES
-from trainer.step import TrainConfig
-from trainer.tree_learning import TreeLearningConfig
+from trainer.fit.sampler import DEFAULT_LEAF_NEGATIVES
+from trainer.fit.step import TrainConfig
+from trainer.model.scorer import ScorerConfig
+from trainer.tree.learning import TreeLearningConfig
 
 TREE_LEARNERS = ("none", "jtm", "kmeans")
 
@@ -63,7 +63,7 @@ class JointConfig:
 
 @dataclass(frozen=True)
 class BeamAwareConfig:
-    """Beam-search-aware negatives (`trainer.beam_mining`): before each epoch the model's own
+    """Beam-search-aware negatives (`trainer.fit.beam_mining`): before each epoch the model's own
     beam search (width `beam`) runs for every training sample, and `share` of each level's
     negatives are drawn from the nodes it compared there."""
 
@@ -71,7 +71,7 @@ class BeamAwareConfig:
     beam: int = 32
     # Mine only at levels whose nodes hold at least this many items on average (1: every level,
     # OTM literally). Deep nodes the user never touched are weak negatives: most of the beam's
-    # best leaves are items the user would consume but has not (see trainer/beam_mining.py).
+    # best leaves are items the user would consume but has not (see trainer/fit/beam_mining.py).
     min_node_items: int = 1
     # Epochs of each fit trained on uniform negatives before mining starts (0: mine from the
     # first epoch). OTM's argument needs a model whose beam already means something: an

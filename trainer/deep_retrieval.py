@@ -20,44 +20,15 @@ import torch
 
 from service.core.tree import Tree
 from trainer.config import DeepConfig
-from trainer.data import EvalSet, Interactions
-from trainer.errors import DataError
-from trainer.evaluate import recommend
+from trainer.data.split import EvalSet
+from trainer.evaluate.recommend import recommend
+from trainer.fit.context import FitContext
+from trainer.fit.epochs import TrainHistory, seed_everything, train_on_tree
 from trainer.joint import JointHistory, joint_fit
-from trainer.model import TreeScorer
-from trainer.recommender import FitContext
-from trainer.training import TrainHistory, seed_everything, train_on_tree
-from trainer.tree_build import (
-    TREE_INITS,
-    category_tree,
-    cooccurrence_embeddings,
-    kmeans_tree,
-    random_tree,
-    tree_from_order,
-)
+from trainer.model.scorer import TreeScorer
+from trainer.tree.build import initial_tree
 
 log = logging.getLogger(__name__)
-
-
-def initial_tree(data: Interactions, train_users: np.ndarray, init: str, seed: int, arity: int) -> Tree:
-    """The tree a tree method starts from (TDM: by category)."""
-    if init == "auto":
-        init = "category" if data.has_category and data.n_categories > 1 else "kmeans"
-    if init not in TREE_INITS:
-        raise DataError(f"unknown tree init {init!r}; choose from auto, {', '.join(TREE_INITS)}")
-    if init in ("category", "category-random"):
-        if not data.has_category:
-            raise DataError(f"--tree-init {init} needs a log with categories; this one has none")
-        return category_tree(data.item_category, seed, arity, shuffle_within=init == "category-random")
-    if init == "id-order":
-        return tree_from_order(np.arange(data.n_items), arity)
-    if init == "random":
-        return random_tree(data.n_items, seed, arity)
-    from trainer.data import rows_of_users
-
-    rows = rows_of_users(data.user_offsets, train_users)
-    embeddings = cooccurrence_embeddings(data.item[rows], data.user[rows], data.n_items, seed=seed)
-    return kmeans_tree(embeddings, seed, arity)
 
 
 class DeepRetrieval:

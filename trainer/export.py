@@ -29,7 +29,7 @@ from service.core.artifact import ArtifactError, sha256_file
 from service.core.artifact import write_artifact as core_write_artifact
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
-from trainer.model import TreeScorer
+from trainer.model.scorer import TreeScorer
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def topk_parity(method: DeepRetrieval, onnx_path: Path, histories: np.ndarray, k
     """Offline (PyTorch) vs service (ONNX) beam search on the same users: identical lists?"""
     from service.core.beam import beam_search
     from service.scorer import OnnxScorer
-    from trainer.scoring import retrieve
+    from trainer.evaluate.recommend import retrieve
 
     assert method.model is not None and method.tree is not None
     offline = retrieve(method.model, histories, k, method.tree, method.config.scorer.hierarchical, beam)
@@ -277,7 +277,7 @@ def _parity_histories(run: Path, method: DeepRetrieval, count: int) -> np.ndarra
     """Histories of the run's test users when the data is at hand, else sampled item sequences."""
     length = method.config.scorer.max_history
     try:
-        from trainer.data import make_eval_set
+        from trainer.data.split import make_eval_set
         from trainer.run import load_run
 
         _, data, split, _ = load_run(run)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.core.items import ItemCatalog
-from trainer.data import Interactions
+from trainer.data.interactions import Interactions
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 

@@ -25,13 +25,13 @@ import numpy as np
 
 from service.core.tree import Tree
 from trainer.config import TREE_LEARNERS, DeepConfig, JointConfig
-from trainer.data import SampleSet
-from trainer.evaluate import validation_metrics
-from trainer.model import TreeScorer
-from trainer.recommender import FitContext
-from trainer.training import TrainHistory, train_on_tree
-from trainer.tree_build import kmeans_tree
-from trainer.tree_learning import learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
+from trainer.data.split import SampleSet
+from trainer.evaluate.protocol import validation_metrics
+from trainer.fit.context import FitContext
+from trainer.fit.epochs import TrainHistory, train_on_tree
+from trainer.model.scorer import TreeScorer
+from trainer.tree.build import kmeans_tree
+from trainer.tree.learning import learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
 
 log = logging.getLogger(__name__)
 

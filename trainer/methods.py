@@ -8,10 +8,10 @@ from dataclasses import dataclass, replace
 
 from trainer.config import METHOD_VARIANTS, BeamAwareConfig, DeepConfig, JointConfig
 from trainer.errors import DataError
-from trainer.model import ScorerConfig
-from trainer.recommender import Recommender
-from trainer.step import TrainConfig
-from trainer.tree_learning import TreeLearningConfig
+from trainer.fit.context import Recommender
+from trainer.fit.step import TrainConfig
+from trainer.model.scorer import ScorerConfig
+from trainer.tree.learning import TreeLearningConfig
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class MethodOptions:
     # retrain_epochs), so that a table compares methods at equal training, not the tree's
     # effect plus extra epochs. The joint methods still start from their iteration-0 model.
     equal_epochs: bool = False
-    # Beam-search-aware negatives for the tree methods (trainer/beam_mining.py).
+    # Beam-search-aware negatives for the tree methods (trainer/fit/beam_mining.py).
     beam_aware: bool = False
     beam_aware_share: float | None = None
     beam_aware_beam: int | None = None

@@ -23,21 +23,13 @@ from typing import NamedTuple
 import numpy as np
 
 from service.core.items import ItemCatalog
-from trainer.data import (
-    DataConfig,
-    EvalSet,
-    Interactions,
-    UserSplit,
-    load_interactions,
-    make_eval_set,
-    make_samples,
-    split_users,
-)
+from trainer.data.interactions import DataConfig, Interactions, load_interactions
+from trainer.data.split import EvalSet, UserSplit, make_eval_set, make_samples, split_users
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
-from trainer.evaluate import evaluate
+from trainer.evaluate.protocol import evaluate
+from trainer.fit.context import FitContext
 from trainer.methods import METHODS, MethodOptions, build_method
-from trainer.recommender import FitContext
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +76,7 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
             raise DataError(f"--method {spec.method} is a baseline that only compare evaluates "
                             f"(compare --methods {spec.method}); train supports {', '.join(TRAINABLE)}")
         raise DataError(f"unknown --method {spec.method!r}; train supports {', '.join(TRAINABLE)}")
-    from trainer import distributed
+    from trainer.fit import distributed
 
     dist_ctx = distributed.init_from_env(options.device)
     data = load_interactions(spec.data)
@@ -105,8 +97,8 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     assert isinstance(method, DeepRetrieval)
     started = time.perf_counter()
     if continued is not None:
+        from trainer.fit.epochs import train_on_tree
         from trainer.incremental import continued_config
-        from trainer.training import train_on_tree
 
         method = continued_config(continued.method, options.epochs)
         assert method.model is not None and method.tree is not None

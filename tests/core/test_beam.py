@@ -9,7 +9,7 @@ import pytest
 from service.core.beam import beam_search, brute_force, start_level
 from service.core.filters import allow_categories, combine, exclude_items
 from service.core.tree import Tree
-from trainer.tree_build import random_tree
+from trainer.tree.build import random_tree
 
 
 class TableScorer:

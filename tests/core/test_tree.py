@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.core.tree import Tree, TreeError, depth_for
-from trainer.tree_build import category_tree, kmeans_tree, random_tree, tree_from_order
+from trainer.tree.build import category_tree, kmeans_tree, random_tree, tree_from_order
 
 
 def assert_valid(tree: Tree, n_items: int) -> None:

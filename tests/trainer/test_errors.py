@@ -109,8 +109,8 @@ def test_bad_arguments(tmp_path: Path, args: tuple[str, ...], fragment: str) -> 
 def test_an_empty_file_says_so(tmp_path: Path, name: str, content: bytes | None, fmt: str) -> None:
     import gzip
 
+    from trainer.data.formats import read_log
     from trainer.errors import DataError
-    from trainer.formats import read_log
 
     path = tmp_path / name
     path.write_bytes(gzip.compress(b"") if content is None else content)
@@ -180,8 +180,8 @@ def test_the_defaults_quoted_in_help_are_the_configurations() -> None:
     """Options whose default is each method's own quote the tree methods' value: check it."""
     from trainer.cli import build_parser
     from trainer.config import BeamAwareConfig, DeepConfig, JointConfig
-    from trainer.model import ScorerConfig
-    from trainer.step import TrainConfig
+    from trainer.fit.step import TrainConfig
+    from trainer.model.scorer import ScorerConfig
 
     train, joint, scorer, deep, aware = TrainConfig(), JointConfig(), ScorerConfig(), DeepConfig(), BeamAwareConfig()
     parser = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001

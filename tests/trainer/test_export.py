@@ -15,11 +15,11 @@ from service.core.beam import beam_search
 from service.model_store import load_bundle
 from service.retrieval import search
 from service.scorer import OnnxScorer, level_score_fn
-from trainer.data import make_eval_set
+from trainer.data.split import make_eval_set
 from trainer.errors import DataError
+from trainer.evaluate.recommend import TorchScoreFn
 from trainer.export import export_onnx, export_run
 from trainer.run import load_run
-from trainer.scoring import TorchScoreFn
 
 METHODS = ["tdm", "jtm-h"]
 

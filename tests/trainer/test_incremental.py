@@ -13,7 +13,7 @@ import torch
 
 from service.core.tree import Tree
 from trainer.cli import main as trainer_main
-from trainer.data import DataConfig
+from trainer.data.interactions import DataConfig
 from trainer.export import export_run
 from trainer.methods import MethodOptions
 from trainer.publish import publish

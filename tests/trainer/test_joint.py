@@ -10,15 +10,17 @@ import pytest
 import torch
 
 from service.core.tree import Tree
-from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
-from trainer.deep_retrieval import DeepRetrieval, initial_tree
-from trainer.evaluate import validation_metrics
+from trainer.data.interactions import DataConfig, load_interactions
+from trainer.data.split import make_eval_set, make_samples, split_users
+from trainer.data.synth import SynthConfig, generate, write
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.evaluate.protocol import validation_metrics
+from trainer.fit.context import FitContext
+from trainer.fit.epochs import seed_everything
 from trainer.joint import joint_fit
 from trainer.methods import MethodOptions, deep_config
-from trainer.model import TreeScorer
-from trainer.recommender import FitContext
-from trainer.synth import SynthConfig, generate, write
-from trainer.training import seed_everything
+from trainer.model.scorer import TreeScorer
+from trainer.tree.build import initial_tree
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def _without_seconds(value):
 
 def test_category_purity_has_known_values() -> None:
     from trainer.joint import category_purity
-    from trainer.tree_build import tree_from_order
+    from trainer.tree.build import tree_from_order
 
     # 8 items, categories in blocks of 2: the ordered tree's level-2 nodes (pairs) are pure,
     # its level-1 nodes (halves) hold two categories each.
@@ -127,7 +129,7 @@ def test_joint_records_category_purity_per_iteration(ctx: FitContext) -> None:
 
 def test_category_purity_matches_a_dense_count() -> None:
     from trainer.joint import category_purity
-    from trainer.tree_build import random_tree
+    from trainer.tree.build import random_tree
 
     rng = np.random.default_rng(0)
     for n_items, n_categories in [(1000, 7), (37, 3)]:

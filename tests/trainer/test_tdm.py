@@ -11,12 +11,13 @@ import pytest
 
 from trainer.baselines.popularity import Popularity
 from trainer.cli import main
-from trainer.data import DataConfig, load_interactions, make_eval_set, make_samples, split_users
+from trainer.data.interactions import DataConfig, load_interactions
+from trainer.data.split import make_eval_set, make_samples, split_users
+from trainer.data.synth import SynthConfig, generate, write
 from trainer.deep_retrieval import DeepRetrieval
+from trainer.evaluate.metrics import user_metrics
+from trainer.fit.context import FitContext
 from trainer.methods import MethodOptions, deep_config
-from trainer.metrics import user_metrics
-from trainer.recommender import FitContext
-from trainer.synth import SynthConfig, generate, write
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,7 @@ def test_training_learns_personal_scores(synth_path: Path, method: str) -> None:
     test = make_eval_set(data, ctx.split.test)
     # Not the under-training symptom: probabilities are not stuck near 0.5, and the model
     # retrieves better than popularity for held-out users.
-    from trainer.scoring import TorchScoreFn
+    from trainer.evaluate.recommend import TorchScoreFn
 
     leaf = a.tree.depth if a.tree is not None else 0
     score = TorchScoreFn(a.model, test.histories(69)[:20], a.tree, False)
@@ -140,7 +141,7 @@ def test_a_tree_step_that_moves_nothing_is_not_retrained(synth_path: Path, monke
     costs only the step: the model is already trained on that tree. `retrain_unchanged`
     restores the literal loop."""
     import trainer.joint as joint
-    from trainer.tree_learning import TreeLearningReport
+    from trainer.tree.learning import TreeLearningReport
 
     monkeypatch.setattr(joint, "learn_tree", lambda model, tree, *args, **kwargs: (tree, TreeLearningReport()))
     data = load_interactions(DataConfig(path=str(synth_path)))

@@ -22,8 +22,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from trainer.data import EvalSet, rows_of_users
-from trainer.recommender import FitContext, rank_by_scores
+from trainer.baselines.ranking import rank_by_scores
+from trainer.data.interactions import rows_of_users
+from trainer.data.split import EvalSet
+from trainer.fit.context import FitContext
 
 
 class ItemCF:

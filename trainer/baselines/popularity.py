@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.data import EvalSet
-from trainer.recommender import FitContext, rank_by_scores
+from trainer.baselines.ranking import rank_by_scores
+from trainer.data.split import EvalSet
+from trainer.fit.context import FitContext
 
 
 class Popularity:

@@ -26,9 +26,9 @@ import torch
 
 from trainer.baselines.hnsw_index import HNSWConfig, build_hnsw, search_queries
 from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
-from trainer.data import EvalSet
-from trainer.evaluate import beam_fidelity, evaluate
-from trainer.recommender import FitContext
+from trainer.data.split import EvalSet
+from trainer.evaluate.protocol import beam_fidelity, evaluate
+from trainer.fit.context import FitContext
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from trainer.data import PAD, EvalSet
-from trainer.evaluate import evaluate
-from trainer.layers import WINDOW_PRESETS, WindowPooling
-from trainer.recommender import FitContext, rank_by_scores
-from trainer.training import TrainHistory, autograd_step, seed_everything, train_epochs
+from trainer.baselines.ranking import rank_by_scores
+from trainer.data.split import PAD, EvalSet
+from trainer.evaluate.protocol import evaluate
+from trainer.fit.context import FitContext
+from trainer.fit.epochs import TrainHistory, autograd_step, seed_everything, train_epochs
+from trainer.model.layers import WINDOW_PRESETS, WindowPooling
 
 log = logging.getLogger(__name__)
 

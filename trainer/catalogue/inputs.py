@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from service.core.items import ItemCatalog
+from trainer.data.formats import COLUMN_ALIASES, RawLog, _first_line, read_log
 from trainer.errors import DataError
-from trainer.formats import COLUMN_ALIASES, RawLog, _first_line, read_log
 
 _TEXT_SUFFIXES = (".csv", ".tsv", ".txt")
 _PARQUET_SUFFIXES = (".parquet", ".pq")

@@ -1,0 +1,1 @@
+"""Research probes: one-off investigations, each with its page under docs/experiments/."""

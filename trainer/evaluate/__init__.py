@@ -1,0 +1,1 @@
+"""Evaluation under the paper's protocol: metrics, recommending through the shared index, compare."""
