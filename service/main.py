@@ -24,8 +24,8 @@ from service.api.admin import router as admin_router
 from service.api.errors import http_error_response, send_json
 from service.api.fast_path import RecommendFastPath
 from service.api.routes import router
+from service.behavior_store import BehaviorStore, make_store
 from service.config import Settings
-from service.features import BehaviorStore, make_store
 from service.model_store import ModelBundle, ModelStore, load_bundle
 from service.telemetry import Metrics, configure_logging, request_id
 

@@ -18,11 +18,11 @@ import numpy as np
 
 from service.api.schemas import RecommendRequest
 from service.batcher import Overloaded
+from service.behavior_store import BehaviorStore, StoreUnavailable
 from service.bundle import ModelBundle
 from service.config import Settings
 from service.core.filters import ItemFilter, combine
 from service.core.fusion import reciprocal_rank_fusion
-from service.features import BehaviorStore, StoreUnavailable
 from service.retrieval import Retrieved, item_filter, popular, search
 from service.telemetry import Metrics
 

@@ -12,8 +12,8 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
+from service.behavior_store import BehaviorStore
 from service.config import Settings
-from service.features import BehaviorStore
 from service.model_store import ModelStore
 from service.telemetry import Metrics
 

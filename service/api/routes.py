@@ -18,8 +18,8 @@ from service.api.schemas import (
     RecommendResponse,
     error_responses,
 )
+from service.behavior_store import BehaviorStore, StoredEvent, StoreUnavailable
 from service.config import Settings
-from service.features import BehaviorStore, StoredEvent, StoreUnavailable
 from service.model_store import ModelStore
 from service.recommend import Rejected
 from service.recommend import recommend as recommend_request

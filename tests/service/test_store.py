@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.features import MemoryStore, RedisStore, StoredEvent, StoreUnavailable
+from service.behavior_store import MemoryStore, RedisStore, StoredEvent, StoreUnavailable
 from tests.helpers import redis_url
 
 
@@ -56,7 +56,7 @@ def test_sub_second_dedupe_ttl_works_on_redis(redis_prefix: str) -> None:
 
 
 def test_memory_store_is_bounded_by_users() -> None:
-    from service.features import MemoryStore, StoredEvent
+    from service.behavior_store import MemoryStore, StoredEvent
 
     store = MemoryStore(capacity=3, max_users=2)
     store.append([StoredEvent("a", "1"), StoredEvent("b", "2")])

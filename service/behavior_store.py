@@ -1,4 +1,4 @@
-"""User behaviour stores: the only module that talks to Redis.
+"""User behaviour stores: the only module that reads or writes users' histories (Redis or in-process).
 
 Each user's recent item ids (original ids, most recent first) live in a capped list. One call
 stores a batch of events atomically, in order, capped: in Redis a single Lua script does, per
