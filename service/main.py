@@ -23,10 +23,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.api.admin import router as admin_router
 from service.api.errors import http_error_response, send_json
 from service.api.fast_path import RecommendFastPath
-from service.api.routes import router
+from service.api.routes import RECOMMEND_PATH, router
 from service.behavior_store import BehaviorStore, make_store
 from service.config import Settings
 from service.model_store import ModelBundle, ModelStore, load_bundle
+from service.recommend import ServingContext
 from service.telemetry import Metrics, configure_logging, request_id
 
 log = logging.getLogger("service")
@@ -45,11 +46,12 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
         import anyio.to_thread
 
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        app.state.store = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
-                                              settings.redis_timeout_s, settings.dedupe_ttl_s,
-                                              settings.memory_store_max_users)
+        behaviors = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
+                                        settings.redis_timeout_s, settings.dedupe_ttl_s,
+                                        settings.memory_store_max_users)
         models = ModelStore()
-        app.state.models = models
+        # what the recommend route and the fast path serve every request with
+        app.state.context = ServingContext(models=models, settings=settings, metrics=metrics, store=behaviors)
         app.state.follower = None
         if settings.registry is not None:
             app.state.follower = _follow_registry(app, settings, models, metrics)
@@ -73,7 +75,7 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
             if app.state.follower is not None:
                 app.state.follower.stop()
             models.close()
-            app.state.store.close()
+            behaviors.close()
 
     # /docs (Swagger UI) and /redoc load their JavaScript and CSS from the app itself
     # (/static-offline-docs, shipped by fastapi-offline), not from a CDN: they work offline.
@@ -86,7 +88,7 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)
-    fast = RecommendFastPath(app.state, settings, metrics) if fast_path else None
+    fast = RecommendFastPath(app.state) if fast_path else None
     app.add_middleware(RequestContext, metrics=metrics, max_inflight=settings.max_inflight, fast_path=fast)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _publish_limits(app, settings)
@@ -196,7 +198,7 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         scope["jtm_arrival"] = time.monotonic()
-        if scope["path"] == "/v1/recommend":
+        if scope["path"] == RECOMMEND_PATH:
             if self.inflight >= self.max_inflight:
                 self.metrics.rejected.labels("inflight_limit").inc()
                 await send_json(send, 503, {"error": "unavailable",

@@ -6,27 +6,59 @@ none); map original ids to the bundle's items (unknown ones are counted and drop
 the filters (exclude seen items, category allow-list); beam search, or the popularity list
 when there is no usable history (`fallback_reason`: none at all, only unknown items, or the
 store could not be read), and for a `fresh` request the added items' fused ranking (`_fresh`);
-and the response body. The route only adapts HTTP to this:
-`Rejected` carries the status and message a client gets.
+and the response body. The request is a `RecommendQuery` (the HTTP schema maps onto it in
+`service.api`), served with a `ServingContext`; `Rejected` carries the status and message a
+client gets, which the route only adapts to HTTP.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from service.api.schemas import RecommendRequest
 from service.batcher import Overloaded
 from service.behavior_store import BehaviorStore, StoreUnavailable
 from service.bundle import ModelBundle
 from service.config import Settings
 from service.core.filters import ItemFilter, combine
 from service.core.fusion import reciprocal_rank_fusion
+from service.model_store import ModelStore
 from service.retrieval import Retrieved, item_filter, popular, search
 from service.telemetry import Metrics
 
+DEFAULT_K = 200  # items a request gets when it names no k (the HTTP schema publishes this default)
 FRESH_DEPTH = 1000  # how deep the model's ranking of the fresh items is read before fusing
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendQuery:
+    """One recommend request, as the service reads it (the HTTP body is validated and mapped
+    onto this in `service.api`). history: original item ids, oldest first; beam None: the
+    bundle's default; categories: original category ids allowed (None: no category filter);
+    fresh: rank only the items added since training."""
+
+    user_id: int | str | None = None
+    history: Sequence[int | str] | None = None
+    k: int = DEFAULT_K
+    beam: int | None = None
+    exclude_seen: bool = False
+    categories: Sequence[int | str] | None = None
+    fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServingContext:
+    """What every request is served with, built once when the app starts: the model store
+    (which bundle serves a request), the settings (limits, budgets), the metrics and the
+    behaviour store."""
+
+    models: ModelStore
+    settings: Settings
+    metrics: Metrics
+    store: BehaviorStore
 
 
 class Rejected(Exception):
@@ -40,12 +72,13 @@ class Rejected(Exception):
         self.retry = retry
 
 
-def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, metrics: Metrics,
-              store: BehaviorStore, arrived: float | None = None) -> dict:
+def recommend(query: RecommendQuery, bundle: ModelBundle, context: ServingContext,
+              arrived: float | None = None) -> dict:
     """The response body (see `service.api.schemas.RecommendResponse`) for one request.
     arrived: `time.monotonic()` when the request reached the server (None: just now)."""
-    _admit(body, settings, metrics, arrived)
-    ids, source, reason = _history(body, settings, metrics, store)
+    metrics = context.metrics
+    _admit(query, context.settings, metrics, arrived)
+    ids, source, reason = _history(query, context)
     internal = bundle.catalog.items.lookup(ids)
     unknown = int((internal < 0).sum())
     internal = internal[internal >= 0]
@@ -53,14 +86,14 @@ def recommend(body: RecommendRequest, bundle: ModelBundle, settings: Settings, m
         metrics.unknown_items.inc(unknown)
 
     categories = None
-    if body.categories is not None:
-        categories = bundle.catalog.categories.lookup(body.categories)
+    if query.categories is not None:
+        categories = bundle.catalog.categories.lookup(query.categories)
         categories = categories[categories >= 0]
-    allowed = item_filter(bundle, internal if body.exclude_seen else None, categories)
-    k = min(body.k, bundle.catalog.n_served)
-    beam = body.beam or bundle.default_beam
+    allowed = item_filter(bundle, internal if query.exclude_seen else None, categories)
+    k = min(query.k, bundle.catalog.n_served)
+    beam = query.beam or bundle.default_beam
     try:
-        if body.fresh:
+        if query.fresh:
             result = _fresh(bundle, internal, k, beam, allowed)
             if result.fallback:  # no usable history: their popularity alone
                 reason = "unknown_history" if unknown else reason
@@ -107,33 +140,32 @@ def _fresh(bundle: ModelBundle, internal: np.ndarray, k: int, beam: int, allowed
     return Retrieved(items=fused.astype(np.int64), scores=None, fallback=None)
 
 
-def _admit(body: RecommendRequest, settings: Settings, metrics: Metrics, arrived: float | None) -> None:
+def _admit(query: RecommendQuery, settings: Settings, metrics: Metrics, arrived: float | None) -> None:
     """Load shedding first (a request that would be served late is refused quickly), then the
     deployment's limits, which are tighter than the schema's hard ones."""
     waited = time.monotonic() - arrived if arrived is not None else 0.0
     if waited * 1000 > settings.queue_budget_ms:
         metrics.rejected.labels("queue_budget").inc()
         raise Rejected(503, f"overloaded: waited {1000 * waited:.0f} ms for a worker", retry=True)
-    if body.k > settings.max_k:
+    if query.k > settings.max_k:
         raise Rejected(422, f"k: at most {settings.max_k}")
-    if body.history is not None and len(body.history) > settings.max_history:
-        raise Rejected(422, f"history: {len(body.history)} items, at most {settings.max_history}")
-    if body.beam is not None and body.beam > settings.max_beam:
+    if query.history is not None and len(query.history) > settings.max_history:
+        raise Rejected(422, f"history: {len(query.history)} items, at most {settings.max_history}")
+    if query.beam is not None and query.beam > settings.max_beam:
         raise Rejected(422, f"beam: at most {settings.max_beam}")
-    if body.categories is not None and len(body.categories) > settings.max_history:
+    if query.categories is not None and len(query.categories) > settings.max_history:
         raise Rejected(422, f"categories: at most {settings.max_history}")
 
 
-def _history(body: RecommendRequest, settings: Settings, metrics: Metrics,
-             store: BehaviorStore) -> tuple[list, str, str]:
+def _history(query: RecommendQuery, context: ServingContext) -> tuple[Sequence, str, str]:
     """(ids most recent first, where they came from, why a fallback would be needed). A store
     outage degrades to the popularity answer instead of failing the request."""
-    if body.history is not None:
-        return body.history[::-1], "request", "no_history"  # requests list behaviours oldest first
-    if body.user_id is not None:
+    if query.history is not None:
+        return query.history[::-1], "request", "no_history"  # requests list behaviours oldest first
+    if query.user_id is not None:
         try:
-            return store.recent(str(body.user_id), settings.stored_history), "store", "no_history"
+            return context.store.recent(str(query.user_id), context.settings.stored_history), "store", "no_history"
         except StoreUnavailable:
-            metrics.store_errors.labels("read").inc()
+            context.metrics.store_errors.labels("read").inc()
             return [], "none", "store_unavailable"
     return [], "none", "no_history"

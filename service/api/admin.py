@@ -49,7 +49,7 @@ class ABRequest(Strict):
 
 
 def _state(request: Request) -> dict:
-    models = request.app.state.models
+    models = request.app.state.context.models
     current = models.current
     return {"serving": None if current is None else current.version, **models.describe(),
             "last_error": models.last_error}
@@ -92,7 +92,7 @@ async def start_ab(body: ABRequest, request: Request) -> dict:
     state = _state(request)
     serving = state["ab"] is not None and state["ab"]["candidate"] == body.candidate
     if body.share > 0 and not serving and state["serving"] != body.candidate:
-        error = request.app.state.models.last_error
+        error = request.app.state.context.models.last_error
         raise HTTPException(409, f"candidate {body.candidate} is not serving: {error}")
     return state
 
@@ -108,6 +108,6 @@ async def stop_ab(request: Request) -> dict:
 def _checked(request: Request, target: str) -> dict:
     state = _state(request)
     if state["serving"] != target:
-        raise HTTPException(409, f"{target} did not load ({request.app.state.models.last_error}); "
+        raise HTTPException(409, f"{target} did not load ({request.app.state.context.models.last_error}); "
                                  f"still serving {state['serving']}")
     return state

@@ -1,9 +1,9 @@
 """Typed access to what the app holds, for routes (`service/main.py` sets it up).
 
 Starlette's `app.state` is untyped; these FastAPI dependencies give each route the objects it
-needs under their real types, read once per request. They are `async` only so that FastAPI
-calls them on the event loop: a plain `def` dependency is run in the thread pool, one thread
-hop each, which added ~0.5 ms to a recommend request (bench_service, side by side).
+needs under their real types, read once per request. They are `async` so that FastAPI calls
+them on the event loop: a plain `def` dependency is run in the thread pool, a thread hop per
+dependency on every request.
 """
 
 from __future__ import annotations
@@ -12,32 +12,20 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
 
-from service.behavior_store import BehaviorStore
-from service.config import Settings
-from service.model_store import ModelStore
+from service.recommend import ServingContext
 from service.telemetry import Metrics
 
 
-async def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def _context(request: Request) -> ServingContext:
+    return request.app.state.context
 
 
 async def _metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-async def _models(request: Request) -> ModelStore:
-    return request.app.state.models
-
-
-async def _store(request: Request) -> BehaviorStore:
-    return request.app.state.store
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
-ModelsDep = Annotated[ModelStore, Depends(_models)]
-StoreDep = Annotated[BehaviorStore, Depends(_store)]
+ContextDep = Annotated[ServingContext, Depends(_context)]  # set by the lifespan: models, settings, metrics, store
+MetricsDep = Annotated[Metrics, Depends(_metrics)]  # set when the app is created: /metrics answers before it starts
 
 
 async def require_json(request: Request) -> None:

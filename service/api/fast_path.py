@@ -26,24 +26,20 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.errors import http_error_response
-from service.api.routes import router, serve_recommend
+from service.api.routes import RECOMMEND_PATH, router, serve_recommend
 from service.api.schemas import RecommendRequest
-from service.config import Settings
-from service.telemetry import Metrics
-
-PATH = "/v1/recommend"
 
 
 class RecommendFastPath:
     """Serves `POST /v1/recommend` (see the module's docstring) for the app whose `state` it is
-    given (the lifespan sets the models and the store there)."""
+    given: the request is served with `state.context`, the `ServingContext` the lifespan sets
+    there (the route's `ContextDep` reads the same one)."""
 
-    def __init__(self, state: State, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, state: State) -> None:
         self.state = state
-        self.settings = settings
-        self.metrics = metrics
         # the route it stands in for, put in the scope as the router would (the metrics' label)
-        self.route = next(r for r in router.routes if getattr(r, "path", None) == PATH and "POST" in r.methods)
+        self.route = next(r for r in router.routes
+                          if getattr(r, "path", None) == RECOMMEND_PATH and "POST" in r.methods)
 
     @staticmethod
     def handles(scope: Scope) -> bool:
@@ -72,11 +68,9 @@ class RecommendFastPath:
             await app(scope, _replay(received, receive), send)
             return
         scope["route"] = self.route
-        state, settings, metrics = self.state, self.settings, self.metrics
-        models, store, arrived = state.models, state.store, scope.get("jtm_arrival")
+        context, arrived = self.state.context, scope.get("jtm_arrival")
         try:
-            response = await anyio.to_thread.run_sync(
-                lambda: serve_recommend(request, models, settings, metrics, store, arrived))
+            response = await anyio.to_thread.run_sync(lambda: serve_recommend(request, context, arrived))
         except HTTPException as exc:  # a refusal: no model yet, over the queue budget, over a limit
             response = http_error_response(exc)
         await response(scope, receive, send)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.api.deps import JsonBody, MetricsDep, ModelsDep, SettingsDep, StoreDep
+from service.api.deps import ContextDep, JsonBody, MetricsDep
 from service.api.schemas import (
     Event,
     EventBatch,
@@ -18,15 +18,13 @@ from service.api.schemas import (
     RecommendResponse,
     error_responses,
 )
-from service.behavior_store import BehaviorStore, StoredEvent, StoreUnavailable
-from service.config import Settings
-from service.model_store import ModelStore
-from service.recommend import Rejected
+from service.behavior_store import StoredEvent, StoreUnavailable
+from service.recommend import Rejected, ServingContext
 from service.recommend import recommend as recommend_request
-from service.telemetry import Metrics
 
 log = logging.getLogger("service.api")
 router = APIRouter()
+RECOMMEND_PATH = "/v1/recommend"  # also matched by the request middleware and the fast path (service.main)
 RETRY_AFTER = {"Retry-After": "1"}
 
 
@@ -34,27 +32,26 @@ def unavailable(message: str) -> HTTPException:
     return HTTPException(status_code=503, detail=message, headers=RETRY_AFTER)
 
 
-@router.post("/v1/recommend", response_model=RecommendResponse, response_model_exclude_none=False,
+@router.post(RECOMMEND_PATH, response_model=RecommendResponse, response_model_exclude_none=False,
              dependencies=[JsonBody], responses=error_responses(409, 413, 415, 422, 503))
-def recommend(body: RecommendRequest, request: Request, models: ModelsDep, settings: SettingsDep,
-              metrics: MetricsDep, store: StoreDep) -> Response:
+def recommend(body: RecommendRequest, request: Request, context: ContextDep) -> Response:
     """The request is served by one bundle from start to end, even if a new one is swapped in.
 
     A well-formed request seldom gets here: `service.api.fast_path` answers it first, through
     the same `serve_recommend`. This route documents the endpoint and answers every request the
     fast path hands over (a body that is not valid, not JSON, over the size limit)."""
-    return serve_recommend(body, models, settings, metrics, store, request.scope.get("jtm_arrival"))
+    return serve_recommend(body, context, request.scope.get("jtm_arrival"))
 
 
-def serve_recommend(body: RecommendRequest, models: ModelStore, settings: Settings, metrics: Metrics,
-                    store: BehaviorStore, arrived: float | None) -> Response:
+def serve_recommend(body: RecommendRequest, context: ServingContext, arrived: float | None) -> Response:
     """One validated recommend request, on one bundle held (`models.use`) until it is answered;
     a refusal is raised as the HTTPException the client gets. Blocking: runs on a worker thread."""
-    with models.use(body.user_id) as bundle:
+    query = body.to_query()
+    with context.models.use(query.user_id) as bundle:
         if bundle is None:
             raise unavailable("no model loaded yet")
         try:
-            answer = recommend_request(body, bundle, settings, metrics, store, arrived)
+            answer = recommend_request(query, bundle, context, arrived)
         except Rejected as exc:
             raise (unavailable(exc.detail) if exc.retry else HTTPException(exc.status, exc.detail)) from exc
     # Serialised directly (orjson): the schema above documents it; building 200 pydantic
@@ -65,7 +62,8 @@ def serve_recommend(body: RecommendRequest, models: ModelStore, settings: Settin
 
 @router.post("/v1/events", status_code=202, response_model=EventsAccepted, dependencies=[JsonBody],
              responses=error_responses(413, 415, 422, 503))
-def events(body: Event | EventBatch, settings: SettingsDep, metrics: MetricsDep, store: StoreDep) -> EventsAccepted:
+def events(body: Event | EventBatch, context: ContextDep) -> EventsAccepted:
+    settings, metrics, store = context.settings, context.metrics, context.store
     batch = body.events if isinstance(body, EventBatch) else [body]
     if len(batch) > settings.max_events:
         raise HTTPException(413, f"events: {len(batch)} in one call, at most {settings.max_events}")
@@ -82,12 +80,13 @@ def events(body: Event | EventBatch, settings: SettingsDep, metrics: MetricsDep,
 
 
 @router.get("/v1/model")
-def model(models: ModelsDep, store: StoreDep) -> dict:
+def model(context: ContextDep) -> dict:
+    models = context.models
     bundle = models.current
     return {
         "serving": None if bundle is None else bundle.summary(),
         "last_error": models.last_error,
-        "behavior_store": store.kind,
+        "behavior_store": context.store.kind,
         **(models.describe() if hasattr(models, "describe") else {}),
     }
 
@@ -98,16 +97,16 @@ def healthz() -> dict:
 
 
 @router.get("/readyz", responses={503: {"description": "not ready: no warmed model yet"}})
-def readyz(request: Request, response: Response, models: ModelsDep, metrics: MetricsDep, store: StoreDep) -> dict:
+def readyz(request: Request, response: Response, context: ContextDep) -> dict:
     """Ready = a warmed model is served. A behaviour store outage does not make the replica
     unready (recommendations still work: request histories, popular fallback); it is reported
     as `degraded` and in the jtm_behavior_store_up metric."""
-    bundle = models.current
+    bundle = context.models.current
     if bundle is None or not request.app.state.ready:
         response.status_code = 503
-        return {"status": "loading", "last_error": models.last_error}
-    store_up = store.ping()
-    metrics.store_up.set(1 if store_up else 0)
+        return {"status": "loading", "last_error": context.models.last_error}
+    store_up = context.store.ping()
+    context.metrics.store_up.set(1 if store_up else 0)
     return {"status": "ready", "version": bundle.version, "degraded": [] if store_up else ["behavior_store"]}
 
 

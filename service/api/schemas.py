@@ -16,6 +16,8 @@ from pydantic import (
     StrictStr,
 )
 
+from service.recommend import DEFAULT_K, RecommendQuery
+
 
 def _number_not_text(value: object) -> object:
     if isinstance(value, str | bool):
@@ -66,7 +68,7 @@ class RecommendRequest(Strict):
     user_id: Id | None = Field(None, description="read history from the behaviour store when none is given")
     history: list[Id] | None = Field(None, max_length=HARD_MAX_LIST,
                                      description="behaviours, most recent LAST (time order)")
-    k: Count = 200
+    k: Count = DEFAULT_K
     beam: BeamWidth | None = Field(None, description="default: the artifact's beam")
     exclude_seen: StrictBool = False
     categories: Categories | None = Field(
@@ -74,6 +76,11 @@ class RecommendRequest(Strict):
     fresh: StrictBool = Field(
         False, description="rank only the items added since training (`trainer add-items`): the model's ranking "
         "of them fused with their recent popularity by reciprocal rank; scores are null")
+
+    def to_query(self) -> RecommendQuery:
+        """The request as `service.recommend` serves it."""
+        return RecommendQuery(user_id=self.user_id, history=self.history, k=self.k, beam=self.beam,
+                              exclude_seen=self.exclude_seen, categories=self.categories, fresh=self.fresh)
 
 
 class ScoredItem(BaseModel):

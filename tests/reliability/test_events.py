@@ -51,7 +51,7 @@ def test_concurrent_events_with_retries(artifact: Path, store: str, request) -> 
             t.start()
         for t in threads:
             t.join()
-        stored = {u: client.app.state.store.recent(u, 1000) for u in users}
+        stored = {u: client.app.state.context.store.recent(u, 1000) for u in users}
 
     unique = sum(len(s) for s in sent.values())
     assert totals["stored"] == unique  # every distinct event stored exactly once
