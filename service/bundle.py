@@ -38,12 +38,13 @@ class ModelBundle:
         return self.batcher.score if self.batcher is not None else self.scorer.score_state
 
     def summary(self) -> dict:
+        """What /v1/model shows of this version. Not the request defaults: the k a request gets
+        without naming one is the API's, not the manifest's `defaults.k` (`service.recommend`)."""
         m = self.manifest
         return {
             "version": self.version, "method": m.get("method"), "created": m.get("created"),
             "path": str(self.path), "items": self.tree.n_items, "tree": m.get("tree"),
             "hierarchical": self.hierarchical, "history_length": self.history_length,
-            "defaults": {"k": self.default_k, "beam": self.default_beam},
             "metrics": {k: m.get("metrics", {}).get(k) for k in ("precision", "recall", "f_measure", "m")
                         if k in m.get("metrics", {})},
             "parity": m.get("parity"), "providers": self.scorer.providers,

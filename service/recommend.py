@@ -61,6 +61,11 @@ class ServingContext:
     store: BehaviorStore
 
 
+def request_defaults(bundle: ModelBundle) -> dict[str, int]:
+    """The k and beam a request that names neither is served with on `bundle`."""
+    return {"k": DEFAULT_K, "beam": bundle.default_beam}
+
+
 class Rejected(Exception):
     """A request the service refuses. `retry`: the refusal is load or availability (503 with
     Retry-After), not the request's fault."""

@@ -19,7 +19,7 @@ from service.api.schemas import (
     error_responses,
 )
 from service.behavior_store import StoredEvent, StoreUnavailable
-from service.recommend import Rejected, ServingContext
+from service.recommend import Rejected, ServingContext, request_defaults
 from service.recommend import recommend as recommend_request
 
 log = logging.getLogger("service.api")
@@ -81,10 +81,12 @@ def events(body: Event | EventBatch, context: ContextDep) -> EventsAccepted:
 
 @router.get("/v1/model")
 def model(context: ContextDep) -> dict:
+    """The bundle served (with the k and beam a request that names neither gets), the model
+    store's state, and which behaviour store is used."""
     models = context.models
     bundle = models.current
     return {
-        "serving": None if bundle is None else bundle.summary(),
+        "serving": None if bundle is None else {**bundle.summary(), "defaults": request_defaults(bundle)},
         "last_error": models.last_error,
         "behavior_store": context.store.kind,
         **(models.describe() if hasattr(models, "describe") else {}),

@@ -216,6 +216,25 @@ def test_model_health_ready_metrics(client: TestClient) -> None:
     assert client.get("/nope").status_code == 404
 
 
+def test_model_reports_the_defaults_a_request_is_served_with(client: TestClient, artifact: Path) -> None:
+    """/v1/model's `defaults` are the k and beam a request that names neither gets: its answer
+    equals the one to a request naming them, and differs once either is changed."""
+    defaults = client.get("/v1/model").json()["serving"]["defaults"]
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
+    assert defaults["k"] == schema["k"]["default"] == 200
+    history = ids(artifact, 8)
+
+    def items(**knobs: int) -> list:
+        r = client.post("/v1/recommend", json={"history": history, **knobs})
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+    served = items()
+    assert served == items(k=defaults["k"], beam=defaults["beam"])
+    assert len(served) == min(defaults["k"], len(item_ids(artifact)))
+    assert served != items(k=defaults["k"], beam=1)  # the beam is applied: a narrower one answers otherwise
+
+
 def test_concurrent_batched_answers_equal_unbatched(artifact: Path) -> None:
     """Micro-batching returns each request its own results under concurrency."""
     histories = [ids(artifact, n, start=s) for n, s in ((3, 0), (10, 40), (1, 100), (25, 7), (6, 300))] * 6
