@@ -50,20 +50,20 @@ class Settings(BaseSettings):
 
     # Server processes, each with its own copy of the model. None: one per usable CPU (the CPU
     # affinity mask and the cgroup quota, at most 8) on CPU, 1 with cuda. Processes sidestep
-    # the GIL on the search's numpy work and the HTTP layer: on 2 cores, 1 process failed at
-    # 100-150 requests/s where 2 held 150 (docs/PERFORMANCE.md).
+    # the GIL, which the search's numpy work and the HTTP layer of one process share, so
+    # throughput grows with the cores a replica has.
     workers: int | None = Field(None, ge=1, le=64)
 
     # Scoring.
     device: Literal["cpu", "cuda"] = "cpu"
-    # onnxruntime intra-op threads per scoring call. 1 is fastest for one request's ~400-row
-    # calls (thread hand-off costs more than it saves: 4.2 vs 6.4 ms per 1M-item search on 2
-    # cores); concurrent requests run their calls in parallel instead.
+    # onnxruntime intra-op threads per scoring call. 1, because one request's calls are small
+    # (a few hundred rows): handing them to more threads costs more than it saves, and
+    # concurrent requests already run their calls in parallel.
     ort_threads: int = Field(1, ge=1)
     # Cross-request micro-batching of scorer calls. Unset: on with the CUDA provider, off on CPU,
     # where a call for many rows costs more per row than one-row calls (its intermediates leave
-    # the L2 cache beyond ~4 rows) and the one batching thread would put all scoring on one core:
-    # at 150 requests/s on 2 cores it queued to ~0.5 s p50 (docs/PERFORMANCE.md).
+    # the L2 cache beyond a few rows) and the one batching thread would put all scoring on one
+    # core, so requests queue behind it under load.
     batching: bool | None = None
     batch_max_rows: int = Field(64, ge=1, description="scorer rows (user x level) per call")
     batch_max_wait_ms: float = Field(1.0, ge=0)

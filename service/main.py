@@ -284,7 +284,7 @@ class BodyLimit:
 class _BodyTooLarge(StarletteHTTPException):
     """Raised from receive() once a body without Content-Length (chunked) passes the limit. An
     HTTPException, because FastAPI's body parser re-raises those but turns any other error into
-    400 (which answered a chunked oversize 422, "malformed body", instead of 413)."""
+    a 400, which is answered as a malformed body (422): an oversize body must get 413."""
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body over {limit} bytes")

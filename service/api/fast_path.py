@@ -11,9 +11,10 @@ the worker threads (`anyio.to_thread.run_sync`, under the same thread limiter as
 Every other request is handed, unchanged, to the FastAPI app behind it: what was read of the
 body is replayed to it, then the rest (or the error that reading raised: a body over the limit
 in `BodyLimit`). So the answers the fast path does not give - 415, 422, 413, a client that went
-away - come from the route, its dependencies and the app's exception handlers exactly as
-before, and /openapi.json still documents the route. The answers it does give are built by the
-same code as the route's (`serve_recommend`'s response, `http_error_response` for refusals).
+away - come from the route, its dependencies and the app's exception handlers, as they would
+without the fast path, and /openapi.json documents the route. The answers it does give are
+built by the same code as the route's (`serve_recommend`'s response, `http_error_response` for
+refusals), with the same `ServingContext`.
 """
 
 from __future__ import annotations
