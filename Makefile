@@ -15,4 +15,4 @@ demo:
 	./scripts/demo.sh
 
 lint: setup
-	.venv/bin/ruff check trainer service loadtest bench tests
+	.venv/bin/ruff check trainer service loadtest bench experiments tests

@@ -29,7 +29,8 @@ import numpy as np
 from bench import command_line
 from bench.bench_service import artifact_for
 from service.config import Settings
-from service.core.beam import beam_search, brute_force
+from service.core.beam import brute_force
+from service.core.index import SearchParams, TreeIndex
 from service.core.topk import top_k
 from service.model_store import load_bundle
 from service.retrieval import search
@@ -117,7 +118,7 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
     def brute(history: np.ndarray, scorer: OnnxScorer):
         row = np.full((1, bundle.history_length), -1, dtype=np.int64)
         row[0, :len(history[:bundle.history_length])] = history[:bundle.history_length]
-        score = scorer.levels(bundle.tree, row, bundle.hierarchical)
+        score = TreeIndex(bundle.tree, scorer, bundle.hierarchical).score_fn(row)
         return brute_force(n_items, score, 1, k, bundle.tree.depth, chunk=chunk)
 
     brute_times, exact = [], []
@@ -140,8 +141,7 @@ def bench_size(n_items: int, requests: int, brute_requests: int, k: int, beams: 
         for h, want in zip(histories[:brute_requests], exact, strict=False):
             row = np.full((1, bundle.history_length), -1, dtype=np.int64)
             row[0, :len(h[:bundle.history_length])] = h[:bundle.history_length]
-            score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical)
-            candidates.append(beam_search(bundle.tree, score, 1, k, beam).candidates_scored)
+            candidates.append(bundle.index.search(row, k, SearchParams(beam=beam)).candidates_scored)
             started = time.perf_counter()
             got = search(bundle, h, k, beam).items
             times.append(time.perf_counter() - started)

@@ -170,7 +170,7 @@ def main() -> None:
     bundle.scorer.session.run = session_run
     row = np.full((1, bundle.history_length), -1, dtype=np.int64)
     row[0, :30] = histories[0][:30]
-    scored = beam_search(bundle.tree, bundle.scorer.levels(bundle.tree, row, True), 1, args.k,
+    scored = beam_search(bundle.tree, bundle.index.score_fn(row), 1, args.k,
                          args.beam)
     per_request = {
         "levels": float(np.mean(levels)), "candidates": float(np.mean(candidates)),

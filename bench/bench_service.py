@@ -253,7 +253,7 @@ def catalog_ids(artifact: Path) -> np.ndarray:
 def candidates_per_request(artifact: Path, k: int, beam: int, requests: int = 30) -> float:
     """Mean (user, node) pairs the beam search scores per request at this k and beam."""
     from service.config import Settings
-    from service.core.beam import beam_search
+    from service.core.index import SearchParams
     from service.model_store import load_bundle
 
     bundle = load_bundle(artifact, Settings(batching=False))
@@ -263,8 +263,7 @@ def candidates_per_request(artifact: Path, k: int, beam: int, requests: int = 30
         row = np.full((1, bundle.history_length), -1, dtype=np.int64)
         history = rng.integers(0, bundle.tree.n_items, rng.integers(5, 70))
         row[0, :len(history)] = history
-        score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical)
-        total += beam_search(bundle.tree, score, 1, k, beam).candidates_scored
+        total += bundle.index.search(row, k, SearchParams(beam=beam)).candidates_scored
     bundle.close()
     return total / requests
 

@@ -32,7 +32,7 @@ from trainer.data.formats import RawLog
 from trainer.data.interactions import build_interactions
 from trainer.data.split import make_samples, split_users
 from trainer.data.synth import SynthConfig, generate
-from trainer.evaluate.recommend import TorchScoreFn
+from trainer.evaluate.recommend import torch_index
 from trainer.fit.sampler import LayerwiseSampler
 from trainer.fit.step import ScorerStep, TrainConfig, make_builder
 from trainer.model.scorer import ScorerConfig, TreeScorer
@@ -73,21 +73,22 @@ def bench_size(n_items: int, train_batches: int, requests: int, k: int, beam: in
         step(builder(rng.integers(0, len(samples), batch_size), rng))
     train_seconds = time.perf_counter() - started
     model.eval()
+    index = torch_index(model, tree)
 
     histories = samples.histories(rng.integers(0, len(samples), requests))
     single = []
     for row in range(requests):
         started = time.perf_counter()
-        beam_search(tree, TorchScoreFn(model, histories[row:row + 1], tree, False), 1, k, beam)
+        beam_search(tree, index.score_fn(histories[row:row + 1]), 1, k, beam)
         single.append(time.perf_counter() - started)
     started = time.perf_counter()
-    batched = beam_search(tree, TorchScoreFn(model, histories, tree, False), requests, k, beam)
+    batched = beam_search(tree, index.score_fn(histories), requests, k, beam)
     batch_seconds = time.perf_counter() - started
 
     brute = []
     for row in range(min(3, requests)):
         started = time.perf_counter()
-        brute_force(tree.n_items, TorchScoreFn(model, histories[row:row + 1], tree, False), 1, k, tree.depth,
+        brute_force(tree.n_items, index.score_fn(histories[row:row + 1]), 1, k, tree.depth,
                     chunk=65536)
         brute.append(time.perf_counter() - started)
     return {

@@ -81,7 +81,7 @@ def _validation_seconds(model, valid, tree, hierarchical: bool) -> float:
 
     histories = valid.histories(model.config.max_history)
     started = time.perf_counter()
-    retrieve(model, histories, 200, tree, hierarchical, 200)
+    retrieve(model, histories, 200, tree, 200)
     return time.perf_counter() - started
 
 

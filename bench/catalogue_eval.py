@@ -49,15 +49,14 @@ import pandas as pd
 
 from bench import command_line
 from service.core.artifact import read_artifact
-from service.core.beam import beam_search
 from service.core.filters import allow_items, combine
 from service.core.fusion import reciprocal_rank_fusion
+from service.core.index import SearchParams, TreeIndex
 from service.scorer import OnnxScorer
 from trainer.catalogue.update import add_items
 from trainer.data.formats import read_log
 from trainer.data.interactions import DataConfig
 from trainer.export import export_run
-from trainer.methods import MethodOptions
 from trainer.run import RunSpec, train_run
 
 M = 200
@@ -111,7 +110,7 @@ def train_export(log: Path, out: Path, method: str, epochs: int, seed: int) -> t
     started = time.perf_counter()
     run = out / f"run-{log.stem}"
     train_run(RunSpec(data=DataConfig(path=str(log)), method=method, seed=seed, fidelity=False), run,
-              MethodOptions(epochs=epochs))
+              {"epochs": epochs})
     export_run(run, artifact, parity_users=50)
     seconds = time.perf_counter() - started
     timing.write_text(f"{seconds:.1f}")
@@ -123,7 +122,7 @@ def recommend(artifact: Path, histories: list[np.ndarray], m: int, only: np.ndar
     service's path: catalogue lookup, ONNX scorer, the shared beam search, the retired filter;
     `only` (original ids): an allow-list, applied as the service applies its filters."""
     loaded = read_artifact(artifact)
-    scorer = OnnxScorer(loaded.scorer_file, threads=1)
+    index = TreeIndex(loaded.tree, OnnxScorer(loaded.scorer_file, threads=1), loaded.hierarchical, batch_users=64)
     allowed = loaded.catalog.served_filter
     if only is not None:
         internal = loaded.catalog.items.lookup(list(only))
@@ -139,9 +138,8 @@ def recommend(artifact: Path, histories: list[np.ndarray], m: int, only: np.ndar
             known = loaded.catalog.items.lookup(list(history[::-1]))
             known = known[known >= 0][:loaded.history_length]
             rows[i, :len(known)] = known
-        score = scorer.levels(loaded.tree, rows, loaded.hierarchical)  # the served path
-        items = beam_search(loaded.tree, score, len(chunk), min(m, loaded.catalog.n_served), loaded.default_beam,
-                            allowed).items
+        params = SearchParams(beam=loaded.default_beam, allowed=allowed)  # the served path
+        items = index.search(rows, min(m, loaded.catalog.n_served), params).items
         results += [np.asarray(loaded.catalog.items.original(row[row >= 0])) for row in items]
     return results
 

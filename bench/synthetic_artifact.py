@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from service.core.items import ItemCatalog
-from trainer.config import DeepConfig
-from trainer.deep_retrieval import DeepRetrieval
-from trainer.export import sampled_histories, write_artifact
+from trainer.config import MAX_HISTORY
+from trainer.data.split import sampled_histories
+from trainer.deep_retrieval import DeepConfig, DeepRetrieval
+from trainer.export import write_artifact
 from trainer.model.scorer import ScorerConfig, TreeScorer
 from trainer.tree.build import tree_from_order
 
@@ -39,7 +40,7 @@ def build(n_items: int, out: Path, hierarchical: bool = True, seed: int = 0, par
         items = Path(tmp) / "items.npz"
         catalog.save(items)
         return write_artifact(method, items, out, method_name=method.config.method, metrics={}, k=200, beam=200,
-                              parity_histories=sampled_histories(n_items, 69, parity_users, seed),
+                              parity_histories=sampled_histories(n_items, MAX_HISTORY, parity_users, seed),
                               dataset={"source": f"synthetic {n_items} items"})
 
 

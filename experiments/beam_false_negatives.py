@@ -32,13 +32,13 @@ import torch
 
 from bench import command_line
 from service.core.beam import beam_search
-from trainer.config import BeamAwareConfig
 from trainer.data.interactions import DataConfig, load_interactions
 from trainer.data.split import make_eval_set, make_samples, split_users
 from trainer.evaluate.metrics import user_metrics
-from trainer.evaluate.recommend import TorchScoreFn, recommend
+from trainer.evaluate.recommend import recommend, torch_index
 from trainer.fit.beam_mining import RecordingScore, holds_positive
 from trainer.fit.epochs import fit_scorer, make_sampler
+from trainer.fit.sampler import BeamAwareConfig
 from trainer.fit.step import TrainConfig
 from trainer.model.scorer import ScorerConfig, TreeScorer
 from trainer.tree.build import initial_tree
@@ -63,7 +63,7 @@ def measure(model: TreeScorer, tree, test, beam: int, popularity_rank: np.ndarra
     stats: dict[int, dict[str, float]] = {}
     for start in range(0, len(test), batch):
         index = np.arange(start, min(start + batch, len(test)))
-        recorder = RecordingScore(TorchScoreFn(model, histories[index], tree, False))
+        recorder = RecordingScore(torch_index(model, tree).score_fn(histories[index]))
         beam_search(tree, recorder, len(index), min(beam, tree.n_items), beam)
 
         def local(owner, items, index=index):

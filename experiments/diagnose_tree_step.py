@@ -51,7 +51,7 @@ from trainer.data.split import SampleSet, make_eval_set, make_samples, split_use
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.evaluate.protocol import validation_metrics
 from trainer.fit.context import FitContext
-from trainer.methods import MethodOptions, deep_config
+from trainer.methods import deep_config
 from trainer.model.scorer import TreeScorer
 from trainer.tree.build import category_tree, random_tree
 from trainer.tree.learning import (
@@ -109,7 +109,7 @@ def main() -> None:
     split = split_users(data.n_users, args.seed)
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train),
                      valid=make_eval_set(data, split.valid), m=args.m, exclude_seen=False, seed=args.seed)
-    method = DeepRetrieval(deep_config(args.method, MethodOptions(epochs=args.epochs, tree_init=args.tree_init)))
+    method = DeepRetrieval(deep_config(args.method, epochs=args.epochs, tree_init=args.tree_init))
     started = time.perf_counter()
     method.fit(ctx)
     train_seconds = time.perf_counter() - started

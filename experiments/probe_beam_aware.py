@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from bench import command_line
-from trainer.config import BeamAwareConfig
 from trainer.data.formats import RawLog
 from trainer.data.interactions import build_interactions
 from trainer.data.split import make_eval_set, make_samples, split_users
@@ -27,6 +26,7 @@ from trainer.data.synth import SynthConfig, generate
 from trainer.evaluate.metrics import user_metrics
 from trainer.evaluate.recommend import recommend
 from trainer.fit.epochs import fit_scorer, make_sampler
+from trainer.fit.sampler import BeamAwareConfig
 from trainer.fit.step import TrainConfig
 from trainer.model.scorer import ScorerConfig, TreeScorer
 from trainer.tree.build import tree_from_order

@@ -12,7 +12,7 @@ evaluation set, so the results can pick settings without tuning on the test spli
         --variant default: --variant mean:internal_init=mean --variant noguard:guard=false \\
         --json bench/results/tune_joint_ml.json --plot bench/results/tune_joint_ml.png
 
-A variant is `NAME:key=value,key=value` over the fields of `trainer.methods.MethodOptions`
+A variant is `NAME:key=value,key=value` over the method flags' keys (`trainer.cli.method_flag_keys`)
 (internal_init, guard, gap, max_samples_per_item, retrain_epochs, iterations, lr, ...).
 Prints a table and writes JSON (and the recall/loss plot with one line per variant).
 """
@@ -23,24 +23,24 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 
 from bench import command_line
+from trainer.cli import method_flag_keys
 from trainer.data.interactions import DataConfig, load_interactions
 from trainer.data.split import make_eval_set, make_samples, split_users
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.fit.context import FitContext
 from trainer.joint import plot_joint
-from trainer.methods import MethodOptions, build_method
+from trainer.methods import build_method
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """`name:key=value,...` -> (name, overrides), values typed like the MethodOptions field."""
+    """`name:key=value,...` -> (name, overrides), values typed from their text."""
     name, _, body = spec.partition(":")
     if not name:
         raise SystemExit(f"variant {spec!r}: expected NAME:key=value,...")
-    known = {f.name for f in fields(MethodOptions)}
+    known = method_flag_keys()
     overrides: dict = {}
     for item in filter(None, body.split(",")):
         key, _, value = item.partition("=")
@@ -75,7 +75,7 @@ def main() -> None:
                         datefmt="%H:%M:%S")
 
     variants = [parse_variant(v) for v in args.variant]
-    base_options = MethodOptions(epochs=args.epochs, iterations=args.iterations, retrain_epochs=args.retrain_epochs)
+    base_options = {"epochs": args.epochs, "iterations": args.iterations, "retrain_epochs": args.retrain_epochs}
     data = load_interactions(DataConfig(path=args.data))
     split = split_users(data.n_users, args.seed)
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train),
@@ -87,7 +87,7 @@ def main() -> None:
     base_seconds = time.perf_counter() - started
     histories, rows = {}, []
     for name, overrides in variants:
-        options = replace(base_options, **overrides)
+        options = {**base_options, **overrides}
         method = build_method("jtm", options)
         assert isinstance(method, DeepRetrieval)
         started = time.perf_counter()

@@ -12,7 +12,7 @@ second of training.
         --epochs 10 --variant leaf100: --variant leaf50:leaf_negatives=50 --variant leaf25:leaf_negatives=25 \\
         --json bench/results/training/schedules-ml.json --plot bench/results/training/schedules-ml.png
 
-A variant is `NAME:key=value,...` over `trainer.methods.MethodOptions` fields (leaf_negatives,
+A variant is `NAME:key=value,...` over the method flags' keys (leaf_negatives,
 lr, batch_size, ...). The split's test users are never loaded.
 """
 
@@ -32,7 +32,7 @@ from trainer.data.split import make_eval_set, make_samples, split_users
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.fit.context import FitContext
 from trainer.fit.epochs import make_sampler
-from trainer.methods import MethodOptions, deep_config
+from trainer.methods import deep_config
 
 
 def main() -> None:
@@ -54,8 +54,7 @@ def main() -> None:
                      valid=make_eval_set(data, split.valid), m=args.m, exclude_seen=False, seed=args.seed)
     rows = []
     for name, overrides in (parse_variant(v) for v in args.variant):
-        options = replace(MethodOptions(epochs=args.epochs), **overrides)
-        config = deep_config(args.method, options)
+        config = deep_config(args.method, {"epochs": args.epochs, **overrides})
         config = replace(config, train=replace(config.train, patience=args.epochs))  # complete curves
         method = DeepRetrieval(config)
         started = time.perf_counter()
@@ -64,7 +63,7 @@ def main() -> None:
         epochs = method.history.epochs
         rows.append({
             "variant": name, "overrides": overrides, "seconds": time.perf_counter() - started,
-            "pairs_per_sample": int(len(make_sampler(method.tree, data.n_items, config.leaf_negatives).label)),
+            "pairs_per_sample": int(len(make_sampler(method.tree, data.n_items, config.train.leaf_negatives).label)),
             "valid_recall": [e.valid_score for e in epochs], "train_loss": [e.train_loss for e in epochs],
             "samples_per_s": [e.samples_per_s for e in epochs], "epoch_seconds": [e.seconds for e in epochs],
             "best_epoch": method.history.best_epoch, "best_valid_recall": method.history.best_score,

@@ -1,8 +1,9 @@
 """One loaded artifact version: everything a request needs, held together.
 
-Tree, scorer, item catalog, the manifest's settings, and the bundle's own micro-batcher. The
-data only: loading, verifying and warming it is `service.model_store`, searching it
-`service.retrieval`; both import this module and not each other's internals.
+The verified artifact (tree, item catalog, manifest), its ONNX scorer, the index that searches
+them (`service.core.index.TreeIndex`, scoring through the bundle's own micro-batcher when there
+is one). The data only: loading, verifying and warming it is `service.model_store`, searching
+it `service.retrieval`; both import this module and not each other's internals.
 """
 
 from __future__ import annotations
@@ -12,30 +13,60 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.batcher import MicroBatcher
+from service.core.artifact import Artifact
+from service.core.index import TreeIndex
 from service.core.items import ItemCatalog
 from service.core.tree import Tree
-from service.scorer import OnnxScorer, RowScorer
+from service.scorer import BatchedScorer, OnnxScorer
 
 
 @dataclass(eq=False)
 class ModelBundle:
-    version: str
-    path: Path
-    manifest: dict
-    tree: Tree
+    artifact: Artifact
     scorer: OnnxScorer
-    catalog: ItemCatalog
-    hierarchical: bool
-    history_length: int
-    default_k: int
-    default_beam: int
-    loaded_at: float = field(default_factory=time.time)
     batcher: MicroBatcher | None = None
+    loaded_at: float = field(default_factory=time.time)
+    index: TreeIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        scorer = self.scorer if self.batcher is None else BatchedScorer(self.scorer, self.batcher.score)
+        self.index = TreeIndex(self.artifact.tree, scorer, self.artifact.hierarchical)
 
     @property
-    def score_rows(self) -> RowScorer:
-        """(user states, node rows) -> logits: through the micro-batcher when there is one."""
-        return self.batcher.score if self.batcher is not None else self.scorer.score_state
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
+
+    @property
+    def manifest(self) -> dict:
+        return self.artifact.manifest
+
+    @property
+    def tree(self) -> Tree:
+        return self.artifact.tree
+
+    @property
+    def catalog(self) -> ItemCatalog:
+        return self.artifact.catalog
+
+    @property
+    def hierarchical(self) -> bool:
+        return self.artifact.hierarchical
+
+    @property
+    def history_length(self) -> int:
+        return self.artifact.history_length
+
+    @property
+    def default_k(self) -> int:
+        return self.artifact.default_k
+
+    @property
+    def default_beam(self) -> int:
+        return self.artifact.default_beam
 
     def summary(self) -> dict:
         """What /v1/model shows of this version. Not the request defaults: the k a request gets

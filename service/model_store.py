@@ -42,24 +42,22 @@ def load_bundle(path: str | Path, settings: Settings, metrics: Metrics | None = 
     artifact = read_artifact(path, settings.max_k, settings.max_beam)
     scorer = OnnxScorer(artifact.scorer_file, threads=settings.ort_threads, device=settings.device)
     artifact.check_scorer(scorer.score, scorer.tree_sha256, scorer.history_length)
-    bundle = ModelBundle(
-        version=artifact.version, path=artifact.path, manifest=artifact.manifest, tree=artifact.tree.warm(),
-        scorer=scorer, catalog=artifact.catalog, hierarchical=artifact.hierarchical,
-        history_length=artifact.history_length, default_k=artifact.default_k, default_beam=artifact.default_beam,
-    )
+    artifact.tree.warm()
+    batcher = None
     if settings.batching:
-        bundle.batcher = MicroBatcher(
+        batcher = MicroBatcher(
             scorer.score_state, max_rows=settings.batch_max_rows, max_wait_s=settings.batch_max_wait_ms / 1000,
             max_queue_rows=settings.batch_queue_rows, timeout_s=settings.batch_timeout_s,
             on_batch=metrics.observe_batch if metrics is not None else None,
         )
+    bundle = ModelBundle(artifact, scorer, batcher)
     _warm_up(bundle)
     return bundle
 
 
 def _warm_up(bundle: ModelBundle, searches: int = 20) -> None:
     """Real searches (histories from the popular items) before serving, so the first requests
-    pay no lazy set-up: the first few of a fresh process were 5-10x slower than later ones."""
+    pay none of the lazy set-up (onnxruntime's first runs, numpy's and the tree's caches)."""
     popular = bundle.catalog.popular.astype(np.int64)
     k = min(bundle.default_k, bundle.tree.n_items)
     started = time.perf_counter()

@@ -7,15 +7,14 @@ answer is the popularity list (filtered the same way), flagged as a fallback.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from service.bundle import ModelBundle
-from service.core.beam import beam_search
 from service.core.filters import ItemFilter, allow_categories, combine, exclude_items
+from service.core.index import SearchParams
 
 
 @dataclass(frozen=True)
@@ -47,21 +46,12 @@ def search(
     row = np.full((1, bundle.history_length), -1, dtype=np.int64)
     recent = history[: bundle.history_length]
     row[0, : len(recent)] = recent
-    score = bundle.scorer.levels(bundle.tree, row, bundle.hierarchical, bundle.score_rows)
-    if on_level is not None:
-        inner = score
-
-        def score(level: int, node_ids: np.ndarray) -> np.ndarray:
-            started = time.perf_counter()
-            result = inner(level, node_ids)
-            on_level(level, time.perf_counter() - started)
-            return result
-
+    params = SearchParams(beam=beam, allowed=allowed, on_level=on_level)
     if bundle.batcher is not None:
-        with bundle.batcher.active():
-            result = beam_search(bundle.tree, score, 1, k, beam, allowed)
+        with bundle.batcher.active():  # the batcher waits for rows only from searches in progress
+            result = bundle.index.search(row, k, params)
     else:
-        result = beam_search(bundle.tree, score, 1, k, beam, allowed)
+        result = bundle.index.search(row, k, params)
     keep = result.items[0] >= 0
     return Retrieved(items=result.items[0][keep], scores=result.scores[0][keep], fallback=None)
 

@@ -1,4 +1,4 @@
-"""The ONNX scorer and the per-level score function the shared beam search calls.
+"""The ONNX scorer: the served half of `service.core.index.UserScorer`.
 
 An artifact's graph has two halves (`trainer.export`, the "split" interface):
 `OnnxScorer.user_state(history_rows)` computes each row's user state once, and
@@ -6,26 +6,19 @@ An artifact's graph has two halves (`trainer.export`, the "split" interface):
 per (batch of) beam-search level(s). Graphs exported before the split take the history rows in
 every call (``(history, nodes) -> logits``); for those the "state" is the history rows
 themselves, so the same code serves both. `OnnxScorer.score(history, nodes)` does both steps.
-
-`level_score_fn` adapts a scorer to the beam search's ``score(level, node_ids)``: with the
-hierarchical representation it maps the user's behaviours to their ancestors at each level
-(the same numpy mapping training used) and, given `user_state`, computes the states of every
-level the search will visit in one call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from service.core.artifact import ArtifactError
-from service.core.beam import ScoreFn
-from service.core.tree import Tree
 
-RowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+StateScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (states, node rows) -> logits
 
 
 def available_providers(device: str) -> list[str]:
@@ -88,42 +81,22 @@ class OnnxScorer:
         """history (B, L) int64 rows, nodes (B, C) int64 rows -> (B, C) float32 logits."""
         return self.score_state(self.user_state(history), nodes)
 
-    def levels(self, tree: Tree, histories: np.ndarray, hierarchical: bool,
-               score_states: RowScorer | None = None) -> ScoreFn:
-        """The served score function for a beam search over `tree` (see `level_score_fn`);
-        score_states: how state rows are scored, `score_state` unless given (the batcher's)."""
-        return level_score_fn(score_states or self.score_state, tree, histories, hierarchical, self.user_state)
+    def user_states(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The states of several row matrices (one per level a search visits) in one call."""
+        if len(rows) == 1:
+            return [self.user_state(rows[0])]
+        computed = self.user_state(np.concatenate(rows))
+        bounds = np.cumsum([0, *(len(r) for r in rows)])
+        return [computed[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def level_score_fn(score_rows: RowScorer, tree: Tree, histories: np.ndarray, hierarchical: bool,
-                   user_state: Callable[[np.ndarray], np.ndarray] | None = None) -> ScoreFn:
-    """Bind users' histories (U, L) item ids to a beam-search score function.
+class BatchedScorer:
+    """An `OnnxScorer` whose candidate scoring goes through the service's micro-batcher, which
+    joins concurrent requests' rows into one onnxruntime call (`service.batcher`)."""
 
-    Plain: every level uses the item rows. Hierarchical: level l uses the ancestors' rows at l
-    (`Tree.ancestor_ids_by_level`: the training mapping), computed from the behaviours' leaf
-    positions, which are looked up once. `score_rows` gets `user_state` of those rows (None:
-    the rows themselves): computed once for plain features, and for the hierarchical
-    representation for the first level scored and every level below it in one call (a search
-    walks them all), other levels as they are asked for.
-    """
-    ids_at = tree.ancestor_ids_by_level(histories) if hierarchical else None
-    to_state = user_state or (lambda rows: rows)
-    states: dict[int, np.ndarray] = {}
-    n_users = len(histories)
+    def __init__(self, scorer: OnnxScorer, score_state: StateScorer) -> None:
+        self.scorer = scorer
+        self.score_state = score_state
 
-    def score(level: int, node_ids: np.ndarray) -> np.ndarray:
-        if ids_at is None:
-            state = states.get(0)
-            if state is None:
-                state = states[0] = to_state(histories)
-        else:
-            state = states.get(level)
-            if state is None:
-                missing = [lv for lv in range(level, tree.depth + 1) if lv not in states]
-                computed = to_state(np.concatenate([ids_at(lv) for lv in missing]))
-                for i, lv in enumerate(missing):
-                    states[lv] = computed[i * n_users:(i + 1) * n_users]
-                state = states[level]
-        return score_rows(state, node_ids)
-
-    return score
+    def user_states(self, rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return self.scorer.user_states(rows)

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 
 from trainer.data.synth import SynthConfig, generate, write
-from trainer.methods import MethodOptions
+from trainer.evaluate.protocol import EvalProtocol
 from trainer.run import RunSpec, train_run
 
 
@@ -27,8 +27,8 @@ def train_and_export(root: Path, method: str, seed: int, tree_init: str) -> tupl
     if not data.exists():
         write(generate(SynthConfig(n_items=500, n_users=400, seed=seed)), data)
     run = root / f"run-{method}"
-    train_run(RunSpec(data=DataConfig(path=str(data)), method=method, seed=seed, m=50), run,
-              MethodOptions(epochs=1, tree_init=tree_init))
+    train_run(RunSpec(data=DataConfig(path=str(data)), method=method, seed=seed, protocol=EvalProtocol(m=50)),
+              run, {"epochs": 1, "tree_init": tree_init})
     artifact = root / f"artifact-{method}"
     export_run(run, artifact)
     return run, artifact

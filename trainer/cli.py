@@ -1,4 +1,10 @@
-"""Command line: `python -m trainer <command>`. Each command is a few lines over library calls."""
+"""Command line: `python -m trainer <command>`. Each command is a few lines over library calls.
+
+The flags of the data, the protocol, the model and the joint loop come from the configurations
+that use them (`trainer.config`): each default and its reason are written there, once, and
+the help quotes them. Only the flags actually given reach a configuration; every method keeps
+its own defaults for the rest.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +15,10 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-from trainer.data.formats import FORMATS
+from trainer.config import Declared, add_options, collect, dest_of, given_options
 from trainer.errors import DataError
-from trainer.tree.build import TREE_INITS
-
-# The names `train --method` accepts (trainer.run.TRAINABLE; tests/trainer/test_errors.py checks).
-TRAIN_METHODS = "dnn, tdm, jtm-j, jtm-h, jtm, jtm-cluster"
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -30,39 +33,72 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+def data_flags(*flags: str) -> list[Declared]:
+    from trainer.data.interactions import DataConfig
+
+    return collect([("", DataConfig)], only=flags or ("--format", "--min-interactions", "--behaviors"))
+
+
+def protocol_flags() -> list[Declared]:
+    from trainer.evaluate.protocol import EvalProtocol
+
+    return collect([("", EvalProtocol())])
+
+
+def model_flags() -> list[Declared]:
+    """The model and training flags: the scorer methods' configuration first (its defaults are
+    quoted first), then the baselines' own defaults for the flags they share."""
+    from trainer.baselines.two_tower import TwoTowerConfig
+    from trainer.baselines.youtube_dnn import YouTubeConfig
+    from trainer.deep_retrieval import DeepConfig
+    from trainer.fit.sampler import BeamAwareConfig
+
+    joint = {entry.flag for entry in joint_flags()}
+    flags = collect([("", DeepConfig()), ("", BeamAwareConfig()), ("youtube", YouTubeConfig()),
+                     ("two-tower", TwoTowerConfig())])
+    return [entry for entry in flags if entry.flag not in joint]
+
+
+def joint_flags() -> list[Declared]:
+    from trainer.joint import JointConfig
+
+    return collect([("", JointConfig())])
+
+
+# Method flags that no configuration field holds: switches and a baseline's knob.
+SWITCHES = ("beam_aware", "equal_epochs")
+_BEAM_AWARE_SETTINGS = ("beam_aware_share", "beam_aware_beam", "beam_aware_min_items", "beam_aware_warmup")
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="interaction log (CSV/TSV/Parquet, .gz ok), or a directory written by `prepare`")
-    parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="log format (auto: detect it from the file name and first line)")
-    parser.add_argument("--min-interactions", type=int, default=10, help="keep users with at least this many")
-    parser.add_argument("--behaviors", default=None,
-                        help="UserBehavior only: comma list of pv,buy,cart,fav to keep (default: all)")
+    add_options(parser, data_flags())
 
 
-def _add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """The evaluation protocol's options, shared by compare, train and figure2."""
-    parser.add_argument("--m", type=int, default=200, help="M in P/R/F@M, for validation and test (paper: 200)")
-    parser.add_argument("--exclude-seen", action="store_true",
-                        help="never recommend an item of the user's feature half (not in the paper)")
-    parser.add_argument("--valid-fraction", type=float, default=0.1, help="share of users held out for validation")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of users held out for test")
-    parser.add_argument("--max-history", type=int, default=69, help="behaviours used as features")
-
-
-def _data_config(args: argparse.Namespace):
+def _data_config(args: argparse.Namespace, *extra: str):
     from trainer.data.interactions import DataConfig
 
-    behaviors = None if args.behaviors is None else tuple(b.strip() for b in args.behaviors.split(","))
-    return DataConfig(path=args.data, format=args.format, min_interactions=args.min_interactions,
-                      behaviors=behaviors, exclude_items=getattr(args, "exclude_items", None))
+    given = given_options(args, data_flags() + data_flags(*extra) if extra else data_flags())
+    return DataConfig(path=args.data, **{dest: value for dest, value in given.items()})
+
+
+def _protocol(args: argparse.Namespace):
+    from trainer.config import configure
+    from trainer.evaluate.protocol import EvalProtocol
+
+    return configure(EvalProtocol(), given_options(args, protocol_flags()))
+
+
+def _add_seed(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, help=help)
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
+    from trainer.config import configure
     from trainer.data.synth import SynthConfig, generate, generate_chunks, write, write_chunks
 
-    config = SynthConfig(n_items=args.items, n_users=args.users, n_interactions=args.interactions,
-                         seed=args.seed)
+    config = configure(SynthConfig(seed=args.seed), given_options(args, collect([("", SynthConfig)])))
     chunk_users = args.chunk_users
     if chunk_users is None and config.interactions > 20_000_000:
         chunk_users = max(1, config.n_users * 10_000_000 // config.interactions)  # ~10M events a chunk
@@ -107,22 +143,18 @@ def cmd_compare(args: argparse.Namespace) -> None:
     methods = parse_methods(args.methods)
     if args.reference is not None and args.reference not in methods:
         raise DataError(f"--reference {args.reference!r} is not among --methods {','.join(methods)}")
-    if args.m < 1:
-        raise DataError(f"--m must be >= 1, got {args.m}")
     if args.seeds < 1:
         raise DataError(f"--seeds must be >= 1, got {args.seeds}")
     if args.itemcf_neighbours is not None and args.itemcf_neighbours < 1:
         raise DataError(f"--itemcf-neighbours must be >= 1, got {args.itemcf_neighbours}")
-    options = _method_options(args)  # checked before the (possibly long) read
+    config = CompareConfig(methods=methods, protocol=_protocol(args),
+                           seeds=tuple(range(args.seed, args.seed + args.seeds)), reference=args.reference,
+                           per_user=args.per_user)
+    options = method_options(args)  # checked before the (possibly long) read
+    options["itemcf_neighbours"] = args.itemcf_neighbours
     data = load_interactions(_data_config(args))
     logging.getLogger("trainer").info(
         "data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
-    config = CompareConfig(
-        methods=methods, m=args.m, seeds=tuple(range(args.seed, args.seed + args.seeds)),
-        exclude_seen=args.exclude_seen, valid_fraction=args.valid_fraction,
-        test_fraction=args.test_fraction, max_history=args.max_history, reference=args.reference,
-        per_user=args.per_user,
-    )
     save = None
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -167,121 +199,56 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    # The defaults quoted below are the configurations' own (tests/trainer/test_errors.py checks them).
     group = parser.add_argument_group("model and training (defaults: each method's own)")
-    group.add_argument("--epochs", type=int, default=None,
-                       help="max epochs; validation recall picks the best (default 10; youtube 20, two-tower 40)")
-    group.add_argument("--batch-size", type=int, default=None, help="training batch size (default 256)")
-    group.add_argument("--lr", type=float, default=None,
-                       help="Adam learning rate (default 2e-3; youtube 1e-3; two-tower tunes it)")
-    group.add_argument("--dim", type=int, default=None, help="embedding size (default 32; two-tower tunes it)")
-    group.add_argument("--arity", type=int, default=None, help="tree arity (default 2)")
-    group.add_argument("--tree-init", default=None, choices=["auto", *TREE_INITS],
-                       help="initial tree (default auto: category when the log has categories, else kmeans); "
-                            "category-random shuffles items inside a category, id-order ignores categories")
-    group.add_argument("--leaf-negatives", type=int, default=None,
-                       help="negatives at the leaf level, halving upward (default 50)")
-    group.add_argument("--beam", type=int, default=None, help="beam width (default: = M)")
-    group.add_argument("--device", default="cpu", help="cpu, or cuda (cuda:N) when present")
-    group.add_argument("--precision", default=None, choices=["auto", "bf16", "fp32"],
-                       help="training forward precision (default auto: bf16 on AMX/AVX512-BF16/CUDA)")
-    group.add_argument("--kernel", default=None, choices=["auto", "fused", "autograd"],
-                       help="training kernel (default auto: fused on the CPU, but autograd under bf16 for the "
-                            "plain tower on a CPU with bf16 units; autograd on CUDA or with --precision bf16)")
-    group.add_argument("--threads", type=int, default=None,
-                       help="fused kernel worker threads (default: torch's thread count, i.e. the cores)")
+    flags = model_flags()
+    add_options(group, [entry for entry in flags if not entry.flag.startswith("--beam-aware-")])
     group.add_argument("--beam-aware", action="store_true",
                        help="tree methods: draw part of each level's negatives from the nodes the model's own "
                             "beam search compares there, mined before every epoch (OTM)")
-    group.add_argument("--beam-aware-share", type=float, default=None,
-                       help="with --beam-aware: share of each level's negatives from the beam (default 0.5)")
-    group.add_argument("--beam-aware-beam", type=int, default=None,
-                       help="with --beam-aware: beam width of the mining search (default 32)")
-    group.add_argument("--beam-aware-min-items", type=int, default=None,
-                       help="with --beam-aware: mine only at levels whose nodes hold at least this many items "
-                            "on average (default 1: every level)")
-    group.add_argument("--beam-aware-warmup", type=int, default=None,
-                       help="with --beam-aware: epochs of each training run on uniform negatives before mining "
-                            "starts (default 0)")
+    add_options(group, [entry for entry in flags if entry.flag.startswith("--beam-aware-")])
     joint = parser.add_argument_group("joint learning (jtm, jtm-j, jtm-cluster)")
-    joint.add_argument("--iterations", type=int, default=None, help="joint iterations T (default 3)")
-    joint.add_argument("--retrain-epochs", type=int, default=None, help="epochs per iteration (default 2)")
-    joint.add_argument("--internal-init", default=None, choices=["keep", "mean"],
-                       help="internal node rows after a new tree (default keep)")
-    joint.add_argument("--gap", type=int, default=None, help="tree learning gap d (default 7)")
-    joint.add_argument("--max-samples-per-item", type=int, default=None, help="tree learning cap (default 50)")
-    joint.add_argument("--workers", type=int, default=None, help="tree learning processes (default 1)")
-    joint.add_argument("--tree-guard", default=None, choices=["auto", "on", "off"],
-                       help="keep the old tree when the learnt one scores worse with the model fixed; auto: on "
-                            "for plain features, off with the hierarchical representation, where validation "
-                            "recall after retraining decides (default auto)")
-    joint.add_argument("--tree-judge", default=None, choices=["neutral", "trained"],
-                       help="how the guard scores trees: each with its internal nodes at its items' mean rows "
-                            "(neutral), or with the trained model's nodes, which favour the tree they were "
-                            "trained on (default neutral)")
-    joint.add_argument("--retrain-unchanged", action="store_true",
-                       help="retrain even after a tree step that moved no item (the paper's loop, literally)")
+    add_options(joint, joint_flags())
     joint.add_argument("--equal-epochs", action="store_true",
                        help="dnn, tdm and jtm-h train the epochs a joint loop spends (epochs + iterations x "
                             "retrain-epochs), so methods compare at equal training")
 
 
-def _method_options(args: argparse.Namespace):
-    from trainer.methods import MethodOptions
-
-    if args.device.startswith("cuda"):
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Every method flag by its key: the value given, or None where it was not (False for a
+    switch). What `compare` records, and, without the Nones, what configures each method."""
+    flags = model_flags() + joint_flags()
+    given = given_options(args, flags)
+    for switch in SWITCHES:
+        given[switch] = bool(getattr(args, switch, False))
+    if given.get("device", "cpu").startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
-            raise DataError(f"--device {args.device} asked for, but no CUDA device is available")
-    # Sizes that make no training or no search: refused before the (possibly long) read, instead
-    # of, e.g., --epochs 0 silently evaluating an untrained model.
-    for flag, value, least in (("--epochs", args.epochs, 1), ("--batch-size", args.batch_size, 1),
-                               ("--dim", args.dim, 1), ("--arity", args.arity, 2),
-                               ("--leaf-negatives", args.leaf_negatives, 1), ("--beam", args.beam, 1),
-                               ("--iterations", args.iterations, 0), ("--retrain-epochs", args.retrain_epochs, 1),
-                               ("--gap", args.gap, 1), ("--max-samples-per-item", args.max_samples_per_item, 1),
-                               ("--workers", args.workers, 1)):
-        if value is not None and value < least:
-            raise DataError(f"{flag} must be at least {least}, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        raise DataError(f"--lr must be positive, got {args.lr}")
-    if not args.beam_aware and any(v is not None for v in (args.beam_aware_share, args.beam_aware_beam,
-                                                            args.beam_aware_min_items, args.beam_aware_warmup)):
+            raise DataError(f"--device {given['device']} asked for, but no CUDA device is available")
+    if not given["beam_aware"] and any(key in given for key in _BEAM_AWARE_SETTINGS):
         raise DataError("--beam-aware-share, --beam-aware-beam, --beam-aware-min-items and --beam-aware-warmup "
                         "need --beam-aware")
-    if args.beam_aware_share is not None and not 0.0 < args.beam_aware_share <= 1.0:
-        raise DataError(f"--beam-aware-share must be in (0, 1], got {args.beam_aware_share}")
-    if args.beam_aware_beam is not None and args.beam_aware_beam < 1:
-        raise DataError(f"--beam-aware-beam must be positive, got {args.beam_aware_beam}")
-    if args.beam_aware_min_items is not None and args.beam_aware_min_items < 1:
-        raise DataError(f"--beam-aware-min-items must be positive, got {args.beam_aware_min_items}")
-    if args.beam_aware_warmup is not None and args.beam_aware_warmup < 0:
-        raise DataError(f"--beam-aware-warmup must be >= 0, got {args.beam_aware_warmup}")
-    return MethodOptions(
-        epochs=args.epochs, device=args.device, max_history=args.max_history, batch_size=args.batch_size,
-        lr=args.lr, dim=args.dim, arity=args.arity, tree_init=args.tree_init,
-        leaf_negatives=args.leaf_negatives, beam=args.beam, iterations=args.iterations,
-        retrain_epochs=args.retrain_epochs, internal_init=args.internal_init, gap=args.gap,
-        max_samples_per_item=args.max_samples_per_item, workers=args.workers, precision=args.precision,
-        guard=None if args.tree_guard in (None, "auto") else args.tree_guard == "on", tree_judge=args.tree_judge,
-        retrain_unchanged=True if getattr(args, "retrain_unchanged", False) else None,
-        kernel=args.kernel, threads=args.threads,
-        itemcf_neighbours=getattr(args, "itemcf_neighbours", None),
-        equal_epochs=getattr(args, "equal_epochs", False),
-        beam_aware=args.beam_aware, beam_aware_share=args.beam_aware_share, beam_aware_beam=args.beam_aware_beam,
-        beam_aware_min_items=args.beam_aware_min_items, beam_aware_warmup=args.beam_aware_warmup,
-    )
+    switches = {dest_of(f.flag) for f in flags if f.option.kind is None and isinstance(f.defaults[0][1], bool)}
+    return {**{dest_of(f.flag): (False if dest_of(f.flag) in switches else None) for f in flags}, **given}
+
+
+def method_flag_keys() -> set[str]:
+    """The keys the method flags are known by (`method_options`, the results that record them)."""
+    return {dest_of(entry.flag) for entry in model_flags() + joint_flags()} | set(SWITCHES)
+
+
+def _given(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from trainer.run import RunSpec, train_run
 
-    spec = RunSpec(data=_data_config(args), method=args.method, seed=args.seed,
-                   valid_fraction=args.valid_fraction, test_fraction=args.test_fraction,
-                   max_history=args.max_history, m=args.m, exclude_seen=args.exclude_seen,
-                   start_from=args.start_from, fidelity=not args.no_fidelity, tree_step=args.tree_step)
-    metrics = train_run(spec, Path(args.out), _method_options(args))
+    options = method_options(args)
+    spec = RunSpec(data=_data_config(args, "--exclude-items"), method=args.method, seed=args.seed,
+                   protocol=_protocol(args), start_from=args.start_from, fidelity=not args.no_fidelity,
+                   tree_step=args.tree_step)
+    metrics = train_run(spec, Path(args.out), _given(options))
     if not metrics:  # a torch.distributed worker rank: rank 0 reports and writes
         return
     print(_metrics_line(metrics))
@@ -319,10 +286,15 @@ def _publish(artifact: Path, registry: Path, redis_url: str | None) -> None:
 
 
 def cmd_add_items(args: argparse.Namespace) -> None:
+    from trainer.catalogue.placement import PlacementConfig
     from trainer.catalogue.update import add_items
+    from trainer.config import configure
+    from trainer.data.interactions import DataConfig
 
+    placement = configure(PlacementConfig(), given_options(args, collect([("", PlacementConfig)])))
+    fmt = given_options(args, data_flags("--format")).get("format", DataConfig.format)
     manifest = add_items(Path(args.artifact), Path(args.items), Path(args.out), Path(args.events) if args.events
-                         else None, args.format, args.window)
+                         else None, fmt, placement)
     change = manifest["catalogue"]
     placed = ", ".join(f"{n} by {reason.replace('_', '-')}" for reason, n in change["placed_by"].items())
     print(f"artifact {manifest['version']} written to {args.out}: {change['added']} items added ({placed}); "
@@ -349,11 +321,10 @@ def cmd_retire_items(args: argparse.Namespace) -> None:
 def cmd_figure2(args: argparse.Namespace) -> None:
     from trainer.run import RunSpec, figure2_run
 
-    spec = RunSpec(data=_data_config(args), method="jtm", seed=args.seed, valid_fraction=args.valid_fraction,
-                   test_fraction=args.test_fraction, max_history=args.max_history, m=args.m,
-                   exclude_seen=args.exclude_seen)
-    result = figure2_run(spec, Path(args.out), _method_options(args))
-    print(f"| iteration | {' | '.join(f'{n} R@{args.m} | {n} L/sample' for n in result)} |")
+    spec = RunSpec(data=_data_config(args), method="jtm", seed=args.seed, protocol=_protocol(args))
+    result = figure2_run(spec, Path(args.out), _given(method_options(args)))
+    m = spec.protocol.m
+    print(f"| iteration | {' | '.join(f'{n} R@{m} | {n} L/sample' for n in result)} |")
     print("|---" * (1 + 2 * len(result)) + "|")
     for i in range(len(next(iter(result.values()))["iterations"])):
         cells = []
@@ -386,6 +357,11 @@ def _metrics_line(m: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from trainer.catalogue.placement import PlacementConfig
+    from trainer.data.synth import SynthConfig
+    from trainer.methods import METHODS, TRAINABLE
+
+    baselines = ", ".join(name for name in METHODS if name not in TRAINABLE)
     parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -393,10 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="generate a synthetic interaction log with a planted hierarchy")
     synth.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
-    synth.add_argument("--items", type=int, default=10_000, help="catalogue size")
-    synth.add_argument("--users", type=int, default=2_000, help="number of users")
-    synth.add_argument("--interactions", type=int, default=None, help="number of interactions (default: 30 per user)")
-    synth.add_argument("--seed", type=int, default=0, help="random seed")
+    add_options(synth, collect([("", SynthConfig)]))
+    _add_seed(synth, "random seed")
     synth.add_argument("--chunk-users", type=int, default=None,
                        help="write this many users at a time (default: whole log in memory up to 20M "
                             "interactions, ~10M-event chunks beyond)")
@@ -410,20 +384,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = sub.add_parser("compare", help="evaluate methods under the paper's protocol (Table 1)")
     _add_data_arguments(compare)
-    compare.add_argument("--methods", default="pop,itemcf,youtube",
-                         help="comma list of pop, itemcf, youtube, two-tower, " + TRAIN_METHODS)
+    compare.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
     compare.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
-    compare.add_argument("--seed", type=int, default=0, help="first seed")
-    _add_protocol_arguments(compare)
+    _add_seed(compare, "first seed")
+    add_options(compare, protocol_flags())
     compare.add_argument("--itemcf-neighbours", type=int, default=None,
                          help="Item-CF: only the K most similar items of each history item (default: all)")
     compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
     compare.add_argument("--json", default=None, help="also write the results here (default: print the table only)")
     compare.add_argument("--per-user", action="store_true",
                          help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
-    compare.add_argument("--plot", default=None, metavar="PNG",
-                         help="also draw recall per method and paired differences against the reference "
-                              "(default: no plot)")
+    _add_plot(compare)
     _add_model_arguments(compare)
     compare.set_defaults(func=cmd_compare)
 
@@ -433,18 +404,17 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--json", required=True, help="write the merged result here")
     merge.add_argument("--reference", default=None,
                        help="method the paired differences are taken against (default: the first part's)")
-    merge.add_argument("--plot", default=None, metavar="PNG",
-                       help="also draw recall per method and paired differences against the reference "
-                            "(default: no plot)")
+    _add_plot(merge)
     merge.set_defaults(func=cmd_merge)
 
     train = sub.add_parser("train", help="train one method and write a run directory")
     _add_data_arguments(train)
+    add_options(train, data_flags("--exclude-items"))
     train.add_argument("--method", required=True,
-                       help=f"one of {TRAIN_METHODS} (the baselines pop, itemcf, youtube, two-tower: use compare)")
+                       help=f"one of {', '.join(TRAINABLE)} (the baselines {baselines}: use compare)")
     train.add_argument("--out", required=True, help="run directory to write")
-    train.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
-    _add_protocol_arguments(train)
+    _add_seed(train, "split and initialisation seed")
+    add_options(train, protocol_flags())
     train.add_argument("--export", default=None, metavar="ARTIFACT_DIR",
                        help="also export an artifact here (default: no export)")
     train.add_argument("--publish", default=None, metavar="REGISTRY",
@@ -459,9 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tree-step", action="store_true",
                        help="with --start-from on a new log: then one JTM tree-learning step and a retraining, "
                             "kept only when validation recall improves")
-    train.add_argument("--exclude-items", default=None, metavar="LIST_OR_ARTIFACT",
-                       help="drop these items' events first: an item list (item_id column), or an artifact "
-                            "directory whose retired items they are (retire-items); default: keep every item")
     train.add_argument("--no-fidelity", action="store_true",
                        help="skip the brute-force comparison on test users (it scores every item per user)")
     _add_model_arguments(train)
@@ -481,35 +448,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     add = sub.add_parser("add-items", help="place new items into an artifact's tree without retraining and "
                                            "write a new artifact")
-    add.add_argument("--artifact", required=True, help="artifact directory to start from")
-    add.add_argument("--items", required=True, help="CSV/TSV/Parquet of new items: item_id[,category_id]")
+    _add_catalogue_update(add, "CSV/TSV/Parquet of new items: item_id[,category_id]")
     add.add_argument("--events", default=None,
                      help="recent interactions (any log format) that place new items by co-consumption "
                           "(default: none; categories, then popularity, place them)")
-    add.add_argument("--format", default="auto", choices=FORMATS, help="format of --events")
-    add.add_argument("--window", type=int, default=50,
-                     help="events either side of a new item's event that count as co-consumed")
-    add.add_argument("--out", required=True, help="new artifact directory (must not exist)")
-    add.add_argument("--publish", default=None, metavar="REGISTRY",
-                     help="also publish it to this registry (default: not published)")
-    add.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
+    add_options(add, data_flags("--format"))
+    add_options(add, collect([("", PlacementConfig)]))
     add.set_defaults(func=cmd_add_items)
 
     retire = sub.add_parser("retire-items", help="stop serving items: write a new artifact in which they are "
                                                  "retired")
-    retire.add_argument("--artifact", required=True, help="artifact directory to start from")
-    retire.add_argument("--items", required=True, help="CSV/TSV/Parquet of the item_id column to retire")
-    retire.add_argument("--out", required=True, help="new artifact directory (must not exist)")
-    retire.add_argument("--publish", default=None, metavar="REGISTRY",
-                        help="also publish it to this registry (default: not published)")
-    retire.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
+    _add_catalogue_update(retire, "CSV/TSV/Parquet of the item_id column to retire")
     retire.set_defaults(func=cmd_retire_items)
 
     figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
     _add_data_arguments(figure2)
     figure2.add_argument("--out", required=True, help="directory for figure2.png and figure2.json")
-    figure2.add_argument("--seed", type=int, default=0, help="split and initialisation seed")
-    _add_protocol_arguments(figure2)
+    _add_seed(figure2, "split and initialisation seed")
+    add_options(figure2, protocol_flags())
     _add_model_arguments(figure2)
     figure2.set_defaults(func=cmd_figure2)
 
@@ -523,6 +479,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", default=None, help="also write the metrics here (default: print only)")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _add_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plot", default=None, metavar="PNG",
+                        help="also draw recall per method and paired differences against the reference "
+                             "(default: no plot)")
+
+
+def _add_catalogue_update(parser: argparse.ArgumentParser, items: str) -> None:
+    """add-items and retire-items: an artifact and an item list in, a new artifact out."""
+    parser.add_argument("--artifact", required=True, help="artifact directory to start from")
+    parser.add_argument("--items", required=True, help=items)
+    parser.add_argument("--out", required=True, help="new artifact directory (must not exist)")
+    parser.add_argument("--publish", default=None, metavar="REGISTRY",
+                        help="also publish it to this registry (default: not published)")
+    parser.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
 
 
 class _Subcommands:

@@ -1,128 +1,184 @@
-"""What a scorer-based method is (DNN, TDM, the JTM variants): frozen configurations.
+"""How a stage's configuration declares the command-line flags that set it.
 
-`DeepConfig` names everything that decides what a method learns (the scorer, the training
-schedule, the tree it starts from, the negatives, the beam and the joint loop), so that one
-value describes a run: it is saved with the model and compared when a joint method continues
-from a fixed-tree one. The command line maps its flags onto these (`trainer.methods`).
-
-| method      | tree                        | user features | retrieval   |
-|-------------|-----------------------------|---------------|-------------|
-| dnn         | none (leaf samples only)    | plain         | brute force |
-| tdm         | fixed initial tree          | plain         | beam search |
-| jtm-h       | fixed initial tree          | hierarchical  | beam search |
-| jtm-j       | learnt (Algorithm 1 + 2)    | plain         | beam search |
-| jtm         | learnt (Algorithm 1 + 2)    | hierarchical  | beam search |
-| jtm-cluster | TDM's k-means re-clustering | hierarchical  | beam search |
-
-(`jtm-cluster` is the comparison curve of the paper's Figure 2.)
+Every stage owns a frozen dataclass: `DataConfig` (data), `TreeConfig` (the initial tree),
+`ScorerConfig` (the model), `TrainConfig` and `BeamAwareConfig` (fitting), `TreeLearningConfig`
+and `JointConfig` (Algorithm 2 and 1), `EvalProtocol` (evaluation), and the baselines' own. A
+field the user may set is declared with `option(default, help, ...)`: its default, its reason
+(a comment beside it) and its help line are written there and nowhere else. The command line
+builds its flags from these fields (`add_options`), reads back only the flags actually given
+(`given_options`), and `configure` writes them into a configuration by name. A flag that was
+not given leaves every configuration at its own default, so YouTube-DNN's 20 epochs and the
+tree methods' 10 need no "not given" sentinel.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import argparse
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
-from trainer.fit.sampler import DEFAULT_LEAF_NEGATIVES
-from trainer.fit.step import TrainConfig
-from trainer.model.scorer import ScorerConfig
-from trainer.tree.learning import TreeLearningConfig
+from trainer.errors import DataError
 
-TREE_LEARNERS = ("none", "jtm", "kmeans")
-
-METHOD_VARIANTS: dict[str, dict] = {
-    "dnn": {"hierarchical": False, "tree_learning": "none"},
-    "tdm": {"hierarchical": False, "tree_learning": "none"},
-    "jtm-h": {"hierarchical": True, "tree_learning": "none"},
-    "jtm-j": {"hierarchical": False, "tree_learning": "jtm"},
-    "jtm": {"hierarchical": True, "tree_learning": "jtm"},
-    "jtm-cluster": {"hierarchical": True, "tree_learning": "kmeans"},
-}
+# Behaviours a sample sees as features, most recent first: XDL's TDM feature length. Every stage
+# that reads histories defaults to it; the --max-history flag is `EvalProtocol.max_history`.
+MAX_HISTORY = 69
 
 
 @dataclass(frozen=True)
-class JointConfig:
-    """Algorithm 1's loop: how many tree steps, and how each is followed."""
+class Option:
+    """The command-line side of a configuration field."""
 
-    tree_learning: str = "jtm"  # jtm (Algorithm 2) or kmeans (TDM's re-clustering)
-    iterations: int = 3  # T
-    retrain_epochs: int = 2  # per iteration, warm-started (validation still picks the epoch)
-    internal_init: str = "keep"  # after a new tree: keep node rows, or "mean" of their items' rows
-    # Retrain even when a tree step moved no item (the paper's loop, literally). Off: such an
-    # iteration costs only its tree step (the model is already trained on that tree).
-    retrain_unchanged: bool = False
-    loss_samples: int = 20_000  # fixed subset on which L(theta, pi) is reported
-    learning: TreeLearningConfig = field(default_factory=TreeLearningConfig)
+    help: str | None  # None: the field follows a flag another configuration declares (same name)
+    flag: str | None = None  # default: --field-name
+    at_least: float | None = None
+    above: float | None = None  # strictly greater than this
+    at_most: float | None = None
+    choices: tuple[str, ...] | None = None
+    # The value as typed -> the field's value (e.g. "on" -> True); type(default) when None.
+    parse: Callable[[str], Any] | None = None
+    kind: type | None = None  # the type argparse converts to, where the default (None) does not tell
+    into: Callable[[Any], Any] | None = None  # the flag's value -> this field's (a grid pinned to one value)
+    show: Callable[[Any], str] | None = None  # how help prints the default
 
-    def to_json(self) -> dict:
-        return asdict(self)
+    def check(self, flag: str, value: Any) -> None:
+        """Refuse a value that makes no training or no search, in the form the CLI prints."""
+        if value is None:
+            return
+        if self.at_least is not None and value < self.at_least:
+            raise DataError(f"{flag} must be at least {_number(self.at_least)}, got {value}")
+        if self.above is not None and not value > self.above:
+            if self.at_most is not None:
+                raise DataError(f"{flag} must be in ({_number(self.above)}, {_number(self.at_most)}], got {value}")
+            raise DataError(f"{flag} must be positive, got {value}" if self.above == 0
+                            else f"{flag} must be above {_number(self.above)}, got {value}")
+        if self.at_most is not None and value > self.at_most:
+            raise DataError(f"{flag} must be at most {_number(self.at_most)}, got {value}")
 
-    @classmethod
-    def from_json(cls, data: dict) -> JointConfig:
-        # Runs written before `retrain_unchanged` existed always retrained.
-        return cls(**{"retrain_unchanged": True, **data, "learning": TreeLearningConfig(**data["learning"])})
+
+def option(default: Any, help: str | None, **settings: Any) -> Any:
+    """A dataclass field with its command-line flag (see `Option`)."""
+    return field(default=default, metadata={"option": Option(help, **settings)})
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def flag_of(spec: dataclasses.Field) -> str:
+    return spec.metadata["option"].flag or "--" + spec.name.replace("_", "-")
+
+
+def dest_of(flag: str) -> str:
+    """The key a flag's value is known by: in `given_options`, and in the results that record it."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def declared(config: Any) -> Iterable[tuple[dataclasses.Field, Option]]:
+    """The fields of a configuration (class or instance) that carry a flag."""
+    for spec in dataclasses.fields(config):
+        if "option" in spec.metadata:
+            yield spec, spec.metadata["option"]
+
+
+def configure(config: Any, given: Mapping[str, Any]) -> Any:
+    """`config` with every field whose flag is in `given` set to the given value, nested
+    configurations included. Flags absent from `given` keep the configuration's own defaults."""
+    changes: dict[str, Any] = {}
+    for spec in dataclasses.fields(config):
+        value = getattr(config, spec.name)
+        if "option" in spec.metadata and dest_of(flag_of(spec)) in given:
+            into = spec.metadata["option"].into
+            value = given[dest_of(flag_of(spec))]
+            changes[spec.name] = value if into is None else into(value)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            nested = configure(value, given)
+            if nested is not value:
+                changes[spec.name] = nested
+    return dataclasses.replace(config, **changes) if changes else config
 
 
 @dataclass(frozen=True)
-class BeamAwareConfig:
-    """Beam-search-aware negatives (`trainer.fit.beam_mining`): before each epoch the model's own
-    beam search (width `beam`) runs for every training sample, and `share` of each level's
-    negatives are drawn from the nodes it compared there."""
+class Declared:
+    """One flag as the configurations declare it: where its help comes from, and the default
+    of every configuration it sets (labelled by whose default it is: "" for the main one)."""
 
-    share: float = 0.5
-    beam: int = 32
-    # Mine only at levels whose nodes hold at least this many items on average (1: every level,
-    # OTM literally). Deep nodes the user never touched are weak negatives: most of the beam's
-    # best leaves are items the user would consume but has not (see trainer/fit/beam_mining.py).
-    min_node_items: int = 1
-    # Epochs of each fit trained on uniform negatives before mining starts (0: mine from the
-    # first epoch). OTM's argument needs a model whose beam already means something: an
-    # untrained model's beam candidates are arbitrary nodes, and mining them only adds noise.
-    warmup_epochs: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.share <= 1.0:
-            raise ValueError(f"beam-aware share must be in (0, 1], got {self.share}")
-        if self.beam < 1:
-            raise ValueError(f"beam-aware beam must be positive, got {self.beam}")
-        if self.min_node_items < 1:
-            raise ValueError(f"beam-aware min_node_items must be positive, got {self.min_node_items}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"beam-aware warmup_epochs must be >= 0, got {self.warmup_epochs}")
+    flag: str
+    option: Option
+    defaults: list[tuple[str, Any]]
+    fallback_kind: type
 
 
-@dataclass(frozen=True)
-class DeepConfig:
-    method: str = "tdm"
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    arity: int = 2
-    tree_init: str = "auto"  # category when the log has categories, else k-means on co-occurrence
-    # Negatives at the leaf level (the schedule halves upward). 50 with lr 2e-3 matched or beat
-    # the paper's 100 with lr 1e-3 in validation recall after every epoch (DNN, TDM, JTM-H on
-    # MovieLens; JTM-H on Ciao) at 1.5-1.7x the samples/s: docs/PERFORMANCE.md, training.
-    leaf_negatives: int = DEFAULT_LEAF_NEGATIVES
-    beam: int | None = None  # None: the beam equals the number of results asked for
-    tree_learning: str = "none"  # none, jtm (Algorithm 2) or kmeans (TDM re-clustering)
-    joint: JointConfig = field(default_factory=JointConfig)
-    beam_aware: BeamAwareConfig | None = None  # None: uniform layer-wise negatives (TDM, JTM)
+def collect(configs: Iterable[tuple[str, Any]], only: Iterable[str] | None = None) -> list[Declared]:
+    """The flags that `configs` (label, configuration class or instance) declare, nested
+    configurations included, in declaration order. A flag that several configurations share
+    takes its help from the one that declares it (`Option.help`); a flag that only follows one
+    declared elsewhere is left out."""
+    found: dict[str, Declared] = {}
 
-    @property
-    def uses_tree(self) -> bool:
-        return self.method != "dnn"
+    def visit(label: str, config: Any) -> None:
+        for spec in dataclasses.fields(config):
+            value = getattr(config, spec.name, None)
+            if "option" not in spec.metadata:
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                    visit(label, value)
+                continue
+            opt, flag = spec.metadata["option"], flag_of(spec)
+            if only is not None and flag not in only:
+                continue
+            entry = found.get(flag)
+            if entry is None:
+                entry = found[flag] = Declared(flag, opt, [], type(value))
+            elif opt.help is not None and entry.option.help is None:
+                entry = found[flag] = Declared(flag, opt, entry.defaults, type(value))
+            if opt.help is not None:  # the declaring configuration's default is the one quoted first
+                entry.defaults[:] = [(label, value)] + [(k, v) for k, v in entry.defaults if v != value]
+            elif all(value != known for _, known in entry.defaults):
+                entry.defaults.append((label, value))
 
-    def search_beam(self, m: int) -> int | None:
-        """The beam this method retrieves `m` items with: None (every item scored) without a tree."""
-        return (self.beam or m) if self.uses_tree else None
+    for label, config in configs:
+        visit(label, config)
+    return [entry for entry in found.values() if entry.option.help is not None]
 
-    def to_json(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_json(cls, data: dict) -> DeepConfig:
-        return cls(
-            method=data["method"], scorer=ScorerConfig.from_json(data["scorer"]),
-            train=TrainConfig(**data["train"]), arity=int(data["arity"]), tree_init=data["tree_init"],
-            leaf_negatives=int(data["leaf_negatives"]), beam=data.get("beam"),
-            tree_learning=data.get("tree_learning", "none"),
-            joint=JointConfig.from_json(data["joint"]) if "joint" in data else JointConfig(),
-            beam_aware=BeamAwareConfig(**data["beam_aware"]) if data.get("beam_aware") else None,
-        )
+def add_options(group: argparse._ActionsContainer, flags: Iterable[Declared]) -> None:
+    """Add each declared flag to `group`. Its argparse default is SUPPRESS: a flag not given is
+    absent from the parsed namespace, and its help quotes the configurations' defaults."""
+    for entry in flags:
+        opt = entry.option
+        (_, main_default), *others = entry.defaults
+        show = opt.show or _show
+        text = f"default {show(main_default)}"
+        if others:
+            text += "; " + ", ".join(f"{label} {show(value)}" for label, value in others)
+        help_text = f"{opt.help} ({text})"
+        kind = opt.kind or (entry.fallback_kind if entry.fallback_kind is not type(None) else str)
+        if kind is bool and opt.choices is None:
+            group.add_argument(entry.flag, action="store_true", default=argparse.SUPPRESS, help=opt.help)
+            continue
+        group.add_argument(entry.flag, type=kind if opt.choices is None else str, choices=opt.choices,
+                           default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "tuned over " + ", ".join(_show(v) for v in value)
+    return str(value)
+
+
+def given_options(args: argparse.Namespace, flags: Iterable[Declared]) -> dict[str, Any]:
+    """The flags of `flags` that the command line gave, parsed and checked, by `dest_of`."""
+    given = {}
+    for entry in flags:
+        dest = dest_of(entry.flag)
+        if not hasattr(args, dest):
+            continue
+        value = getattr(args, dest)
+        if entry.option.parse is not None:
+            value = entry.option.parse(value)
+        entry.option.check(entry.flag, value)
+        given[dest] = value
+    return given

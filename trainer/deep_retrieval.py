@@ -1,10 +1,19 @@
-"""DNN, TDM and the JTM variants as `Recommender`s: one class, switched by `DeepConfig`
-(`trainer.config` has the table of methods).
+"""DNN, TDM and the JTM variants as one method class, switched by `DeepConfig`.
 
-The class is the adapter between the plain functions that do the work (`initial_tree`,
-`training.train_on_tree`, `joint.joint_fit`, `evaluate.recommend`) and what `compare`,
-`train` and `export` handle: a fitted method holds a model, its tree and the histories of its
-training, and saves to and loads from a run directory (``model.pt``, ``tree.npz``).
+| method      | tree                        | user features | retrieval   |
+|-------------|-----------------------------|---------------|-------------|
+| dnn         | none (leaf samples only)    | plain         | brute force |
+| tdm         | fixed initial tree          | plain         | beam search |
+| jtm-h       | fixed initial tree          | hierarchical  | beam search |
+| jtm-j       | learnt (Algorithm 1 + 2)    | plain         | beam search |
+| jtm         | learnt (Algorithm 1 + 2)    | hierarchical  | beam search |
+| jtm-cluster | TDM's k-means re-clustering | hierarchical  | beam search |
+
+(`jtm-cluster` is the comparison curve of the paper's Figure 2; `trainer.methods` is the table of
+every method's name.) `DeepRetrieval` is the adapter between the functions that do the work
+(`initial_tree`, `train_on_tree`, `joint_fit`, `recommend`) and what `compare`, `train` and
+`export` handle: a fitted method holds a model, its tree and the histories of its training, and
+saves to and loads from a run directory (``model.pt``, ``tree.npz``).
 """
 
 from __future__ import annotations
@@ -12,23 +21,63 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from dataclasses import replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from service.core.tree import Tree
-from trainer.config import DeepConfig
+from trainer.config import option
 from trainer.data.split import EvalSet
 from trainer.evaluate.recommend import recommend
 from trainer.fit.context import FitContext
 from trainer.fit.epochs import TrainHistory, seed_everything, train_on_tree
-from trainer.joint import JointHistory, joint_fit
-from trainer.model.scorer import TreeScorer
-from trainer.tree.build import initial_tree
+from trainer.fit.step import TrainConfig
+from trainer.joint import JointConfig, JointHistory, joint_fit
+from trainer.model.scorer import ScorerConfig, TreeScorer
+from trainer.tree.build import TreeConfig, initial_tree
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeepConfig:
+    """Everything that decides what a scorer-based method learns, one configuration per stage:
+    the tree it starts from (None: DNN, no tree), the scorer, its training, the joint loop and
+    the beam. Saved with the model, and compared when a joint method continues a fixed-tree one."""
+
+    method: str = "tdm"
+    tree: TreeConfig | None = field(default_factory=TreeConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    joint: JointConfig = field(default_factory=JointConfig)  # tree_learning "none": the tree stays fixed
+    beam: int | None = option(None, "beam width", at_least=1, kind=int, show=lambda v: "= M")
+
+    @property
+    def uses_tree(self) -> bool:
+        return self.tree is not None
+
+    def search_beam(self, m: int) -> int | None:
+        """The beam this method retrieves `m` items with: None (every item scored) without a tree."""
+        return (self.beam or m) if self.uses_tree else None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> DeepConfig:
+        train = dict(data["train"])
+        joint = JointConfig.from_json(data["joint"]) if "joint" in data else JointConfig()
+        if "tree" in data:
+            tree = TreeConfig(**data["tree"]) if data["tree"] is not None else None
+        else:  # written before the per-stage layout: the tree, negatives and learner at the top
+            tree = None if data["method"] == "dnn" else TreeConfig(init=data["tree_init"], arity=int(data["arity"]))
+            train.setdefault("leaf_negatives", int(data["leaf_negatives"]))
+            train.setdefault("beam_aware", data.get("beam_aware"))
+            joint = replace(joint, tree_learning=data.get("tree_learning", "none"))
+        return cls(method=data["method"], tree=tree, scorer=ScorerConfig.from_json(data["scorer"]),
+                   train=TrainConfig.from_json(train), joint=joint, beam=data.get("beam"))
 
 
 class DeepRetrieval:
@@ -63,16 +112,18 @@ class DeepRetrieval:
                 model.load_state_dict(history.snapshot_state)
                 history = history.snapshot
             # (A run loaded by `train --start-from` has no history: iteration 0 reports 0 epochs.)
-            result = joint_fit(model, start_from.tree, ctx, cfg, initial=history or TrainHistory())
+            result = joint_fit(model, start_from.tree, ctx, cfg.train, cfg.joint, cfg.search_beam(ctx.m), cfg.method,
+                               initial=history or TrainHistory())
             self.model, self.tree, self.history, self.joint_history = result.model, result.tree, history, result.history
             return
-        tree = initial_tree(ctx.data, ctx.split.train, cfg.tree_init, ctx.seed, cfg.arity) if cfg.uses_tree else None
+        tree = initial_tree(ctx.data, ctx.split.train, cfg.tree.init, ctx.seed, cfg.tree.arity) if cfg.tree else None
         model = TreeScorer(tree.n_rows if tree is not None else ctx.data.n_items, cfg.scorer)
-        if cfg.tree_learning == "none":
+        beam = cfg.search_beam(ctx.m)
+        if not cfg.joint.learns_tree:
             self.model, self.tree = model, tree
-            self.history = train_on_tree(model, tree, ctx, cfg, cfg.train)
+            self.history = train_on_tree(model, tree, ctx, cfg.train, beam, cfg.method)
         else:
-            result = joint_fit(model, tree, ctx, cfg)
+            result = joint_fit(model, tree, ctx, cfg.train, cfg.joint, beam, cfg.method)
             self.model, self.tree, self.history, self.joint_history = (result.model, result.tree, result.initial,
                                                                        result.history)
 
@@ -88,11 +139,12 @@ class DeepRetrieval:
         their_train = theirs.train
         if other.history is not None and other.history.snapshot is not None:
             their_train = replace(their_train, epochs=their_train.snapshot_epoch, snapshot_epoch=None)
-        return (mine.tree_learning != "none" and theirs.tree_learning == "none" and theirs.uses_tree
+        return (mine.joint.learns_tree and not theirs.joint.learns_tree and mine.uses_tree and theirs.uses_tree
                 and other.model is not None and mine.scorer == theirs.scorer
                 and (mine.train == their_train or not same_training)
-                and (mine.arity, mine.leaf_negatives) == (theirs.arity, theirs.leaf_negatives)
-                and (mine.tree_init == theirs.tree_init or not same_training))
+                and mine.tree.arity == theirs.tree.arity
+                and mine.train.leaf_negatives == theirs.train.leaf_negatives
+                and (mine.tree.init == theirs.tree.init or not same_training))
 
     def epochs_run(self) -> list[int]:
         """Training epochs actually run: the initial training, then each joint iteration's."""

@@ -27,6 +27,7 @@ import torch
 
 from service.core.artifact import ArtifactError, sha256_file
 from service.core.artifact import write_artifact as core_write_artifact
+from trainer.data.split import sampled_histories
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 from trainer.model.scorer import TreeScorer
@@ -195,18 +196,14 @@ def logits_parity(model: TreeScorer, onnx_path: Path, seed: int = 0) -> float:
 
 def topk_parity(method: DeepRetrieval, onnx_path: Path, histories: np.ndarray, k: int, beam: int) -> dict:
     """Offline (PyTorch) vs service (ONNX) beam search on the same users: identical lists?"""
-    from service.core.beam import beam_search
+    from service.core.index import SearchParams, TreeIndex
     from service.scorer import OnnxScorer
     from trainer.evaluate.recommend import retrieve
 
     assert method.model is not None and method.tree is not None
-    offline = retrieve(method.model, histories, k, method.tree, method.config.scorer.hierarchical, beam)
-    scorer = OnnxScorer(onnx_path)
-    online = np.full_like(offline, -1)
-    for start in range(0, len(histories), 64):
-        chunk = histories[start:start + 64]
-        score = scorer.levels(method.tree, chunk, method.config.scorer.hierarchical)  # the served path
-        online[start:start + 64] = beam_search(method.tree, score, len(chunk), k, beam).items
+    offline = retrieve(method.model, histories, k, method.tree, beam)
+    served = TreeIndex(method.tree, OnnxScorer(onnx_path), method.config.scorer.hierarchical, batch_users=64)
+    online = served.search(histories, k, SearchParams(beam=beam)).items
     identical = int((offline == online).all(axis=1).sum())
     overlap = float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / max((a >= 0).sum(), 1)
                              for a, b in zip(offline, online, strict=True)]))
@@ -287,12 +284,3 @@ def _parity_histories(run: Path, method: DeepRetrieval, count: int) -> np.ndarra
         log.warning("parity on sampled histories: the run's data is not available (%s)", exc)
     assert method.tree is not None
     return sampled_histories(method.tree.n_items, length, count)
-
-
-def sampled_histories(n_items: int, length: int, count: int, seed: int = 0) -> np.ndarray:
-    """Random item sequences of random lengths (PAD-filled), for parity checks without data."""
-    rng = np.random.default_rng(seed)
-    histories = rng.integers(0, n_items, size=(count, length))
-    lengths = rng.integers(1, length + 1, size=count)
-    histories[np.arange(length)[None, :] >= lengths[:, None]] = -1
-    return histories

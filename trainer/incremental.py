@@ -86,7 +86,8 @@ def one_tree_step(method: DeepRetrieval, ctx, history) -> None:
     from trainer.joint import joint_fit
 
     assert method.model is not None and method.tree is not None
-    config = replace(method.config, tree_learning="jtm",
-                     joint=replace(method.config.joint, tree_learning="jtm", iterations=1))
-    result = joint_fit(method.model, method.tree, ctx, config, initial=history)
+    config = method.config
+    joint = replace(config.joint, tree_learning="jtm", iterations=1)
+    result = joint_fit(method.model, method.tree, ctx, config.train, joint, config.search_beam(ctx.m), config.method,
+                       initial=history)
     method.model, method.tree, method.joint_history = result.model, result.tree, result.history

@@ -24,16 +24,55 @@ from pathlib import Path
 import numpy as np
 
 from service.core.tree import Tree
-from trainer.config import TREE_LEARNERS, DeepConfig, JointConfig
+from trainer.config import option
 from trainer.data.split import SampleSet
 from trainer.evaluate.protocol import validation_metrics
 from trainer.fit.context import FitContext
 from trainer.fit.epochs import TrainHistory, train_on_tree
+from trainer.fit.step import TrainConfig
 from trainer.model.scorer import TreeScorer
 from trainer.tree.build import kmeans_tree
-from trainer.tree.learning import learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
+from trainer.tree.learning import TreeLearningConfig, learn_tree, reinit_internal_nodes, tree_objective, tree_objectives
 
 log = logging.getLogger(__name__)
+
+# How a joint method changes its tree: not at all (dnn, tdm, jtm-h), by JTM's Algorithm 2, or by
+# TDM's k-means re-clustering of the item embeddings (the paper's Figure 2 comparison).
+TREE_LEARNERS = ("none", "jtm", "kmeans")
+
+
+@dataclass(frozen=True)
+class JointConfig:
+    """Algorithm 1's loop: how the tree is learnt, how many steps, and how each is followed."""
+
+    tree_learning: str = "none"  # one of TREE_LEARNERS; the method table sets it
+    iterations: int = option(3, "joint iterations T", at_least=0)
+    # Per iteration, warm-started; validation still picks the epoch.
+    retrain_epochs: int = option(2, "epochs per iteration", at_least=1)
+    internal_init: str = option("keep", "internal node rows after a new tree: keep them, or the mean of their "
+                                "items' rows", choices=("keep", "mean"))
+    # Off: an iteration whose tree step moved no item costs only its tree step (the model is
+    # already trained on that tree). On: retrain anyway, the paper's loop literally.
+    retrain_unchanged: bool = option(False, "retrain even after a tree step that moved no item (the paper's "
+                                     "loop, literally)")
+    loss_samples: int = 20_000  # fixed subset on which L(theta, pi) is reported
+    learning: TreeLearningConfig = field(default_factory=TreeLearningConfig)
+
+    def __post_init__(self) -> None:
+        if self.tree_learning not in TREE_LEARNERS:
+            raise ValueError(f"tree_learning must be one of {TREE_LEARNERS}, got {self.tree_learning!r}")
+
+    @property
+    def learns_tree(self) -> bool:
+        return self.tree_learning != "none"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> JointConfig:
+        # Runs written before `retrain_unchanged` existed always retrained.
+        return cls(**{"retrain_unchanged": True, **data, "learning": TreeLearningConfig(**data["learning"])})
 
 
 @dataclass
@@ -99,6 +138,15 @@ class JointResult:
     initial: TrainHistory  # iteration 0's training (the history given, when it was trained elsewhere)
 
 
+@dataclass
+class _Best:
+    """The iteration with the best validation recall so far: its weights and its tree."""
+
+    recall: float
+    state: dict
+    tree: Tree
+
+
 def learn_next_tree(model: TreeScorer, tree: Tree, samples: SampleSet, index: np.ndarray, config: JointConfig,
                     seed: int) -> tuple[Tree, float, float, dict | None]:
     """One tree step with the model fixed: (new tree, -L before, -L after, Algorithm 2's report).
@@ -116,58 +164,61 @@ def learn_next_tree(model: TreeScorer, tree: Tree, samples: SampleSet, index: np
     return new_tree, before, after, None
 
 
-def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfig,
-              initial: TrainHistory | None = None) -> JointResult:
+def joint_fit(model: TreeScorer, tree: Tree, ctx: FitContext, train: TrainConfig, joint: JointConfig,
+              beam: int | None, name: str, initial: TrainHistory | None = None) -> JointResult:
     """Algorithm 1 from (`model`, `tree`): train, then T times learn the tree with the model
-    fixed and retrain on it; keep the iteration of the best validation recall.
+    fixed and retrain on it; keep the iteration of the best validation recall (beam search of
+    width `beam`, as the method serves).
 
     `model` is trained in place (pass a copy to keep the original). With `initial`, `model` is
     already trained on `tree` (iteration 0 done elsewhere, e.g. by the fixed-tree method that
     `compare` fitted first) and `initial` is that training's history."""
-    joint = replace(config.joint, tree_learning=config.tree_learning)
-    if joint.tree_learning not in TREE_LEARNERS[1:]:
-        raise ValueError(f"tree_learning must be one of {TREE_LEARNERS[1:]}, got {joint.tree_learning!r}")
-    beam = config.search_beam(data.m)
-    rng = np.random.default_rng(data.seed)
-    index = np.sort(rng.choice(len(data.samples), size=min(joint.loss_samples, len(data.samples)), replace=False))
+    if not joint.learns_tree:
+        raise ValueError("joint_fit needs a tree learner (JointConfig.tree_learning jtm or kmeans)")
+    rng = np.random.default_rng(ctx.seed)
+    index = np.sort(rng.choice(len(ctx.samples), size=min(joint.loss_samples, len(ctx.samples)), replace=False))
     history = JointHistory(tree_learning=joint.tree_learning)
 
-    def purity(of: Tree) -> dict:
-        if not data.data.has_category:
-            return {}
-        level = max([lv for lv in range(1, of.depth + 1) if of.level_size(lv) <= data.data.n_categories], default=1)
-        return {"category_purity": category_purity(of, data.data.item_category), "purity_level": level}
+    def record(iteration: int, tree: Tree, epochs: int, train_seconds: float, **step) -> IterationRecord:
+        """The iteration's record after training on `tree` (loss, validation, purity), logged."""
+        purity = {}
+        if ctx.data.has_category:
+            level = max([lv for lv in range(1, tree.depth + 1) if tree.level_size(lv) <= ctx.data.n_categories],
+                        default=1)
+            purity = {"category_purity": category_purity(tree, ctx.data.item_category), "purity_level": level}
+        entry = IterationRecord(iteration, global_loss(model, tree, ctx.samples, index),
+                                validation_metrics(model, tree, ctx, beam), epochs=epochs,
+                                train_seconds=train_seconds, **step, **purity)
+        history.records.append(entry)
+        _log(entry)
+        return entry
 
     # Iteration 0: the model trained on the initial tree.
     started = time.perf_counter()
     if initial is None:
-        initial = train_on_tree(model, tree, data, config, config.train)
-    record = IterationRecord(0, global_loss(model, tree, data.samples, index),
-                             validation_metrics(model, tree, data, beam), epochs=len(initial.epochs),
-                             train_seconds=time.perf_counter() - started, **purity(tree))
-    history.records.append(record)
-    _log(record)
-    best = (record.valid["recall"], copy.deepcopy(model.state_dict()), tree)
+        initial = train_on_tree(model, tree, ctx, train, beam, name)
+    first = record(0, tree, len(initial.epochs), time.perf_counter() - started)
+    best = _Best(first.valid["recall"], copy.deepcopy(model.state_dict()), tree)
 
-    retrain = replace(config.train, epochs=joint.retrain_epochs, snapshot_epoch=None)
+    retrain = replace(train, epochs=joint.retrain_epochs, snapshot_epoch=None)
     for iteration in range(1, joint.iterations + 1):
         # Learn the tree with the model fixed.
         started = time.perf_counter()
-        new_tree, before, after, report = learn_next_tree(model, tree, data.samples, index, joint,
-                                                          seed=data.seed + iteration)
-        tree_seconds = time.perf_counter() - started
+        new_tree, before, after, report = learn_next_tree(model, tree, ctx.samples, index, joint,
+                                                          seed=ctx.seed + iteration)
+        step = {"objective_before": before, "objective_after": after, "tree_seconds": time.perf_counter() - started,
+                "tree_report": report}
         moved = float((new_tree.item_leaf != tree.item_leaf).mean())
         if moved == 0.0 and not joint.retrain_unchanged:
             # A fixed point: the step kept every item where it was (the guard rejected it, or it
             # found nothing better), so retraining would only continue training the model on the
             # tree that early stopping already stopped it on. Record the iteration and go on.
             previous = history.records[-1]
-            record = IterationRecord(iteration, previous.global_loss, previous.valid, moved_fraction=0.0,
-                                     objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-                                     tree_report=report, epochs=0, category_purity=previous.category_purity,
-                                     purity_level=previous.purity_level)
-            history.records.append(record)
-            _log(record)
+            entry = IterationRecord(iteration, previous.global_loss, previous.valid, moved_fraction=0.0, epochs=0,
+                                    category_purity=previous.category_purity, purity_level=previous.purity_level,
+                                    **step)
+            history.records.append(entry)
+            _log(entry)
             continue
 
         # Retrain the model on the new tree, warm-started.
@@ -175,21 +226,15 @@ def joint_fit(model: TreeScorer, tree: Tree, data: FitContext, config: DeepConfi
         if joint.internal_init == "mean":
             reinit_internal_nodes(model, tree)
         started = time.perf_counter()
-        retrained = train_on_tree(model, tree, data, config, retrain)
-        record = IterationRecord(
-            iteration, global_loss(model, tree, data.samples, index), validation_metrics(model, tree, data, beam),
-            moved_fraction=moved, objective_before=before, objective_after=after, tree_seconds=tree_seconds,
-            train_seconds=time.perf_counter() - started, tree_report=report, epochs=len(retrained.epochs),
-            **purity(tree),
-        )
-        history.records.append(record)
-        _log(record)
-        if record.valid["recall"] > best[0]:
-            best = (record.valid["recall"], copy.deepcopy(model.state_dict()), tree)
+        retrained = train_on_tree(model, tree, ctx, retrain, beam, name)
+        entry = record(iteration, tree, len(retrained.epochs), time.perf_counter() - started, moved_fraction=moved,
+                       **step)
+        if entry.valid["recall"] > best.recall:
+            best = _Best(entry.valid["recall"], copy.deepcopy(model.state_dict()), tree)
             history.best_iteration = iteration
 
-    model.load_state_dict(best[1])
-    return JointResult(model, best[2], history, initial)
+    model.load_state_dict(best.state)
+    return JointResult(model, best.tree, history, initial)
 
 
 def _log(record: IterationRecord) -> None:

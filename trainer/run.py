@@ -15,26 +15,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from service.core.items import ItemCatalog
 from trainer.data.interactions import DataConfig, Interactions, load_interactions
-from trainer.data.split import EvalSet, UserSplit, make_eval_set, make_samples, split_users
+from trainer.data.split import EvalSet, UserSplit, make_eval_set
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
-from trainer.evaluate.protocol import evaluate
-from trainer.fit.context import FitContext
-from trainer.methods import METHODS, MethodOptions, build_method
+from trainer.evaluate.protocol import EvalProtocol, evaluate
+from trainer.methods import METHODS, TRAINABLE, build_method
 
 log = logging.getLogger(__name__)
 
 RUN_FORMAT_VERSION = 1
-TRAINABLE = ("dnn", "tdm", "jtm-j", "jtm-h", "jtm", "jtm-cluster")
 
 
 @dataclass(frozen=True)
@@ -42,11 +41,7 @@ class RunSpec:
     data: DataConfig
     method: str
     seed: int = 0
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_history: int = 69
-    m: int = 200
-    exclude_seen: bool = False
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
     start_from: str | None = None  # a fixed-tree run (tdm / jtm-h) whose model is iteration 0
     fidelity: bool = True  # compare beam search with a brute-force scan on the test users (slow at scale)
     tree_step: bool = False  # continuing on a new log (start_from): one tree-learning step after the epochs
@@ -69,8 +64,10 @@ def evaluate_method(method: DeepRetrieval, test: EvalSet, m: int, exclude_seen: 
     return result
 
 
-def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
-    """Load data, split, fit, evaluate on test users, and write the run directory."""
+def train_run(spec: RunSpec, out: Path, given: Mapping[str, Any] | None = None) -> dict:
+    """Load data, split, fit, evaluate on test users, and write the run directory. `given`:
+    the method flags the command line gave (each of the method's configurations keeps its own
+    defaults for the rest)."""
     if spec.method not in TRAINABLE:
         if spec.method in METHODS:  # a baseline: compare fits and scores it, it has no run directory
             raise DataError(f"--method {spec.method} is a baseline that only compare evaluates "
@@ -78,7 +75,9 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         raise DataError(f"unknown --method {spec.method!r}; train supports {', '.join(TRAINABLE)}")
     from trainer.fit import distributed
 
-    dist_ctx = distributed.init_from_env(options.device)
+    given = {**(given or {}), "max_history": spec.protocol.max_history}
+    device = given.get("device", "cpu")
+    dist_ctx = distributed.init_from_env(device)
     data = load_interactions(spec.data)
     log.info("data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
     continued = _continued_base(spec, data)
@@ -89,20 +88,20 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
         continued.record["dropped_events"] = dropped
         log.info("continuing %s on %d events of its items (%d events of unknown items dropped)",
                  spec.start_from, len(data), dropped)
-    split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
-    ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
-                     valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
-                     seed=spec.seed, device=options.device)
-    method = build_method(spec.method, options)
+    split = spec.protocol.split(data, spec.seed)
+    ctx = spec.protocol.fit_context(data, split, spec.seed, device)
+    method = build_method(spec.method, given)
     assert isinstance(method, DeepRetrieval)
     started = time.perf_counter()
     if continued is not None:
         from trainer.fit.epochs import train_on_tree
         from trainer.incremental import continued_config
 
-        method = continued_config(continued.method, options.epochs)
+        method = continued_config(continued.method, given.get("epochs"))
         assert method.model is not None and method.tree is not None
-        method.history = train_on_tree(method.model, method.tree, ctx, method.config, method.config.train)
+        config = method.config
+        method.history = train_on_tree(method.model, method.tree, ctx, config.train, config.search_beam(ctx.m),
+                                       config.method)
         if spec.tree_step:
             from trainer.incremental import one_tree_step
 
@@ -116,7 +115,7 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     if dist_ctx is not None and not dist_ctx.is_main:
         distributed.barrier()  # rank 0 evaluates and writes the run directory
         return {}
-    metrics = evaluate_method(method, make_eval_set(data, split.test), spec.m, spec.exclude_seen,
+    metrics = evaluate_method(method, make_eval_set(data, split.test), spec.protocol.m, spec.protocol.exclude_seen,
                               fidelity=spec.fidelity)
     metrics["fit_seconds"] = fit_seconds
     out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +124,7 @@ def train_run(spec: RunSpec, out: Path, options: MethodOptions) -> dict:
     if method.joint_history is not None:
         from trainer.joint import plot_joint
 
-        plot_joint({spec.method: method.joint_history}, out / "joint.png", spec.m)
+        plot_joint({spec.method: method.joint_history}, out / "joint.png", spec.protocol.m)
     if dist_ctx is not None:
         metrics["world_size"] = dist_ctx.world_size
         distributed.barrier()
@@ -169,29 +168,28 @@ def _continued_base(spec: RunSpec, data: Interactions) -> ContinuedBase | None:
                                          "method": config["method"]})
 
 
-def figure2_run(spec: RunSpec, out: Path, options: MethodOptions, learners: tuple[str, ...] = ("jtm", "jtm-cluster")
-                ) -> dict:
+def figure2_run(spec: RunSpec, out: Path, given: Mapping[str, Any] | None = None,
+                learners: tuple[str, ...] = ("jtm", "jtm-cluster")) -> dict:
     """The paper's Figure 2: JTM's tree learning vs TDM's k-means re-clustering, both with the
     hierarchical representation, on one split: validation recall and L(theta, pi) per iteration."""
     from trainer.joint import plot_joint
 
+    given = {**(given or {}), "max_history": spec.protocol.max_history}
     data = load_interactions(spec.data)
-    split = split_users(data.n_users, spec.seed, spec.valid_fraction, spec.test_fraction)
-    ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train, spec.max_history),
-                     valid=make_eval_set(data, split.valid), m=spec.m, exclude_seen=spec.exclude_seen,
-                     seed=spec.seed, device=options.device)
-    base = build_method("jtm-h", options)  # iteration 0 of both loops: trained once
+    split = spec.protocol.split(data, spec.seed)
+    ctx = spec.protocol.fit_context(data, split, spec.seed, given.get("device", "cpu"))
+    base = build_method("jtm-h", given)  # iteration 0 of both loops: trained once
     assert isinstance(base, DeepRetrieval)
     base.fit(ctx)
     histories = {}
     for name in learners:
-        method = build_method(name, options)
+        method = build_method(name, given)
         assert isinstance(method, DeepRetrieval)
         method.fit(ctx, start_from=base)
         assert method.joint_history is not None
         histories[name] = method.joint_history
     out.mkdir(parents=True, exist_ok=True)
-    plot_joint(histories, out / "figure2.png", spec.m)
+    plot_joint(histories, out / "figure2.png", spec.protocol.m)
     result = {name: h.to_json() for name, h in histories.items()}
     (out / "figure2.json").write_text(json.dumps(result, indent=2))
     return result
@@ -205,7 +203,7 @@ def _start_from(run: Path, data: Interactions, spec: RunSpec, method: DeepRetrie
     if config["dataset"]["fingerprint"] != data.fingerprint() or config["seed"] != spec.seed:
         raise DataError("--start-from run used other data or another seed", run)
     base = DeepRetrieval.load(run)
-    if base.config.scorer != method.config.scorer or base.config.tree_learning != "none" or base.tree is None:
+    if base.config.scorer != method.config.scorer or base.config.joint.learns_tree or base.tree is None:
         raise DataError(f"--start-from needs a fixed-tree run with the same scorer ({base.config.method} "
                         f"cannot start {method.config.method})", run)
     base.history = None
@@ -254,9 +252,9 @@ def _config_json(spec: RunSpec, method: DeepRetrieval, data: Interactions) -> di
         "seed": spec.seed,
         "data": spec.data.to_json(),
         "dataset": data.summary(),
-        "split": {"valid_fraction": spec.valid_fraction, "test_fraction": spec.test_fraction},
-        "max_history": spec.max_history,
-        "m": spec.m,
-        "exclude_seen": spec.exclude_seen,
+        "split": {"valid_fraction": spec.protocol.valid_fraction, "test_fraction": spec.protocol.test_fraction},
+        "max_history": spec.protocol.max_history,
+        "m": spec.protocol.m,
+        "exclude_seen": spec.protocol.exclude_seen,
         "method_config": method.config.to_json(),
     }

@@ -6,8 +6,8 @@ import numpy as np
 
 
 def gather(values: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """values[r, index[r, j]] for every row r: np.take_along_axis for 2-D arrays, without its
-    per-call index-grid set-up (it was a tenth of the beam search's numpy time)."""
+    """values[r, index[r, j]] for every row r: np.take_along_axis for 2-D arrays, without the
+    index grid it builds on every call (the beam search gathers several times per level)."""
     return values[np.arange(len(index))[:, None], index]
 
 

@@ -130,11 +130,9 @@ def test_the_real_process_prints_one_line(tmp_path: Path, content: bytes | None,
 
 def test_train_names_the_methods_it_accepts(tmp_path: Path) -> None:
     """An unknown --method lists the valid ones; a baseline is pointed at compare, which accepts it."""
-    from trainer.cli import TRAIN_METHODS
-    from trainer.methods import METHODS
-    from trainer.run import TRAINABLE
+    from trainer.methods import METHODS, TRAINABLE
 
-    assert TRAIN_METHODS == ", ".join(TRAINABLE) and set(TRAINABLE) < set(METHODS)
+    assert set(TRAINABLE) < set(METHODS)
     path = tmp_path / "log.csv"
     path.write_text("user_id,item_id\n1,2\n")
     out = str(tmp_path / "run")
@@ -176,27 +174,84 @@ def test_every_option_has_help_that_shows_its_default(name: str, parser) -> None
     assert "%(default)" not in parser.format_help()
 
 
-def test_the_defaults_quoted_in_help_are_the_configurations() -> None:
-    """Options whose default is each method's own quote the tree methods' value: check it."""
-    from trainer.cli import build_parser
-    from trainer.config import BeamAwareConfig, DeepConfig, JointConfig
-    from trainer.fit.step import TrainConfig
-    from trainer.model.scorer import ScorerConfig
+def _configurations() -> list[type]:
+    """Every dataclass in trainer/ with a field that declares a flag (`trainer.config.option`)."""
+    import dataclasses
+    import importlib
+    import pkgutil
 
-    train, joint, scorer, deep, aware = TrainConfig(), JointConfig(), ScorerConfig(), DeepConfig(), BeamAwareConfig()
-    parser = build_parser()._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
-    helps = {o: a.help for a in parser._actions for o in a.option_strings}  # noqa: SLF001
-    lr = f"{train.lr:.0e}".replace("e-0", "e-")  # 2e-3
-    expected = {"--epochs": train.epochs, "--batch-size": train.batch_size, "--lr": lr,
-                "--dim": scorer.dim, "--arity": deep.arity, "--leaf-negatives": deep.leaf_negatives,
-                "--iterations": joint.iterations, "--retrain-epochs": joint.retrain_epochs,
-                "--internal-init": joint.internal_init, "--gap": joint.learning.gap,
-                "--max-samples-per-item": joint.learning.max_samples_per_item, "--workers": joint.learning.workers,
-                "--tree-judge": joint.learning.judge, "--beam-aware-share": aware.share,
-                "--beam-aware-beam": aware.beam, "--beam-aware-min-items": aware.min_node_items,
-                "--beam-aware-warmup": aware.warmup_epochs,
-                "--tree-init": deep.tree_init,
-                "--tree-guard": {None: "auto", True: "on", False: "off"}[joint.learning.guard],
-                "--precision": train.precision, "--kernel": train.kernel}
-    for option, value in expected.items():
-        assert f"default {value}" in helps[option], (option, value, helps[option])
+    import trainer
+
+    found = {}
+    for info in pkgutil.walk_packages(trainer.__path__, "trainer."):
+        if info.name.endswith("__main__"):
+            continue
+        for value in vars(importlib.import_module(info.name)).values():
+            if (isinstance(value, type) and dataclasses.is_dataclass(value)
+                    and any("option" in f.metadata for f in dataclasses.fields(value))):
+                found[f"{value.__module__}.{value.__qualname__}"] = value
+    return list(found.values())
+
+
+def test_every_default_is_written_once_in_its_configuration() -> None:
+    """A default is written in one place: the configuration field that declares its flag.
+
+    - every flag is declared (with its help) by exactly one configuration field; other fields
+      may follow it with their own method's default (YouTube-DNN's epochs), never with help;
+    - on the command line such a flag has no default of its own (argparse.SUPPRESS: not given
+      means the configuration's), and its help quotes the configuration's value;
+    - every other option with a default is added by one `add_argument` call in trainer/cli.py."""
+    import argparse
+    import ast
+    import dataclasses
+
+    from trainer.config import _show, flag_of
+
+    declaring: dict[str, list[str]] = {}
+    defaults: dict[str, object] = {}
+    following: set[str] = set()
+    for config in _configurations():
+        for spec in dataclasses.fields(config):
+            if "option" not in spec.metadata:
+                continue
+            flag = flag_of(spec)
+            if spec.metadata["option"].help is None:
+                following.add(flag)
+                continue
+            declaring.setdefault(flag, []).append(f"{config.__qualname__}.{spec.name}")
+            defaults[flag] = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory()
+    assert {flag: where for flag, where in declaring.items() if len(where) > 1} == {}
+    assert following <= set(declaring), following - set(declaring)
+
+    seen_flags = set()
+    for name, parser in _parsers():
+        if name == "service":
+            continue  # the service's flags are its settings (service.config)
+        for action in parser._actions:  # noqa: SLF001
+            if not action.option_strings or isinstance(action, argparse._HelpAction):  # noqa: SLF001
+                continue
+            flag = action.option_strings[0]
+            if action.default is not argparse.SUPPRESS:
+                unset = action.required or action.default is None or action.default is False
+                assert unset or flag not in declaring, (name, flag, "a default beside its configuration's")
+                continue
+            assert flag in declaring, (name, flag)
+            seen_flags.add(flag)
+            if not isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001
+                option = next(f.metadata["option"] for c in _configurations() for f in dataclasses.fields(c)
+                              if "option" in f.metadata and flag_of(f) == flag and f.metadata["option"].help)
+                shown = (option.show or _show)(defaults[flag])
+                assert f"(default {shown}" in action.help, (name, flag, action.help)
+    assert seen_flags == set(declaring), set(declaring) - seen_flags
+
+    source = (ROOT / "trainer" / "cli.py").read_text()
+    written: dict[str, int] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "add_argument":
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            if default is None or (isinstance(default, ast.Constant) and default.value in (None, False)):
+                continue  # no default to write twice
+            for arg in node.args:
+                if isinstance(arg, ast.Constant) and str(arg.value).startswith("--"):
+                    written[arg.value] = written.get(arg.value, 0) + 1
+    assert {flag: n for flag, n in written.items() if n > 1} == {}

@@ -12,12 +12,13 @@ import torch
 from service.config import Settings
 from service.core.artifact import ArtifactError, verify_artifact
 from service.core.beam import beam_search
+from service.core.index import SearchParams, level_scores
 from service.model_store import load_bundle
 from service.retrieval import search
-from service.scorer import OnnxScorer, level_score_fn
+from service.scorer import OnnxScorer
 from trainer.data.split import make_eval_set
 from trainer.errors import DataError
-from trainer.evaluate.recommend import TorchScoreFn
+from trainer.evaluate.recommend import torch_index
 from trainer.export import export_onnx, export_run
 from trainer.run import load_run
 
@@ -64,8 +65,7 @@ def test_service_search_equals_offline_evaluator(trained, method: str) -> None:
     run, artifact = trained[method]
     config, data, split, offline = load_run(run)
     histories = make_eval_set(data, split.test).histories(69)
-    score = TorchScoreFn(offline.model, histories, offline.tree, offline.config.scorer.hierarchical)
-    expected = beam_search(offline.tree, score, len(histories), 50, 50)
+    expected = torch_index(offline.model, offline.tree).search(histories, 50, SearchParams(beam=50))
     bundle = load_bundle(artifact, Settings(batching=False))
     same_position = 0
     for row, history in enumerate(histories):
@@ -129,16 +129,20 @@ def test_split_scorer_serves_what_the_single_call_graph_served(trained, method: 
 
     calls = []
 
-    def counted_user_state(rows: np.ndarray) -> np.ndarray:
-        calls.append(len(rows))
-        return served.user_state(rows)
+    class Counted:
+        """The served scorer, counting the user-state rows it computes per call."""
+
+        def user_states(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+            calls.append(sum(len(r) for r in rows))
+            return served.user_states(rows)
+
+        score_state = served.score_state
 
     for flt in (None, allowed):
         calls.clear()
-        fast = beam_search(tree, level_score_fn(served.score_state, tree, histories, hierarchical,
-                                                counted_user_state), len(histories), 30, 8, flt)
-        slow = beam_search(tree, level_score_fn(single.score, tree, histories, hierarchical),
-                           len(histories), 30, 8, flt)
+        fast = beam_search(tree, level_scores(Counted(), tree, histories, hierarchical), len(histories), 30, 8, flt)
+        # the single-call graph's "state" is the rows themselves: the user part runs in every call
+        slow = beam_search(tree, level_scores(single, tree, histories, hierarchical), len(histories), 30, 8, flt)
         np.testing.assert_array_equal(fast.items, slow.items)
         np.testing.assert_allclose(fast.scores, slow.scores, atol=1e-5)
         # Plain features: one state per user. Hierarchical: one call covers the start level and

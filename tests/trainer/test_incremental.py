@@ -14,8 +14,8 @@ import torch
 from service.core.tree import Tree
 from trainer.cli import main as trainer_main
 from trainer.data.interactions import DataConfig
+from trainer.evaluate.protocol import EvalProtocol
 from trainer.export import export_run
-from trainer.methods import MethodOptions
 from trainer.publish import publish
 from trainer.run import RunSpec, evaluate_run, train_run
 
@@ -30,8 +30,8 @@ def test_a_run_continues_on_new_events_with_its_tree(trained, tmp_path: Path, ca
     new_log = tmp_path / "new.csv"
     pd.concat([recent, unknown]).to_csv(new_log, index=False)
     out = tmp_path / "continued"
-    metrics = train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run), m=50,
-                                fidelity=False), out, MethodOptions(epochs=1))
+    metrics = train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run),
+                                protocol=EvalProtocol(m=50), fidelity=False), out, {"epochs": 1})
     assert metrics["users"] > 0
     assert Tree.load(out / "tree.npz").equals(Tree.load(run / "tree.npz"))  # the learnt tree is kept
     before = torch.load(run / "model.pt", weights_only=True)["state_dict"]
@@ -63,7 +63,7 @@ def test_retired_items_leave_at_the_next_full_training(trained, tmp_path: Path) 
     retire_items(artifact, tmp_path / "gone.csv", tmp_path / "retired")
     out = tmp_path / "fresh"
     train_run(RunSpec(data=DataConfig(path=str(run.parent / "log.parquet"), exclude_items=str(tmp_path / "retired")),
-                      method="tdm", m=50, fidelity=False), out, MethodOptions(epochs=1))
+                      method="tdm", protocol=EvalProtocol(m=50), fidelity=False), out, {"epochs": 1})
     with np.load(out / "items.npz") as archive:
         assert not np.isin(gone, archive["item_ids"]).any() and len(archive["item_ids"]) > 400
     assert json.loads((out / "config.json").read_text())["data"]["exclude_items"] == str(tmp_path / "retired")
@@ -79,8 +79,9 @@ def test_continuing_with_one_tree_step_exports(trained, tmp_path: Path, capsys) 
     new_log = tmp_path / "new.csv"
     log[log["timestamp"] >= log["timestamp"].quantile(0.3)].to_csv(new_log, index=False)
     out = tmp_path / "stepped"
-    train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run), m=50, fidelity=False,
-                      tree_step=True), out, MethodOptions(epochs=1, retrain_epochs=1))
+    train_run(RunSpec(data=DataConfig(path=str(new_log)), method="tdm", start_from=str(run),
+                      protocol=EvalProtocol(m=50), fidelity=False, tree_step=True), out,
+              {"epochs": 1, "retrain_epochs": 1})
     joint = json.loads((out / "joint.json").read_text())
     assert len(joint["iterations"]) == 2 and joint["iterations"][1]["moved_fraction"] is not None
     assert Tree.load(out / "tree.npz").n_items == Tree.load(run / "tree.npz").n_items

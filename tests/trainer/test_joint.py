@@ -1,4 +1,4 @@
-"""Algorithm 1 as a function of values: `joint_fit(model, tree, data, config) -> JointResult`."""
+"""Algorithm 1 as a function of values: `joint_fit(model, tree, ctx, train, joint, beam, name) -> JointResult`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from trainer.evaluate.protocol import validation_metrics
 from trainer.fit.context import FitContext
 from trainer.fit.epochs import seed_everything
 from trainer.joint import joint_fit
-from trainer.methods import MethodOptions, deep_config
+from trainer.methods import deep_config
 from trainer.model.scorer import TreeScorer
 from trainer.tree.build import initial_tree
 
@@ -34,10 +34,14 @@ def ctx(tmp_path_factory) -> FitContext:
 
 
 def _start(ctx: FitContext, method: str):
-    config = deep_config(method, MethodOptions(epochs=1, iterations=2, retrain_epochs=1))
+    config = deep_config(method, epochs=1, iterations=2, retrain_epochs=1)
     seed_everything(ctx.seed)
-    tree = initial_tree(ctx.data, ctx.split.train, config.tree_init, ctx.seed, config.arity)
+    tree = initial_tree(ctx.data, ctx.split.train, config.tree.init, ctx.seed, config.tree.arity)
     return config, TreeScorer(tree.n_rows, config.scorer), tree
+
+
+def _joint_fit(model, tree, ctx: FitContext, config):
+    return joint_fit(model, tree, ctx, config.train, config.joint, config.search_beam(ctx.m), config.method)
 
 
 def assert_valid_tree(tree: Tree, n_items: int) -> None:
@@ -51,7 +55,7 @@ def assert_valid_tree(tree: Tree, n_items: int) -> None:
 def test_joint_fit_returns_the_best_iteration_and_leaves_its_inputs_alone(ctx: FitContext) -> None:
     config, model, tree = _start(ctx, "jtm-j")
     leaves = tree.item_leaf.copy()
-    result = joint_fit(model, tree, ctx, config)
+    result = _joint_fit(model, tree, ctx, config)
     assert np.array_equal(tree.item_leaf, leaves)  # the tree given is a value: never edited
     history = result.history
     assert [r.iteration for r in history.records] == [0, 1, 2]
@@ -68,7 +72,7 @@ def test_joint_fit_returns_the_best_iteration_and_leaves_its_inputs_alone(ctx: F
 def test_the_method_adapter_is_joint_fit(ctx: FitContext) -> None:
     """`DeepRetrieval.fit` only builds the start and stores what `joint_fit` returns."""
     config, model, tree = _start(ctx, "jtm-j")
-    direct = joint_fit(model, tree, ctx, config)
+    direct = _joint_fit(model, tree, ctx, config)
     method = DeepRetrieval(config)
     method.fit(ctx)
     assert np.array_equal(method.tree.item_leaf, direct.tree.item_leaf)
@@ -80,7 +84,7 @@ def test_the_method_adapter_is_joint_fit(ctx: FitContext) -> None:
 @pytest.mark.slow
 def test_continuing_from_a_trained_model_skips_iteration_0_training(ctx: FitContext) -> None:
     config, model, tree = _start(ctx, "jtm-j")
-    base = DeepRetrieval(deep_config("tdm", MethodOptions(epochs=1)))
+    base = DeepRetrieval(deep_config("tdm", epochs=1))
     base.fit(ctx)
     trained = copy.deepcopy(base.model.state_dict())
     method = DeepRetrieval(config)
@@ -120,7 +124,7 @@ def test_joint_records_category_purity_per_iteration(ctx: FitContext) -> None:
     from trainer.joint import category_purity
 
     config, model, tree = _start(ctx, "jtm-j")
-    result = joint_fit(model, tree, ctx, config)
+    result = _joint_fit(model, tree, ctx, config)
     for record in result.history.records:
         assert record.category_purity is not None and len(record.category_purity) == tree.depth
         assert ctx.data.n_categories >= tree.level_size(record.purity_level)

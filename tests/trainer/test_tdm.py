@@ -17,7 +17,7 @@ from trainer.data.synth import SynthConfig, generate, write
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.evaluate.metrics import user_metrics
 from trainer.fit.context import FitContext
-from trainer.methods import MethodOptions, deep_config
+from trainer.methods import deep_config
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def fit(method: str, data, seed: int = 0, epochs: int = 2, m: int = 50) -> tuple
     split = split_users(data.n_users, seed)
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train),
                      valid=make_eval_set(data, split.valid), m=m, exclude_seen=False, seed=seed)
-    model = DeepRetrieval(deep_config(method, MethodOptions(epochs=epochs)))
+    model = DeepRetrieval(deep_config(method, epochs=epochs))
     model.fit(ctx)
     return model, ctx
 
@@ -57,10 +57,10 @@ def test_training_learns_personal_scores(synth_path: Path, method: str) -> None:
     test = make_eval_set(data, ctx.split.test)
     # Not the under-training symptom: probabilities are not stuck near 0.5, and the model
     # retrieves better than popularity for held-out users.
-    from trainer.evaluate.recommend import TorchScoreFn
+    from trainer.evaluate.recommend import torch_index
 
     leaf = a.tree.depth if a.tree is not None else 0
-    score = TorchScoreFn(a.model, test.histories(69)[:20], a.tree, False)
+    score = torch_index(a.model, a.tree).score_fn(test.histories(69)[:20])
     logits = score(leaf, np.broadcast_to(np.arange(data.n_items), (20, data.n_items)).copy())
     probability = 1 / (1 + np.exp(-logits))
     assert (np.abs(probability - 0.5) > 0.1).mean() > 0.9
@@ -148,8 +148,8 @@ def test_a_tree_step_that_moves_nothing_is_not_retrained(synth_path: Path, monke
     split = split_users(data.n_users, 0)
     ctx = FitContext(data=data, split=split, samples=make_samples(data, split.train),
                      valid=make_eval_set(data, split.valid), m=50, exclude_seen=False, seed=0)
-    options = MethodOptions(epochs=1, iterations=2, retrain_epochs=1, retrain_unchanged=retrain_unchanged or None)
-    method = DeepRetrieval(deep_config("jtm-j", options))
+    method = DeepRetrieval(deep_config("jtm-j", epochs=1, iterations=2, retrain_epochs=1,
+                                       retrain_unchanged=retrain_unchanged))
     method.fit(ctx)
     records = method.joint_history.records
     assert [r.epochs for r in records] == ([1, 1, 1] if retrain_unchanged else [1, 0, 0])

@@ -26,6 +26,7 @@ import torch
 
 from trainer.baselines.hnsw_index import HNSWConfig, build_hnsw, search_queries
 from trainer.baselines.youtube_dnn import YouTubeConfig, YouTubeDNN
+from trainer.config import option
 from trainer.data.split import EvalSet
 from trainer.evaluate.protocol import beam_fidelity, evaluate
 from trainer.fit.context import FitContext
@@ -38,8 +39,9 @@ class TwoTowerConfig:
     # Each candidate trains until validation recall stops improving (patience epochs without
     # a new best), up to `epochs`.
     base: YouTubeConfig = field(default_factory=lambda: YouTubeConfig(epochs=40, patience=3))
-    dims: tuple[int, ...] = (32, 64, 128)
-    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    # The grid tuned on validation users; --dim / --lr pin one value instead.
+    dims: tuple[int, ...] = option((32, 64, 128), None, flag="--dim", into=lambda dim: (dim,))
+    lrs: tuple[float, ...] = option((1e-3, 3e-3), None, flag="--lr", into=lambda lr: (lr,))
     hnsw: HNSWConfig = field(default_factory=HNSWConfig)
 
     def candidates(self) -> list[YouTubeConfig]:

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from trainer.baselines.ranking import rank_by_scores
+from trainer.config import MAX_HISTORY, option
 from trainer.data.split import PAD, EvalSet
 from trainer.evaluate.protocol import evaluate
 from trainer.fit.context import FitContext
@@ -29,15 +30,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class YouTubeConfig:
-    dim: int = 32
+    # The flags the tree methods declare (--dim, --batch-size, --lr, --epochs, --max-history) set
+    # these too; these are YouTube-DNN's own defaults.
+    dim: int = option(32, None)
     hidden: int = 128
     negatives: int = 1000  # shared per batch; all other items when the corpus is smaller
-    batch_size: int = 256
-    lr: float = 1e-3
-    epochs: int = 20  # upper bound; validation recall picks the epoch
+    batch_size: int = option(256, None)
+    lr: float = option(1e-3, None)
+    epochs: int = option(20, None)  # upper bound; validation recall picks the epoch
     patience: int = 2
     windows: tuple[tuple[int, int], ...] = WINDOW_PRESETS["probe"]
-    max_history: int = 69
+    max_history: int = option(MAX_HISTORY, None)
 
 
 class YouTubeNet(nn.Module):

@@ -38,8 +38,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.tree import Tree
+from trainer.config import option
 
 CO_CONSUMED, CATEGORY, POPULAR = 0, 1, 2
+@dataclass(frozen=True)
+class PlacementConfig:
+    """How `add-items` reads co-consumption from recent events."""
+
+    window: int = option(50, "events either side of a new item's event that count as co-consumed", at_least=1)
+    top_sources: int = 20  # the co-consumed items whose rows a new item's row is averaged from
+
+
+
 REASONS = ("co_consumed", "category", "popularity")
 
 

@@ -20,9 +20,9 @@ from service.core.artifact import MANIFEST, Artifact, ArtifactError, read_artifa
 from service.core.artifact import write_artifact as core_write_artifact
 from service.core.items import ItemCatalog
 from service.core.tree import Tree
-from trainer.catalogue.inputs import read_events, read_item_list
-from trainer.catalogue.placement import REASONS, co_consumption, place
+from trainer.catalogue.placement import REASONS, PlacementConfig, co_consumption, place
 from trainer.catalogue.scorer_table import parity, read_table, write_grown
+from trainer.data.item_lists import read_events, read_item_list
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ def load(artifact: Path) -> Artifact:
 
 
 def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None, fmt: str = "auto",
-              window: int = 50, top_sources: int = 20) -> dict:
+              config: PlacementConfig | None = None) -> dict:
     """Place the items listed in `items` (item_id[,category_id]) into `artifact`'s tree, give
     each an embedding row and bias, and write the grown artifact to `out`. Returns its manifest."""
+    config = config or PlacementConfig()
+    window, top_sources = config.window, config.top_sources
     if window < 1 or top_sources < 1:
         raise DataError(f"--window and --top-sources must be positive, got {window} and {top_sources}")
     base = load(artifact)
@@ -206,18 +208,18 @@ def _unchanged_lists(base: Artifact, staging: Path, new_tree: Tree, catalog: Ite
                      old_to_new: np.ndarray) -> dict:
     """Top-k of sampled histories (old, served items) before and after: how many lists are
     identical, and that no retired item is served."""
-    from service.core.beam import beam_search
+    from service.core.index import SearchParams, TreeIndex
     from service.scorer import OnnxScorer
-    from trainer.export import sampled_histories
+    from trainer.data.split import sampled_histories
 
     histories = sampled_histories(base.tree.n_items, base.history_length, PARITY_USERS)
     k, beam = min(base.default_k, catalog.n_served), base.default_beam
-    old_scorer, new_scorer = OnnxScorer(base.scorer_file, threads=1), OnnxScorer(staging / "scorer.onnx", threads=1)
-    before = beam_search(base.tree, old_scorer.levels(base.tree, histories, base.hierarchical),
-                         len(histories), k, beam, base.catalog.served_filter).items
+    old = TreeIndex(base.tree, OnnxScorer(base.scorer_file, threads=1), base.hierarchical, batch_users=len(histories))
+    new = TreeIndex(new_tree, OnnxScorer(staging / "scorer.onnx", threads=1), base.hierarchical,
+                    batch_users=len(histories))
+    before = old.search(histories, k, SearchParams(beam=beam, allowed=base.catalog.served_filter)).items
     moved = np.where(histories >= 0, old_to_new[np.maximum(histories, 0)], -1)
-    after = beam_search(new_tree, new_scorer.levels(new_tree, moved, base.hierarchical),
-                        len(histories), k, beam, catalog.served_filter).items
+    after = new.search(moved, k, SearchParams(beam=beam, allowed=catalog.served_filter)).items
     retired = catalog.retired_mask()
     return {"users": len(histories), "k": k, "beam": beam,
             "identical_lists": int((before == after).all(axis=1).sum()),

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.data.formats import RawLog, read_log
+from trainer.config import option
+from trainer.data.formats import FORMATS, RawLog, read_log
 from trainer.data.prepared import is_prepared, load_prepared
 from trainer.errors import DataError
 
@@ -26,12 +27,15 @@ class DataConfig:
     """How a log becomes a data set. Stored with every run so evaluation can rebuild it."""
 
     path: str
-    format: str = "auto"
-    min_interactions: int = 10  # paper: users with >= 10 interactions
-    behaviors: tuple[str, ...] | None = None  # UserBehavior only: keep these behaviour types
-    # Items whose events are dropped before anything else (retired items: `trainer.catalogue`): an
-    # item list file, or an artifact directory whose retired items they are.
-    exclude_items: str | None = None
+    format: str = option("auto", "log format (auto: detect it from the file name and first line)", choices=FORMATS)
+    min_interactions: int = option(10, "keep users with at least this many")  # the paper's filter
+    behaviors: tuple[str, ...] | None = option(
+        None, "UserBehavior only: comma list of pv,buy,cart,fav to keep", kind=str, show=lambda v: "all",
+        parse=lambda text: tuple(b.strip() for b in text.split(",")))
+    # Items whose events are dropped before anything else (retired items: `trainer.catalogue`).
+    exclude_items: str | None = option(
+        None, "drop these items' events first: an item list (item_id column), or an artifact directory whose "
+        "retired items they are (retire-items)", flag="--exclude-items", kind=str, show=lambda v: "keep every item")
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -41,14 +45,11 @@ class DataConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> DataConfig:
-        behaviors = data.get("behaviors")
-        return cls(
-            path=data["path"],
-            format=data.get("format", "auto"),
-            min_interactions=int(data.get("min_interactions", 10)),
-            behaviors=None if behaviors is None else tuple(behaviors),
-            exclude_items=data.get("exclude_items"),
-        )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if values.get("behaviors") is not None:
+            values["behaviors"] = tuple(values["behaviors"])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ def load_interactions(config: DataConfig) -> Interactions:
         return Interactions(**{f.name: stored[f.name] for f in fields(Interactions) if f.name in stored})
     raw = read_log(config.path, config.format, config.behaviors)
     if config.exclude_items:
-        from trainer.catalogue.inputs import drop_items
+        from trainer.data.item_lists import drop_items
 
         raw = drop_items(raw, Path(config.exclude_items))
     return build_interactions(raw, config.min_interactions)
@@ -151,7 +152,7 @@ def build_interactions(raw: RawLog, min_interactions: int = 10) -> Interactions:
 
     Memory: a 100M-row log (the paper's UserBehavior) is indexed column by column in int32
     codes, filtered once, and sorted by one packed (user, time) key, so the peak stays near
-    twice the raw columns instead of the five copies a frame-level pipeline made (20 GB).
+    twice the raw columns (a frame-level pipeline copies the frame at every step).
     """
     if min_interactions < 1:
         raise DataError(f"min_interactions must be >= 1, got {min_interactions}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainer.config import MAX_HISTORY
 from trainer.data.interactions import Interactions, concat_ranges
 from trainer.errors import DataError
 
@@ -128,7 +129,8 @@ def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarr
     return history
 
 
-def make_samples(data: Interactions, users: np.ndarray, max_history: int = 69, min_history: int = 1) -> SampleSet:
+def make_samples(data: Interactions, users: np.ndarray, max_history: int = MAX_HISTORY,
+                 min_history: int = 1) -> SampleSet:
     """Every interaction of `users` with at least `min_history` earlier behaviours is a sample."""
     if max_history < 1:
         raise DataError(f"max_history must be >= 1, got {max_history}")
@@ -220,3 +222,13 @@ def make_eval_set(data: Interactions, users: np.ndarray) -> EvalSet:
         truth_offsets=truth_offsets.astype(np.int64),
         n_items=data.n_items,
     )
+
+
+def sampled_histories(n_items: int, length: int, count: int, seed: int = 0) -> np.ndarray:
+    """Random item sequences of random lengths, PAD-filled and laid out as `EvalSet.histories`:
+    parity checks of a scorer without its data."""
+    rng = np.random.default_rng(seed)
+    histories = rng.integers(0, n_items, size=(count, length))
+    lengths = rng.integers(1, length + 1, size=count)
+    histories[np.arange(length)[None, :] >= lengths[:, None]] = PAD
+    return histories

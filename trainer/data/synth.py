@@ -29,14 +29,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainer.config import option
 from trainer.errors import DataError
 
 
 @dataclass(frozen=True)
 class SynthConfig:
-    n_items: int = 10_000
-    n_users: int = 2_000
-    n_interactions: int | None = None  # default: 30 per user
+    n_items: int = option(10_000, "catalogue size", flag="--items")
+    n_users: int = option(2_000, "number of users", flag="--users")
+    n_interactions: int | None = option(None, "number of interactions", flag="--interactions", kind=int,
+                                        show=lambda v: "30 per user")
     seed: int = 0
     items_per_cluster: int = 40  # sets the size of the hierarchy
     category_noise: float = 0.1

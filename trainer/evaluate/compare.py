@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from trainer.data.interactions import Interactions
-from trainer.data.split import make_eval_set, make_samples, split_users
+from trainer.data.split import make_eval_set
 from trainer.errors import DataError
 from trainer.evaluate.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds
-from trainer.evaluate.protocol import evaluate
-from trainer.fit.context import FitContext
-from trainer.methods import MethodOptions, build_method
+from trainer.evaluate.protocol import EvalProtocol, evaluate
+from trainer.methods import METHODS, build_method
 
 log = logging.getLogger(__name__)
 
@@ -28,41 +28,37 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CompareConfig:
     methods: tuple[str, ...]
-    m: int = 200
+    protocol: EvalProtocol = field(default_factory=EvalProtocol)
     seeds: tuple[int, ...] = (0,)
-    exclude_seen: bool = False
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_history: int = 69
     reference: str | None = None  # paired differences are reported against this method
     per_user: bool = False  # keep per-user metrics of every seed in the result (for merging)
 
 
-def run_compare(data: Interactions, config: CompareConfig, options: MethodOptions,
+def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str, Any],
                 on_result: Callable[[dict], None] | None = None) -> dict:
     """Fit and evaluate every method on every seed; return the JSON-ready result.
 
-    With `per_user`, the result also keeps each seed's per-user metrics, so that results of
-    runs on other seeds (or machines) can be merged exactly (`merge_results`). `on_result`
-    gets the result so far after every fitted method (`"complete": false` until the end), so
-    a run of hours that is stopped keeps what it measured."""
+    `options`: every method flag's value, None where the flag was not given (each method keeps
+    its own default there); recorded with the result, so `merge_results` can refuse to pool
+    runs trained differently. With `per_user`, the result also keeps each seed's per-user
+    metrics, so that results of runs on other seeds (or machines) can be merged exactly
+    (`merge_results`). `on_result` gets the result so far after every fitted method
+    (`"complete": false` until the end), so a run of hours that is stopped keeps what it measured."""
+    protocol = config.protocol
+    given = {k: v for k, v in options.items() if v is not None}
+    given["max_history"] = protocol.max_history
     runs: dict[str, list[SeedRun]] = {name: [] for name in config.methods}
     split_sizes = None
     environment = _environment()  # once: the result is rewritten after every method
     for seed in config.seeds:
-        split = split_users(data.n_users, seed, config.valid_fraction, config.test_fraction)
+        split = protocol.split(data, seed)
         split_sizes = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
-        ctx = FitContext(
-            data=data, split=split,
-            samples=make_samples(data, split.train, config.max_history),
-            valid=make_eval_set(data, split.valid), m=config.m,
-            exclude_seen=config.exclude_seen, seed=seed, device=options.device,
-        )
+        ctx = protocol.fit_context(data, split, seed, given.get("device", "cpu"))
         test = make_eval_set(data, split.test)
         fitted: list = []  # fixed-tree methods of this seed: the joint loop's iteration 0
         seconds_of: dict[str, float] = {}
         for name in _fit_order(config.methods):
-            method = build_method(name, replace(options, max_history=config.max_history))
+            method = build_method(name, given)
             started = time.perf_counter()
             base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
             if base is not None:
@@ -71,10 +67,10 @@ def run_compare(data: Interactions, config: CompareConfig, options: MethodOption
                 started -= _shared_seconds(base, seconds_of[base.name])  # report the whole cost
             else:
                 method.fit(ctx)
-            if getattr(method, "tree", None) is not None and getattr(method.config, "tree_learning", "") == "none":
+            if getattr(method, "tree", None) is not None and not METHODS[name].joint:
                 fitted.append(method)
             fit_seconds = time.perf_counter() - started
-            scored = evaluate(method, test, config.m, config.exclude_seen, fidelity=True)
+            scored = evaluate(method, test, protocol.m, protocol.exclude_seen, fidelity=True)
             seconds = fit_seconds + scored.seconds  # fit and retrieval, not the fidelity scan
             seconds_of[name] = seconds
             metrics = scored.metrics
@@ -131,7 +127,7 @@ def _epochs_run(method) -> list[int] | None:
     return [len(history.epochs)] if history is not None else None
 
 
-def _result(data: Interactions, config: CompareConfig, options: MethodOptions, runs: dict[str, list[SeedRun]],
+def _result(data: Interactions, config: CompareConfig, options: Mapping[str, Any], runs: dict[str, list[SeedRun]],
             split_sizes: dict | None, environment: dict, complete: bool) -> dict:
     """The JSON-ready result of the methods fitted so far (all of them when `complete`).
     `options` (the training budget and model overrides) is kept, so `merge_results` can
@@ -139,19 +135,20 @@ def _result(data: Interactions, config: CompareConfig, options: MethodOptions, r
     runs = {name: seed_runs for name, seed_runs in runs.items() if seed_runs}
     result = {
         "complete": complete,
-        "m": config.m,
-        "exclude_seen": config.exclude_seen,
+        "m": config.protocol.m,
+        "exclude_seen": config.protocol.exclude_seen,
         "seeds": list(config.seeds),
         "reference": config.reference or config.methods[0],
         "results": summarize_runs(runs, config.reference or config.methods[0]),
         "dataset": {**data.summary(), "split": split_sizes},
         "protocol": {
-            **asdict(config),
+            "methods": list(config.methods), **asdict(config.protocol), "seeds": list(config.seeds),
+            "reference": config.reference, "per_user": config.per_user,
             "features": "first half (n // 2) of each held-out user's time-ordered behaviours",
             "truth": "distinct items of the second half",
-            "filter": "feature-half items never recommended" if config.exclude_seen else "none (paper)",
+            "filter": "feature-half items never recommended" if config.protocol.exclude_seen else "none (paper)",
         },
-        "options": asdict(options),
+        "options": {**options, "max_history": config.protocol.max_history},
         "defaults": training_defaults(),
         "environment": environment,
     }
@@ -289,20 +286,27 @@ def training_defaults() -> dict:
     """The values an option left at None (the method's default) stands for, recorded with
     every result: a default that changes between versions must not let merge pool results
     trained differently."""
-    from trainer.config import DeepConfig
     from trainer.fit.step import TrainConfig
+    from trainer.joint import JointConfig
 
-    config = DeepConfig()
-    return {"leaf_negatives": config.leaf_negatives, "lr": TrainConfig().lr,
-            "tree_judge": config.joint.learning.judge, "internal_init": config.joint.internal_init}
+    train, joint = TrainConfig(), JointConfig()
+    return {"leaf_negatives": train.leaf_negatives, "lr": train.lr, "tree_judge": joint.learning.judge,
+            "internal_init": joint.internal_init}
 
 
 # What each default was before results recorded it.
 _DEFAULTS_BEFORE_RECORDING = {"leaf_negatives": 100, "lr": 1e-3, "tree_judge": "trained", "internal_init": "keep"}
 
 
+# Results written before a flag was renamed recorded it under its old key.
+_RENAMED_OPTIONS = {"guard": "tree_guard"}
+# On/off flags, recorded as None (not given) by older versions and as False now.
+_SWITCHES = ("retrain_unchanged", "equal_epochs", "beam_aware")
+
+
 def _effective_options(part: dict) -> dict:
-    options = {**asdict(MethodOptions()), **part["options"]}  # a later option was at its default before
+    options = {_RENAMED_OPTIONS.get(k, k): v for k, v in part["options"].items()}
+    options.update({k: bool(options.get(k)) for k in _SWITCHES})
     defaults = {**_DEFAULTS_BEFORE_RECORDING, **part.get("defaults", {})}
     return {k: defaults.get(k) if v is None and k in defaults else v for k, v in options.items()}
 
@@ -323,8 +327,7 @@ def _check_same_options(first: dict, other: dict) -> None:
 def _fit_order(methods: tuple[str, ...]) -> list[str]:
     """Fixed-tree methods before the joint ones, so a joint method can continue from its
     iteration 0 (the table keeps the order the user asked for)."""
-    joint = {"jtm-j", "jtm", "jtm-cluster"}
-    return [m for m in methods if m not in joint] + [m for m in methods if m in joint]
+    return [m for m in methods if not METHODS[m].joint] + [m for m in methods if METHODS[m].joint]
 
 
 def format_table(result: dict) -> str:

@@ -1,51 +1,37 @@
-"""PyTorch scores for the shared numpy beam search: the offline side of `service.core.beam`.
+"""Recommending with a PyTorch scorer through the service's index (`service.core.index`).
 
-`TorchScoreFn` binds a trained scorer to a batch of users and answers
-``score(level, node_ids) -> (U, C)`` as `beam_search` and `brute_force` expect. The per-user,
-per-level state (a_u, M_u) is computed once per level and cached, exactly as the service does
-with ONNX, so the offline evaluator measures what production serves.
+`TorchScorer` gives a trained `TreeScorer` the two halves the index asks of any scorer (the
+users' state once per level, then every candidate of a level scored against it, as the service
+does with ONNX), so the offline evaluator measures exactly the search production serves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
-from service.core.beam import SearchResult, beam_search, brute_force
-from service.core.filters import exclude_items
+from service.core.index import SearchParams, TreeIndex
 from service.core.tree import Tree
 from trainer.data.split import EvalSet
 from trainer.model.scorer import TreeScorer, UserState
 
 
-class TorchScoreFn:
-    def __init__(self, model: TreeScorer, histories: np.ndarray, tree: Tree | None, hierarchical: bool) -> None:
-        """histories: (U, L) item ids, most recent first, -1 padded."""
-        if hierarchical and tree is None:
-            raise ValueError("the hierarchical representation needs a tree")
+class TorchScorer:
+    """`service.core.index.UserScorer` over a trained model, in inference mode."""
+
+    def __init__(self, model: TreeScorer) -> None:
         self.model = model
-        self.histories = histories
-        self.tree = tree
-        self.hierarchical = hierarchical
-        self._states: dict[int, UserState] = {}
         self.device = next(model.parameters()).device
 
-    def state(self, level: int) -> UserState:
-        key = level if self.hierarchical else -1
-        state = self._states.get(key)
-        if state is None:
-            history = self.histories
-            if self.hierarchical:
-                assert self.tree is not None
-                history = self.tree.ancestor_ids(history, level)
-            with torch.no_grad():
-                state = self.model.user_state(_tensor(history, self.device))
-            self._states[key] = state
-        return state
-
-    def __call__(self, level: int, node_ids: np.ndarray) -> np.ndarray:
+    def user_states(self, rows: Sequence[np.ndarray]) -> list[UserState]:
         with torch.no_grad():
-            logits = self.model.score(self.state(level), _tensor(node_ids, self.device))
+            return [self.model.user_state(_tensor(r, self.device)) for r in rows]
+
+    def score_state(self, state: UserState, nodes: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            logits = self.model.score(state, _tensor(nodes, self.device))
         return logits.float().cpu().numpy()
 
 
@@ -53,34 +39,17 @@ def _tensor(ids: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(device)
 
 
-def retrieve(
-    model: TreeScorer,
-    histories: np.ndarray,
-    k: int,
-    tree: Tree | None,
-    hierarchical: bool,
-    beam: int | None,
-    seen: list[np.ndarray] | None = None,
-    batch: int = 256,
-) -> np.ndarray:
-    """(U, k) item ids: beam search when `beam` is given (needs a tree), else brute force."""
-    model.eval()
-    out = np.full((len(histories), k), -1, dtype=np.int64)
-    n_items = tree.n_items if tree is not None else model.n_rows
-    for start in range(0, len(histories), batch):
-        stop = min(start + batch, len(histories))
-        score = TorchScoreFn(model, histories[start:stop], tree, hierarchical)
-        allowed = None if seen is None else exclude_items(seen[start:stop])
-        result: SearchResult
-        if beam is not None:
-            assert tree is not None
-            result = beam_search(tree, score, stop - start, k, beam, allowed)
-        else:
-            leaf_level = tree.depth if tree is not None else 0
-            result = brute_force(n_items, score, stop - start, k, leaf_level, allowed)
-        out[start:stop] = result.items
-    return out
+def torch_index(model: TreeScorer, tree: Tree | None) -> TreeIndex:
+    """The index of a trained model and its tree (no tree: every one of its items is scored)."""
+    return TreeIndex(tree, TorchScorer(model), model.config.hierarchical, n_items=model.n_rows)
 
+
+def retrieve(model: TreeScorer, histories: np.ndarray, k: int, tree: Tree | None, beam: int | None,
+             seen: list[np.ndarray] | None = None) -> np.ndarray:
+    """(U, k) item ids: beam search of width `beam` (needs a tree), or every item scored when
+    `beam` is None; `seen[u]`: items never returned to user u."""
+    model.eval()
+    return torch_index(model, tree).search(histories, k, SearchParams(beam=beam, exclude=seen)).items
 
 
 def recommend(model: TreeScorer, tree: Tree | None, eval_set: EvalSet, m: int, exclude_seen: bool,
@@ -89,4 +58,4 @@ def recommend(model: TreeScorer, tree: Tree | None, eval_set: EvalSet, m: int, e
     item scored when `beam` is None (DNN, which has no tree, and the brute-force reference)."""
     histories = eval_set.histories(model.config.max_history)
     seen = np.split(eval_set.feature_items, eval_set.feature_offsets[1:-1]) if exclude_seen else None
-    return retrieve(model, histories, m, tree, model.config.hierarchical, beam, seen)
+    return retrieve(model, histories, m, tree, beam, seen)

@@ -2,10 +2,10 @@
 
 The fused training kernel allocates and frees a few MB per chunk and per layer, in sizes that
 vary with the group widths. glibc's malloc serves blocks above its mmap threshold with fresh
-mmap'd pages and trims the heap top when it frees, so every chunk paid page faults on memory
-it had just released: with the hierarchical representation that was a third of a training
-step (1,290 -> 2,000 samples/s on MovieLens, two cores, when the thresholds are raised).
-Raising the thresholds once keeps those blocks on malloc's free lists. A no-op outside glibc.
+mmap'd pages and trims the heap top when it frees, so every chunk would pay page faults on
+memory it had just released (most with the hierarchical representation, whose group widths
+vary most). Raising the thresholds once keeps those blocks on malloc's free lists. A no-op
+outside glibc.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ the window), so the bag sum is the window mean of `WindowPooling`, without mater
 (V, B, L, d) gathered embeddings. The backward pass is the transposed bag structure (row u
 sums the gradients of every bag entry and every node column that reads u): built here, in
 the background, by one radix sort, it turns the embedding backward into one more
-`embedding_bag` call (0.4 ms where autograd's embedding_bag backward took 15 ms).
+`embedding_bag` call instead of autograd's scatter over every entry.
 
 `prefetch` runs the builder in a background thread (numpy's sorting and gathering release the
 GIL), one batch ahead of the step that consumes it.

@@ -22,11 +22,10 @@ against the whole level (the tree step scores every node, not just the beam's). 
 refreshed per epoch, not per step, so within an epoch they come from a model up to one epoch
 old: mining every step would cost a beam search per training sample per step.
 
-Measured (docs/RESULTS.md, "Beam-search-aware negatives"): with every level mined it *loses*
-recall and fidelity on MovieLens (-6.58 points) and on planted synthetic data. With one
-interaction per training instance, the beam's best nodes that hold none of the user's items are
-mostly items the user has not reached yet: false negatives, worst deep in the tree. Mining only
-coarse levels (`min_node_items`) was neutral. Hence opt-in.
+Opt-in, because it loses recall on every data set measured
+(docs/experiments/beam-aware-negatives.md): with one interaction per training instance, the
+beam's best nodes that hold none of the user's items are mostly items the user has not
+reached yet, false negatives, worst deep in the tree.
 """
 
 from __future__ import annotations
@@ -41,10 +40,9 @@ import numpy as np
 from service.core.beam import ScoreFn, beam_search, start_level
 from service.core.topk import gather
 from service.core.tree import Tree
-from trainer.config import BeamAwareConfig
 from trainer.data.split import SampleSet
-from trainer.evaluate.recommend import TorchScoreFn
-from trainer.fit.sampler import LayerwiseSampler
+from trainer.evaluate.recommend import torch_index
+from trainer.fit.sampler import BeamAwareConfig, LayerwiseSampler
 from trainer.model.scorer import TreeScorer
 
 log = logging.getLogger(__name__)
@@ -154,17 +152,19 @@ class BeamAwareSampler(LayerwiseSampler):
         return {level: int(round(self.config.share * int(self.negatives[level]))) if coarse(level) else 0
                 for level in self.levels}
 
-    def refresh(self, model: TreeScorer, samples: SampleSet, hierarchical: bool, rng: np.random.Generator) -> None:
+    def refresh(self, model: TreeScorer, samples: SampleSet, rng: np.random.Generator) -> None:
         """Mine every sample's beam negatives with `model` as it is now."""
         was_training = model.training
         model.eval()
         started = time.perf_counter()
 
-        def score_for(index: np.ndarray) -> TorchScoreFn:
+        served = torch_index(model, self.tree)
+
+        def score_for(index: np.ndarray) -> ScoreFn:
             # The evaluator's scorer (user state once per level, then every candidate in one
-            # batched product); the training kernel's pair scorer measured slower here,
-            # because it pools the user state again for every level's call.
-            return TorchScoreFn(model, samples.histories(index), self.tree, hierarchical)
+            # batched product), not the training kernel's pair scorer, which pools the user
+            # state again for every level's call.
+            return served.score_fn(samples.histories(index))
 
         mined = mine_beam_negatives(score_for, self.tree, user_items(samples), len(samples), self.beam_counts(),
                                     self.config.beam, rng)

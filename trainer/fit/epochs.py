@@ -22,13 +22,12 @@ import torch
 from tqdm import tqdm
 
 from service.core.tree import Tree
-from trainer.config import BeamAwareConfig, DeepConfig
 from trainer.data.split import SampleSet
 from trainer.errors import DataError
 from trainer.evaluate.protocol import validation_metrics
 from trainer.fit.beam_mining import BeamAwareSampler
 from trainer.fit.context import FitContext
-from trainer.fit.sampler import LayerwiseSampler, UniformItemSampler, default_negative_counts
+from trainer.fit.sampler import BeamAwareConfig, LayerwiseSampler, UniformItemSampler, default_negative_counts
 from trainer.fit.step import ScorerStep, StepTimes, TrainConfig, make_builder
 from trainer.model.scorer import TreeScorer
 
@@ -215,7 +214,7 @@ def fit_scorer(
 
         def before_epoch(epoch: int) -> None:
             if epoch > sampler.config.warmup_epochs:  # uniform negatives until then
-                sampler.refresh(model, samples, hierarchical, mining_rng)
+                sampler.refresh(model, samples, mining_rng)
 
     return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
                         validate=validate, patience=config.patience, description=description,
@@ -233,15 +232,15 @@ def make_sampler(tree: Tree | None, n_items: int, leaf_negatives: int, beam_awar
     return UniformItemSampler(n_items, min(leaf_negatives, n_items - 1))
 
 
-def train_on_tree(model: TreeScorer, tree: Tree | None, ctx: FitContext, config: DeepConfig,
-                  train: TrainConfig) -> TrainHistory:
+def train_on_tree(model: TreeScorer, tree: Tree | None, ctx: FitContext, train: TrainConfig, beam: int | None,
+                  description: str) -> TrainHistory:
     """Train (or continue training) `model` in place on `tree`'s layer-wise samples, keeping
-    the epoch of the best validation recall (beam search as the method serves)."""
-    beam = config.search_beam(ctx.m)
+    the epoch of the best validation recall (beam search of width `beam` as the method serves;
+    None: every item scored)."""
 
     def validate() -> float:
         return validation_metrics(model, tree, ctx, beam)["recall"]
 
-    sampler = make_sampler(tree, ctx.data.n_items, config.leaf_negatives, config.beam_aware)
-    return fit_scorer(model, ctx.samples, sampler, tree, config.scorer.hierarchical, train, seed=ctx.seed,
-                      validate=validate if len(ctx.valid) else None, description=config.method)
+    sampler = make_sampler(tree, ctx.data.n_items, train.leaf_negatives, train.beam_aware)
+    return fit_scorer(model, ctx.samples, sampler, tree, model.config.hierarchical, train, seed=ctx.seed,
+                      validate=validate if len(ctx.valid) else None, description=description)

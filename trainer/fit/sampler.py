@@ -17,10 +17,42 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.core.tree import Tree
+from trainer.config import option
 
-# The trainer's default (DeepConfig.leaf_negatives): the paper uses 100; 50 with lr 2e-3 matched
-# it in validation recall per epoch at 1.5-1.7x the samples/s (docs/PERFORMANCE.md, training).
+# Negatives at the leaf level (`TrainConfig.leaf_negatives`, the --leaf-negatives flag). The
+# paper uses 100; 50 (with lr 2e-3) matched or beat it in validation recall after every epoch,
+# in fewer seconds per epoch (docs/experiments/training-defaults.md).
 DEFAULT_LEAF_NEGATIVES = 50
+
+
+@dataclass(frozen=True)
+class BeamAwareConfig:
+    """Beam-search-aware negatives (`trainer.fit.beam_mining`, OTM): before each epoch the model's
+    own beam search (width `beam`) runs for every training sample, and `share` of each level's
+    negatives are drawn from the nodes it compared there. Set by --beam-aware."""
+
+    share: float = option(0.5, "with --beam-aware: share of each level's negatives from the beam",
+                          flag="--beam-aware-share", above=0, at_most=1)
+    beam: int = option(32, "with --beam-aware: beam width of the mining search", flag="--beam-aware-beam",
+                       at_least=1)
+    # 1: every level, OTM literally. Deep nodes the user never touched are weak negatives: most of
+    # the beam's best leaves are items the user would consume but has not (trainer/fit/beam_mining.py).
+    min_node_items: int = option(1, "with --beam-aware: mine only at levels whose nodes hold at least this many "
+                                 "items on average (1: every level)", flag="--beam-aware-min-items", at_least=1)
+    # OTM's argument needs a model whose beam already means something: an untrained model's beam
+    # candidates are arbitrary nodes, and mining them only adds noise. 0: mine from the first epoch.
+    warmup_epochs: int = option(0, "with --beam-aware: epochs of each training run on uniform negatives before "
+                                "mining starts", flag="--beam-aware-warmup", at_least=0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.share <= 1.0:
+            raise ValueError(f"beam-aware share must be in (0, 1], got {self.share}")
+        if self.beam < 1:
+            raise ValueError(f"beam-aware beam must be positive, got {self.beam}")
+        if self.min_node_items < 1:
+            raise ValueError(f"beam-aware min_node_items must be positive, got {self.min_node_items}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"beam-aware warmup_epochs must be >= 0, got {self.warmup_epochs}")
 
 
 def default_negative_counts(tree: Tree, leaf_negatives: int = DEFAULT_LEAF_NEGATIVES) -> np.ndarray:

@@ -28,11 +28,12 @@ import torch
 from torch.nn import functional as F
 
 from service.core.tree import Tree
+from trainer.config import option
 from trainer.data.split import SampleSet
 from trainer.fit import distributed
 from trainer.fit.allocator import keep_freed_memory
 from trainer.fit.batches import Batch, BatchBuilder
-from trainer.fit.sampler import LayerwiseSampler, UniformItemSampler
+from trainer.fit.sampler import DEFAULT_LEAF_NEGATIVES, BeamAwareConfig, LayerwiseSampler, UniformItemSampler
 from trainer.model.row_adam import RowAdam, merge_rows
 from trainer.model.scorer import TreeScorer, UserState
 from trainer.model.tower import TowerWeights, tower_loss_and_grads
@@ -42,23 +43,38 @@ KERNELS = ("auto", "fused", "autograd")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = 256
-    lr: float = 2e-3  # Adam (TDM/JTM use 1e-3; 2e-3 reached the same recall in fewer epochs, validated)
-    epochs: int = 10  # upper bound: validation recall picks the epoch
-    patience: int = 2
-    device: str = "cpu"
+    """How the scorer is fitted on a tree: the schedule, the negatives and where it runs."""
+
+    epochs: int = option(10, "max epochs; validation recall picks the best", at_least=1)  # an upper bound
+    batch_size: int = option(256, "training batch size", at_least=1)
+    # Adam. TDM/JTM use 1e-3; 2e-3 reached the same validation recall in fewer epochs.
+    lr: float = option(2e-3, "Adam learning rate", above=0)
+    leaf_negatives: int = option(DEFAULT_LEAF_NEGATIVES, "negatives at the leaf level, halving upward", at_least=1)
+    beam_aware: BeamAwareConfig | None = None  # None: uniform layer-wise negatives (TDM, JTM); --beam-aware sets it
+    patience: int = 2  # epochs without a validation gain before stopping
+    device: str = option("cpu", "cpu, or cuda (cuda:N) when present")
     # Mixed precision for the tower on the autograd kernel (weights stay fp32): "auto" uses bf16
     # where the hardware has native bf16 matrix units (AMX / AVX512-BF16 / CUDA) and the kernel
     # is autograd (see `resolve_kernel`); "fp32" never; "bf16" always (and means autograd).
-    precision: str = "auto"
+    precision: str = option("auto", "training forward precision (auto: bf16 on AMX/AVX512-BF16/CUDA)",
+                            choices=("auto", "bf16", "fp32"))
     # Also keep what a run of only this many epochs would end with (`compare --equal-epochs`:
     # the fixed-tree method trains the joint loop's total, its joint twin starts from here).
     snapshot_epoch: int | None = None
     # "fused": forward and backward by hand, chunk by chunk, on worker threads (trainer.model.tower;
-    # the CPU default, 1.5-3x faster than autograd here). "autograd": torch autograd, with bf16
-    # autocast when `precision` allows (the CUDA default). Same gradients either way.
-    kernel: str = "auto"
-    threads: int = 0  # fused kernel's worker threads; 0 = torch.get_num_threads()
+    # the CPU default, faster than autograd there). "autograd": torch autograd, with bf16 autocast
+    # when `precision` allows (the CUDA default). Same gradients either way.
+    kernel: str = option("auto", "training kernel (auto: fused on the CPU, but autograd under bf16 for the plain "
+                         "tower on a CPU with bf16 units; autograd on CUDA or with --precision bf16)",
+                         choices=KERNELS)
+    threads: int = option(0, "fused kernel worker threads (0: torch's thread count, i.e. the cores)", at_least=0)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        values = dict(data)
+        if values.get("beam_aware"):
+            values["beam_aware"] = BeamAwareConfig(**values["beam_aware"])
+        return cls(**values)
 
 
 def resolve_precision(precision: str, device: str) -> torch.dtype | None:
@@ -83,12 +99,10 @@ def resolve_kernel(config: TrainConfig, model: TreeScorer) -> str:
     """The kernel a run uses: target attention has no user/node split, so only autograd trains
     it; an explicit bf16 precision also means autograd (the fused kernel is fp32).
 
-    `auto` follows what was measured (docs/PERFORMANCE.md, training): autograd on CUDA; on a
-    CPU the fused kernel, except for the plain (non-hierarchical) tower on a CPU with native
-    bf16 matrix units, where autograd under bf16 autocast is faster (MovieLens TDM, 2 Zen 4
-    cores: 7,498 vs 6,165 samples/s, medians of 3 interleaved runs,
-    bench/results/training/kernel_ab.json). The hierarchical tower stays fused there (4,249 vs
-    1,299: autograd pays for the per-level user states and the (B, 2W+1, d) first-layer input)."""
+    `auto`: autograd on CUDA; on a CPU the fused kernel, except for the plain (non-hierarchical)
+    tower on a CPU with native bf16 matrix units, where bf16 autocast outruns the fp32 fused
+    kernel. The hierarchical tower stays fused there: under autograd it pays for the per-level
+    user states and the (B, 2W+1, d) first-layer input (docs/PERFORMANCE.md, training)."""
     if config.kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {config.kernel!r}")
     if model.config.attention:

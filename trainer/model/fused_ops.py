@@ -2,11 +2,11 @@
 
 PReLU's backward pass is, per element, `g if x > 0 else s * g` plus the slope gradient
 `sum_i g * min(x, 0)`. With torch ops that is five passes over the (pairs x width) block
-(threshold, subtract, multiply, reduce, multiply-add): a fifth of a training step on the
-2-core profile. `prelu_backward` does it in one vectorised pass, 4-5x faster per call, and
-releases the GIL, so the kernel's worker threads run it in parallel. It compiles on first use (about a second) and
-caches the machine code beside this file; where numba is missing or the tensors are not
-float32/float64 CPU tensors, the torch version runs instead (same results up to rounding).
+(threshold, subtract, multiply, reduce, multiply-add). `prelu_backward` does it in one
+vectorised pass and releases the GIL, so the kernel's worker threads run it in parallel. It
+compiles on first use (about a second) and caches the machine code beside this file; where
+numba is missing or the tensors are not float32/float64 CPU tensors, the torch version runs
+instead (same results up to rounding).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 def _torch_prelu_backward(grad: torch.Tensor, x: torch.Tensor, slope: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    # threshold_backward is the fast fused kernel for `grad * (x > 0)`; torch.where with a
-    # boolean mask was 8x slower per pass on the AVX2 CPU profiled here.
+    # threshold_backward is torch's fused kernel for `grad * (x > 0)`: one pass, where
+    # torch.where with a boolean mask materialises the mask first.
     positive = torch.ops.aten.threshold_backward(grad, x, 0.0)
     negative = grad - positive
     return torch.addcmul(positive, negative, slope), (negative * x).sum(0)

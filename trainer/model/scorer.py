@@ -31,15 +31,16 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from trainer.config import MAX_HISTORY, option
 from trainer.model.layers import WINDOW_PRESETS, PReLU, WindowPooling
 
 
 @dataclass(frozen=True)
 class ScorerConfig:
-    dim: int = 32  # embedding size; 32 worked in the project's probe
+    dim: int = option(32, "embedding size")  # 32 worked in the project's probe
     hidden: tuple[int, ...] = (128, 64, 24)  # TDM's MLP
     windows: tuple[tuple[int, int], ...] = WINDOW_PRESETS["probe"]
-    max_history: int = 69  # XDL's TDM feature length
+    max_history: int = option(MAX_HISTORY, None)  # set with the protocol's --max-history
     hierarchical: bool = False  # JTM's hierarchical user representation
     attention: bool = False  # target attention in each window instead of the mean
 

@@ -1,12 +1,11 @@
 """The scorer's training computation, forward and backward fused, over chunks of samples.
 
-Training evaluates the MLP tower on every sampled (user, node) pair: ~230 pairs per sample on
-MovieLens, ~290 on Ciao, each through 128-64-24-1 with PReLU. Through autograd that costs a
-full-size (pairs x 128) tensor per activation and per gradient, a dozen memory passes over
-30-60 MB per step, and torch's PReLU backward alone took half the step (it reduces the slope
-gradient through a slow broadcast kernel). Here the gradients are derived by hand and computed
-right after the forward pass, a chunk of samples at a time, so every activation of a chunk
-stays in cache and nothing is kept between forward and backward:
+Training evaluates the MLP tower on every sampled (user, node) pair, a few hundred per sample,
+each through 128-64-24-1 with PReLU. Through autograd that costs a full-size (pairs x 128)
+tensor per activation and per gradient, a dozen memory passes per step, and torch's PReLU
+backward reduces the slope gradient through a slow broadcast kernel. Here the gradients are
+derived by hand and computed right after the forward pass, a chunk of samples at a time, so
+every activation of a chunk stays in cache and nothing is kept between forward and backward:
 
     per chunk (b samples, V behaviour mappings, windows p_vw, node embeddings t):
       h1 = a_v + B t + sum_w C_w (p_vw * t),   a_v = A p_v + b1         first layer
@@ -46,7 +45,9 @@ from torch.nn import functional as F
 from trainer.model.fused_ops import prelu_backward
 from trainer.model.threads import run_parallel
 
-CONCAT_WIDTH = 8  # groups with at most this many columns use the concat form (measured: bench/)
+# Groups with at most this many columns use the concat form: for narrow groups one wide matmul
+# over the concatenated columns beats a batched matmul per group (bench.bench_training).
+CONCAT_WIDTH = 8
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,29 @@ nodes at once (vectorized), so a 1M-item tree builds in seconds, not hours.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.core.tree import Tree, depth_for
+from trainer.config import option
 from trainer.data.interactions import Interactions
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
 
 TREE_INITS = ("category", "category-random", "id-order", "random", "kmeans")
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """The tree a tree method starts from."""
+
+    # auto: category when the log has categories (TDM), else balanced k-means on co-occurrence.
+    init: str = option("auto", "initial tree (auto: category when the log has categories, else kmeans); "
+                       "category-random shuffles items inside a category, id-order ignores categories",
+                       flag="--tree-init", choices=("auto", *TREE_INITS))
+    arity: int = option(2, "tree arity", at_least=2)  # binary, as the paper
 
 
 def tree_from_order(order: np.ndarray, arity: int = 2, depth: int | None = None) -> Tree:

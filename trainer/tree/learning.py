@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from service.core.tree import Tree
+from trainer.config import option
 from trainer.data.split import SampleSet
 from trainer.model.scorer import TreeScorer
 from trainer.model.threads import default_threads, run_parallel
@@ -52,31 +53,39 @@ from trainer.tree.pair_scores import PairScorer
 log = logging.getLogger(__name__)
 
 
+GUARD_SETTINGS = {"auto": None, "on": True, "off": False}  # --tree-guard
+
+
 @dataclass(frozen=True)
 class TreeLearningConfig:
-    gap: int = 7  # paper's d: 2**7 = 128 candidate positions per item and segment
-    max_samples_per_item: int = 50  # cap on popular items' samples
+    gap: int = option(7, "tree learning gap d", at_least=1)  # paper's d: 2**7 = 128 positions per item and segment
+    max_samples_per_item: int = option(50, "tree learning: samples per item, at most", at_least=1)  # caps popular items
     lazy: bool = True  # rebalance keeps items that were already under a node first
-    # Rebalance order after the lazy rule: "regret" (loss if moved) or "weight" (the paper's
-    # highest W). On random capacity problems regret ends within 1% (mean) of the Hungarian
-    # optimum's gain over a random assignment, the paper's rule 6-13% (tests/bench).
+    # Rebalance order after the lazy rule: "regret" (the loss if moved) or "weight" (the paper's
+    # highest W). Regret keeps an item where moving it would cost most, which is what the exact
+    # assignment does; the paper's rule ignores what the alternatives are worth.
     keep_by: str = "regret"
     exact_limit: int = 250_000  # sub-problems with items x slots up to this are solved exactly
     # Segments optimise the upper levels first and can lose objective below; when the new tree
     # scores worse than the old one on the samples used, keep the old one. None ("auto"): on for
     # plain features, off with the hierarchical representation, whose judge cannot tell trees
     # apart (see `guard_applies`).
-    guard: bool | None = None
+    guard: bool | None = option(
+        None, "keep the old tree when the learnt one scores worse with the model fixed; auto: on for plain "
+        "features, off with the hierarchical representation, where validation recall after retraining decides",
+        flag="--tree-guard", choices=("auto", "on", "off"), parse=lambda text: GUARD_SETTINGS[text],
+        show=lambda value: next(k for k, v in GUARD_SETTINGS.items() if v is value))
     # How the guard scores a tree. "trained": L(theta, pi) with the model as trained, the
-    # internal nodes' embeddings included; those memorise the tree they were trained on (with
-    # the model fixed, every other tree scores ~30% worse on MovieLens, the category tree as
-    # much as another random one), so the guard rejects steps that retraining would make good.
+    # internal nodes' embeddings included; those memorise the tree they were trained on, so
+    # every other tree looks worse and the guard rejects steps that retraining would make good.
     # "neutral": each tree scored with its internal nodes at the mean of its items' rows (the
-    # items' own rows are the trained ones), a judge that has seen no tree: there random trees
-    # tie and the category tree beats a random one (experiments/diagnose_tree_step.py).
-    judge: str = "neutral"
+    # items' own rows are the trained ones), a judge that has seen no tree
+    # (docs/experiments/tree-step-diagnosis.md).
+    judge: str = option("neutral", "how the guard scores trees: each with its internal nodes at its items' mean "
+                        "rows (neutral), or with the trained model's nodes, which favour the tree they were "
+                        "trained on", flag="--tree-judge", choices=("neutral", "trained"))
     batch_size: int = 1024  # samples per scorer call
-    workers: int = 1  # >1: weights computed in a process pool
+    workers: int = option(1, "tree learning processes", at_least=1)  # >1: weights computed in a process pool
     seed: int = 0
 
 
@@ -235,7 +244,8 @@ def weights_for_items(
 
 def _add_rows(sums: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """sums[rows] += values with repeated rows summed (np.add.at), by segment sums when the
-    rows come grouped (tree learning's samples are ordered by item): ~10x faster."""
+    rows come grouped (tree learning's samples are ordered by item): np.add.at is unbuffered
+    and goes element by element, reduceat runs over contiguous segments."""
     if len(rows) > 1 and (np.diff(rows) >= 0).all():
         starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         sums[rows[starts]] += np.add.reduceat(values.astype(np.float64), starts, axis=0)

@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.core.artifact import read_artifact
-from service.core.beam import beam_search, brute_force
+from service.core.index import SearchParams, TreeIndex
 from service.core.registry import Registry
 from service.core.tree import Tree
 from service.main import create_app
-from service.scorer import OnnxScorer, level_score_fn
+from service.scorer import OnnxScorer
 from tests.helpers import item_ids
 from trainer.catalogue.placement import CoConsumption, FreeLeaves, place
 from trainer.catalogue.update import add_items, retire_items
@@ -39,8 +39,8 @@ def search(artifact: Path, histories: list[np.ndarray], k: int, beam: int = 200)
     rows = np.full((len(histories), loaded.history_length), -1, dtype=np.int64)
     for i, h in enumerate(histories):
         rows[i, :len(h)] = h[:loaded.history_length]
-    score = level_score_fn(OnnxScorer(loaded.scorer_file).score, loaded.tree, rows, loaded.hierarchical)
-    return beam_search(loaded.tree, score, len(rows), k, beam, loaded.catalog.served_filter)
+    index = TreeIndex(loaded.tree, OnnxScorer(loaded.scorer_file), loaded.hierarchical)
+    return index.search(rows, k, SearchParams(beam=beam, allowed=loaded.catalog.served_filter))
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_new_item_is_retrieved_for_users_of_its_co_consumed_items(stand_ins) -> 
         assert (found == new_index).any(axis=1).mean() >= 0.9, original
         rows = np.full((1, loaded.history_length), -1)
         rows[0, :min(len(histories[0]), loaded.history_length)] = histories[0][:loaded.history_length]
-        score = level_score_fn(OnnxScorer(loaded.scorer_file).score, loaded.tree, rows, loaded.hierarchical)
-        exact = brute_force(loaded.tree.n_items, score, 1, 150, loaded.tree.depth).items[0]
+        index = TreeIndex(loaded.tree, OnnxScorer(loaded.scorer_file), loaded.hierarchical)
+        exact = index.search(rows, 150).items[0]  # no beam: every item scored
         assert (new_index in exact) == (new_index in found[0])
 
 

@@ -36,14 +36,14 @@ def test_results_are_saved_after_every_method(tmp_path: Path) -> None:
     end), so stopping it keeps what was measured, and merge can complete it later."""
     from trainer.data.interactions import DataConfig, load_interactions
     from trainer.evaluate.compare import CompareConfig, run_compare
-    from trainer.methods import MethodOptions
+    from trainer.evaluate.protocol import EvalProtocol
 
     data_path = tmp_path / "log.parquet"
     write(generate(SynthConfig(n_items=300, n_users=200, seed=2)), data_path)
     data = load_interactions(DataConfig(path=str(data_path)))
     seen: list[dict] = []
-    config = CompareConfig(methods=("pop", "itemcf"), m=20, seeds=(0, 1), per_user=True)
-    final = run_compare(data, config, MethodOptions(), on_result=seen.append)
+    config = CompareConfig(methods=("pop", "itemcf"), protocol=EvalProtocol(m=20), seeds=(0, 1), per_user=True)
+    final = run_compare(data, config, {}, on_result=seen.append)
     assert [list(r["results"]) for r in seen] == [["pop"], ["pop", "itemcf"], ["pop", "itemcf"],
                                                    ["pop", "itemcf"], ["pop", "itemcf"]]
     assert [r["complete"] for r in seen] == [False, False, False, False, True] and seen[-1] == final

@@ -9,9 +9,8 @@ import pytest
 
 from service.core.beam import start_level
 from service.core.tree import Tree
-from trainer.config import BeamAwareConfig
 from trainer.fit.beam_mining import BeamAwareSampler, draw_usable, holds_positive, mine_beam_negatives, user_items
-from trainer.fit.sampler import LayerwiseSampler, default_negative_counts
+from trainer.fit.sampler import BeamAwareConfig, LayerwiseSampler, default_negative_counts
 from trainer.tree.build import random_tree
 
 
@@ -160,13 +159,13 @@ def test_training_with_beam_aware_negatives_mines_each_epoch_after_the_warmup(wa
 
 
 def test_beam_aware_option_reaches_the_configuration_and_round_trips() -> None:
-    from trainer.config import DeepConfig
-    from trainer.methods import MethodOptions, deep_config
+    from trainer.deep_retrieval import DeepConfig
+    from trainer.methods import deep_config
 
-    config = deep_config("jtm", MethodOptions(beam_aware=True, beam_aware_beam=16, beam_aware_warmup=1))
-    assert config.beam_aware == BeamAwareConfig(share=0.5, beam=16, warmup_epochs=1)
+    config = deep_config("jtm", beam_aware=True, beam_aware_beam=16, beam_aware_warmup=1)
+    assert config.train.beam_aware == BeamAwareConfig(share=0.5, beam=16, warmup_epochs=1)
     assert DeepConfig.from_json(config.to_json()) == config
-    assert deep_config("jtm", MethodOptions()).beam_aware is None
+    assert deep_config("jtm").train.beam_aware is None
     with pytest.raises(ValueError, match="share"):
         BeamAwareConfig(share=0.0)
     with pytest.raises(ValueError, match="warmup"):

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from service.core.beam import beam_search, brute_force
-from trainer.evaluate.recommend import TorchScoreFn
+from service.core.index import level_scores
+from trainer.evaluate.recommend import TorchScorer
 from trainer.model.scorer import ScorerConfig, TreeScorer
 from trainer.tree.build import random_tree
 
@@ -45,7 +46,7 @@ def test_torch_scorer_in_shared_beam_search(hierarchical: bool) -> None:
     tree = random_tree(200, seed=0)
     model = TreeScorer(tree.n_rows, ScorerConfig(dim=8, hidden=(16, 8), hierarchical=hierarchical)).eval()
     histories = np.random.default_rng(0).integers(-1, 200, size=(4, 69))
-    score = TorchScoreFn(model, histories, tree, hierarchical)
+    score = level_scores(TorchScorer(model), tree, histories, hierarchical)
     full = beam_search(tree, score, 4, k=15, beam=tree.n_items)
     exact = brute_force(tree.n_items, score, 4, k=15, leaf_level=tree.depth)
     assert np.array_equal(full.items, exact.items)
