@@ -6,8 +6,8 @@ given as many epochs as JTM's loop spends). Same data, same seeds, same test use
 checked; the difference is pooled over all seeds' users, as compare does.
 
     .venv/bin/python -m bench.paired_difference \\
-        bench/results/table1/table1-ml-reduced.json:jtm \\
-        bench/results/table1/control-ml-jtmh-5epochs.json:jtm-h
+        bench/results/converged/ml-auto-guard-3seeds.json:jtm \\
+        bench/results/converged/ml-baselines-3seeds.json:tdm
 
 Either side may list several results, comma-separated (`a-s0.json:jtm,a-s1.json:jtm`): one
 seed each, run separately, pooled as one.

@@ -2,7 +2,7 @@
 
     python -m bench.plot_joint_validation --method jtm \\
         --run "seed 0, guard off=bench/results/converged/ciao-catrand-guardoff-s0.json" \\
-        --run "seed 0, guard on=bench/results/converged/ciao-catrand-s0.json" \\
+        --run "seed 2, auto=bench/results/converged/ciao-catrand-auto-s2.json" \\
         --out bench/results/converged/ciao-jtm-validation.png
 
 Reads the joint history `compare --per-user` records for `--method` (iteration 0 is the model on
