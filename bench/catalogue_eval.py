@@ -1,4 +1,4 @@
-"""New items without retraining, measured on a temporal split (issue 19, 4).
+"""New items without retraining, measured on a temporal split.
 
 The log is cut in time: the first 90% of events (by time) train a model whose tree holds only
 the items seen by then; the items first seen in the last 10% are the new items. Test users are

@@ -1,4 +1,4 @@
-"""`train --start-from RUN --data NEW_LOG` (issue 19, 3): a trained run continues on new events
+"""`train --start-from RUN --data NEW_LOG`: a trained run continues on new events
 with its learnt tree and its item space, and exports, evaluates and publishes as any run."""
 
 from __future__ import annotations

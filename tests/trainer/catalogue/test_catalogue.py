@@ -1,4 +1,4 @@
-"""Catalogue updates (issue 19): add-items places new items into a learnt tree and grows the
+"""Catalogue updates: add-items places new items into a learnt tree and grows the
 scorer's table, retire-items keeps items out of every answer; both write artifacts that pass
 the export's own verification and that the real service hot-reloads."""
 
