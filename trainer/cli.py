@@ -220,7 +220,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
     given = given_options(args, flags)
     for switch in SWITCHES:
         given[switch] = bool(getattr(args, switch, False))
-    if given.get("device", "cpu").startswith("cuda"):
+    if str(given.get("device", "")).startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():

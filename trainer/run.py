@@ -29,6 +29,7 @@ from trainer.data.split import EvalSet, UserSplit, make_eval_set
 from trainer.deep_retrieval import DeepRetrieval
 from trainer.errors import DataError
 from trainer.evaluate.protocol import EvalProtocol, evaluate
+from trainer.fit.step import TrainConfig
 from trainer.methods import METHODS, TRAINABLE, build_method
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def train_run(spec: RunSpec, out: Path, given: Mapping[str, Any] | None = None) 
     from trainer.fit import distributed
 
     given = {**(given or {}), "max_history": spec.protocol.max_history}
-    device = given.get("device", "cpu")
+    device = given.get("device", TrainConfig.device)
     dist_ctx = distributed.init_from_env(device)
     data = load_interactions(spec.data)
     log.info("data: %d users, %d items, %d interactions", data.n_users, data.n_items, len(data))
@@ -177,7 +178,7 @@ def figure2_run(spec: RunSpec, out: Path, given: Mapping[str, Any] | None = None
     given = {**(given or {}), "max_history": spec.protocol.max_history}
     data = load_interactions(spec.data)
     split = spec.protocol.split(data, spec.seed)
-    ctx = spec.protocol.fit_context(data, split, spec.seed, given.get("device", "cpu"))
+    ctx = spec.protocol.fit_context(data, split, spec.seed, given.get("device", TrainConfig.device))
     base = build_method("jtm-h", given)  # iteration 0 of both loops: trained once
     assert isinstance(base, DeepRetrieval)
     base.fit(ctx)

@@ -143,7 +143,7 @@ def load_interactions(config: DataConfig) -> Interactions:
     return build_interactions(raw, config.min_interactions)
 
 
-def build_interactions(raw: RawLog, min_interactions: int = 10) -> Interactions:
+def build_interactions(raw: RawLog, min_interactions: int = DataConfig.min_interactions) -> Interactions:
     """Filter users, map ids to contiguous integers and sort each user's behaviours by time.
 
     Without a timestamp column, file order stands in for time. Without a category column all

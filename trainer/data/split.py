@@ -20,6 +20,8 @@ from trainer.data.interactions import Interactions, concat_ranges
 from trainer.errors import DataError
 
 PAD = -1  # history padding value: "no behaviour here"
+# The paper's split of the users: 80% train, 10% validation, 10% test (`EvalProtocol` holds the flags).
+VALID_FRACTION = TEST_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ class UserSplit:
                    test_fraction=meta["test_fraction"], **sets)
 
 
-def split_users(n_users: int, seed: int, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> UserSplit:
+def split_users(n_users: int, seed: int, valid_fraction: float = VALID_FRACTION,
+                test_fraction: float = TEST_FRACTION) -> UserSplit:
     """Shuffle users with `seed` and cut them into train / validation / test.
 
     Validation and test get at least one user each when the fraction is positive.

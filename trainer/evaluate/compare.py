@@ -20,6 +20,7 @@ from trainer.data.split import make_eval_set
 from trainer.errors import DataError
 from trainer.evaluate.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds
 from trainer.evaluate.protocol import EvalProtocol, evaluate
+from trainer.fit.step import TrainConfig
 from trainer.methods import METHODS, build_method
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
     for seed in config.seeds:
         split = protocol.split(data, seed)
         split_sizes = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
-        ctx = protocol.fit_context(data, split, seed, given.get("device", "cpu"))
+        ctx = protocol.fit_context(data, split, seed, given.get("device", TrainConfig.device))
         test = make_eval_set(data, split.test)
         fitted: list = []  # fixed-tree methods of this seed: the joint loop's iteration 0
         seconds_of: dict[str, float] = {}
@@ -286,7 +287,6 @@ def training_defaults() -> dict:
     """The values an option left at None (the method's default) stands for, recorded with
     every result: a default that changes between versions must not let merge pool results
     trained differently."""
-    from trainer.fit.step import TrainConfig
     from trainer.joint import JointConfig
 
     train, joint = TrainConfig(), JointConfig()

@@ -15,7 +15,15 @@ import numpy as np
 from service.core.tree import Tree
 from trainer.config import MAX_HISTORY, option
 from trainer.data.interactions import Interactions
-from trainer.data.split import EvalSet, UserSplit, make_eval_set, make_samples, split_users
+from trainer.data.split import (
+    TEST_FRACTION,
+    VALID_FRACTION,
+    EvalSet,
+    UserSplit,
+    make_eval_set,
+    make_samples,
+    split_users,
+)
 from trainer.evaluate.metrics import UserMetrics, user_metrics
 from trainer.evaluate.recommend import recommend
 from trainer.fit.context import FitContext, Recommender
@@ -31,14 +39,14 @@ class EvalProtocol:
 
     m: int = option(200, "M in P/R/F@M, for validation and test (paper: 200)", at_least=1)
     exclude_seen: bool = option(False, "never recommend an item of the user's feature half (not in the paper)")
-    valid_fraction: float = option(0.1, "share of users held out for validation")
-    test_fraction: float = option(0.1, "share of users held out for test")
+    valid_fraction: float = option(VALID_FRACTION, "share of users held out for validation")
+    test_fraction: float = option(TEST_FRACTION, "share of users held out for test")
     max_history: int = option(MAX_HISTORY, "behaviours used as features")
 
     def split(self, data: Interactions, seed: int) -> UserSplit:
         return split_users(data.n_users, seed, self.valid_fraction, self.test_fraction)
 
-    def fit_context(self, data: Interactions, split: UserSplit, seed: int, device: str = "cpu") -> FitContext:
+    def fit_context(self, data: Interactions, split: UserSplit, seed: int, device: str) -> FitContext:
         """What a method may learn from under this protocol: every interaction of the training
         users as a sample, the validation users for choosing epochs. Test users stay out."""
         return FitContext(data=data, split=split, samples=make_samples(data, split.train, self.max_history),
