@@ -65,9 +65,9 @@ def joint_flags() -> list[Declared]:
     return collect([("", JointConfig())])
 
 
-# Method flags that no configuration field holds: switches and a baseline's knob.
+# Method flags that no configuration field holds: --beam-aware turns BeamAwareConfig on,
+# --equal-epochs changes the fixed-tree methods' budget (`methods.deep_config`).
 SWITCHES = ("beam_aware", "equal_epochs")
-_BEAM_AWARE_SETTINGS = ("beam_aware_share", "beam_aware_beam", "beam_aware_min_items", "beam_aware_warmup")
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,8 +79,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def _data_config(args: argparse.Namespace, *extra: str):
     from trainer.data.interactions import DataConfig
 
-    given = given_options(args, data_flags() + data_flags(*extra) if extra else data_flags())
-    return DataConfig(path=args.data, **{dest: value for dest, value in given.items()})
+    flags = data_flags() + (data_flags(*extra) if extra else [])
+    return DataConfig(path=args.data, **given_options(args, flags))
 
 
 def _protocol(args: argparse.Namespace):
@@ -225,9 +225,9 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
 
         if not torch.cuda.is_available():
             raise DataError(f"--device {given['device']} asked for, but no CUDA device is available")
-    if not given["beam_aware"] and any(key in given for key in _BEAM_AWARE_SETTINGS):
-        raise DataError("--beam-aware-share, --beam-aware-beam, --beam-aware-min-items and --beam-aware-warmup "
-                        "need --beam-aware")
+    beam_aware_flags = [entry.flag for entry in flags if entry.flag.startswith("--beam-aware-")]
+    if not given["beam_aware"] and {dest_of(flag) for flag in beam_aware_flags} & set(given):
+        raise DataError(f"{', '.join(beam_aware_flags)} need --beam-aware")
     switches = {dest_of(f.flag) for f in flags if f.option.kind is None and isinstance(f.defaults[0][1], bool)}
     return {**{dest_of(f.flag): (False if dest_of(f.flag) in switches else None) for f in flags}, **given}
 
