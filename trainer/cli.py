@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -356,129 +357,136 @@ def _metrics_line(m: dict) -> str:
     return line
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from trainer.catalogue.placement import PlacementConfig
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line. With `command`, only that subcommand's options are built (the others
+    keep their one-line help): the model flags come from configurations in modules that import
+    torch, which `--help` and the commands that train nothing need not load."""
+    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (summary, add_arguments, run) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=summary, formatter_class=HelpFormatter)  # subparsers don't inherit it
+        if command in (None, name):
+            add_arguments(sub)
+        sub.set_defaults(func=run)
+    return parser
+
+
+def _synth_arguments(parser: argparse.ArgumentParser) -> None:
     from trainer.data.synth import SynthConfig
+
+    parser.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
+    add_options(parser, collect([("", SynthConfig)]))
+    _add_seed(parser, "random seed")
+    parser.add_argument("--chunk-users", type=int, default=None,
+                       help="write this many users at a time (default: whole log in memory up to 20M "
+                            "interactions, ~10M-event chunks beyond)")
+
+
+def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="directory to write")
+
+
+def _compare_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainer.methods import METHODS
+
+    _add_data_arguments(parser)
+    parser.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
+    _add_seed(parser, "first seed")
+    add_options(parser, protocol_flags())
+    parser.add_argument("--itemcf-neighbours", type=int, default=None,
+                         help="Item-CF: only the K most similar items of each history item (default: all)")
+    parser.add_argument("--reference", default=None, help="method for paired differences (default: first)")
+    parser.add_argument("--json", default=None, help="also write the results here (default: print the table only)")
+    parser.add_argument("--per-user", action="store_true",
+                         help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
+    _add_plot(parser)
+    _add_model_arguments(parser)
+
+
+def _merge_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", nargs="+", help="JSON files written by compare --per-user")
+    parser.add_argument("--json", required=True, help="write the merged result here")
+    parser.add_argument("--reference", default=None,
+                       help="method the paired differences are taken against (default: the first part's)")
+    _add_plot(parser)
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
     from trainer.methods import METHODS, TRAINABLE
 
     baselines = ", ".join(name for name in METHODS if name not in TRAINABLE)
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
-    sub = _Subcommands(commands)
-
-    synth = sub.add_parser("synth", help="generate a synthetic interaction log with a planted hierarchy")
-    synth.add_argument("--out", required=True, help="output file (.csv, .csv.gz or .parquet)")
-    add_options(synth, collect([("", SynthConfig)]))
-    _add_seed(synth, "random seed")
-    synth.add_argument("--chunk-users", type=int, default=None,
-                       help="write this many users at a time (default: whole log in memory up to 20M "
-                            "interactions, ~10M-event chunks beyond)")
-    synth.set_defaults(func=cmd_synth)
-
-    prepare = sub.add_parser("prepare", help="read, filter and index a log once into memory-mapped arrays "
-                                             "(large logs; torchrun ranks share them)")
-    _add_data_arguments(prepare)
-    prepare.add_argument("--out", required=True, help="directory to write")
-    prepare.set_defaults(func=cmd_prepare)
-
-    compare = sub.add_parser("compare", help="evaluate methods under the paper's protocol (Table 1)")
-    _add_data_arguments(compare)
-    compare.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
-    compare.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
-    _add_seed(compare, "first seed")
-    add_options(compare, protocol_flags())
-    compare.add_argument("--itemcf-neighbours", type=int, default=None,
-                         help="Item-CF: only the K most similar items of each history item (default: all)")
-    compare.add_argument("--reference", default=None, help="method for paired differences (default: first)")
-    compare.add_argument("--json", default=None, help="also write the results here (default: print the table only)")
-    compare.add_argument("--per-user", action="store_true",
-                         help="keep per-user metrics in the JSON, so runs over other seeds can be merged")
-    _add_plot(compare)
-    _add_model_arguments(compare)
-    compare.set_defaults(func=cmd_compare)
-
-    merge = sub.add_parser("merge", help="merge compare --per-user results (other seeds, or other methods "
-                                            "of the same seeds) into one table")
-    merge.add_argument("results", nargs="+", help="JSON files written by compare --per-user")
-    merge.add_argument("--json", required=True, help="write the merged result here")
-    merge.add_argument("--reference", default=None,
-                       help="method the paired differences are taken against (default: the first part's)")
-    _add_plot(merge)
-    merge.set_defaults(func=cmd_merge)
-
-    train = sub.add_parser("train", help="train one method and write a run directory")
-    _add_data_arguments(train)
-    add_options(train, data_flags("--exclude-items"))
-    train.add_argument("--method", required=True,
+    _add_data_arguments(parser)
+    add_options(parser, data_flags("--exclude-items"))
+    parser.add_argument("--method", required=True,
                        help=f"one of {', '.join(TRAINABLE)} (the baselines {baselines}: use compare)")
-    train.add_argument("--out", required=True, help="run directory to write")
-    _add_seed(train, "split and initialisation seed")
-    add_options(train, protocol_flags())
-    train.add_argument("--export", default=None, metavar="ARTIFACT_DIR",
+    parser.add_argument("--out", required=True, help="run directory to write")
+    _add_seed(parser, "split and initialisation seed")
+    add_options(parser, protocol_flags())
+    parser.add_argument("--export", default=None, metavar="ARTIFACT_DIR",
                        help="also export an artifact here (default: no export)")
-    train.add_argument("--publish", default=None, metavar="REGISTRY",
+    parser.add_argument("--publish", default=None, metavar="REGISTRY",
                        help="also export and publish it to this registry (default: not published)")
-    train.add_argument("--start-from", default=None, metavar="RUN",
+    parser.add_argument("--start-from", default=None, metavar="RUN",
                        help="jtm/jtm-j on the run's own log: continue the joint loop from this tdm/jtm-h run (its "
                             "iteration 0); on a new log (--data NEW_LOG): continue this run's model on the new events "
                             "with its learnt tree (same --method; --epochs more; events of items it does not know "
                             "are dropped: add them with add-items) (default: train from scratch)")
-    train.add_argument("--redis-url", default=None,
+    parser.add_argument("--redis-url", default=None,
                        help="announce the published version on this Redis (default: the registry files only)")
-    train.add_argument("--tree-step", action="store_true",
+    parser.add_argument("--tree-step", action="store_true",
                        help="with --start-from on a new log: then one JTM tree-learning step and a retraining, "
                             "kept only when validation recall improves")
-    train.add_argument("--no-fidelity", action="store_true",
+    parser.add_argument("--no-fidelity", action="store_true",
                        help="skip the brute-force comparison on test users (it scores every item per user)")
-    _add_model_arguments(train)
-    train.set_defaults(func=cmd_train)
+    _add_model_arguments(parser)
 
-    export = sub.add_parser("export", help="write a versioned ONNX + tree artifact from a run directory")
-    export.add_argument("--run", required=True, help="run directory written by train")
-    export.add_argument("--out", required=True, help="artifact directory to create (must not exist)")
-    export.set_defaults(func=cmd_export)
 
-    publish = sub.add_parser("publish", help="copy an artifact into a registry and make it current")
-    publish.add_argument("--artifact", required=True, help="artifact directory written by export")
-    publish.add_argument("--registry", required=True, help="registry directory (created when absent)")
-    publish.add_argument("--redis-url", default=None,
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by train")
+    parser.add_argument("--out", required=True, help="artifact directory to create (must not exist)")
+
+
+def _publish_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifact", required=True, help="artifact directory written by export")
+    parser.add_argument("--registry", required=True, help="registry directory (created when absent)")
+    parser.add_argument("--redis-url", default=None,
                          help="also set the Redis key and announce on pub/sub (default: the registry files only)")
-    publish.set_defaults(func=cmd_publish)
 
-    add = sub.add_parser("add-items", help="place new items into an artifact's tree without retraining and "
-                                           "write a new artifact")
-    _add_catalogue_update(add, "CSV/TSV/Parquet of new items: item_id[,category_id]")
-    add.add_argument("--events", default=None,
+
+def _add_items_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainer.catalogue.placement import PlacementConfig
+
+    _add_catalogue_update(parser, "CSV/TSV/Parquet of new items: item_id[,category_id]")
+    parser.add_argument("--events", default=None,
                      help="recent interactions (any log format) that place new items by co-consumption "
                           "(default: none; categories, then popularity, place them)")
-    add_options(add, data_flags("--format"))
-    add_options(add, collect([("", PlacementConfig)]))
-    add.set_defaults(func=cmd_add_items)
+    add_options(parser, data_flags("--format"))
+    add_options(parser, collect([("", PlacementConfig)]))
 
-    retire = sub.add_parser("retire-items", help="stop serving items: write a new artifact in which they are "
-                                                 "retired")
-    _add_catalogue_update(retire, "CSV/TSV/Parquet of the item_id column to retire")
-    retire.set_defaults(func=cmd_retire_items)
 
-    figure2 = sub.add_parser("figure2", help="JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)")
-    _add_data_arguments(figure2)
-    figure2.add_argument("--out", required=True, help="directory for figure2.png and figure2.json")
-    _add_seed(figure2, "split and initialisation seed")
-    add_options(figure2, protocol_flags())
-    _add_model_arguments(figure2)
-    figure2.set_defaults(func=cmd_figure2)
+def _retire_items_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_catalogue_update(parser, "CSV/TSV/Parquet of the item_id column to retire")
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a run directory on its test users")
-    evaluate.add_argument("--run", required=True, help="run directory written by train")
-    evaluate.add_argument("--m", type=int, default=None, help="M in P/R/F@M (default: the run's M)")
-    evaluate.add_argument("--beam", type=int, default=None, help="beam width of the search (default: the run's beam)")
-    evaluate.add_argument("--exclude-seen", action="store_true",
+
+def _figure2_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="directory for figure2.png and figure2.json")
+    _add_seed(parser, "split and initialisation seed")
+    add_options(parser, protocol_flags())
+    _add_model_arguments(parser)
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory written by train")
+    parser.add_argument("--m", type=int, default=None, help="M in P/R/F@M (default: the run's M)")
+    parser.add_argument("--beam", type=int, default=None, help="beam width of the search (default: the run's beam)")
+    parser.add_argument("--exclude-seen", action="store_true",
                           help="never recommend feature-half items (default: the run's own rule)")
-    evaluate.add_argument("--no-fidelity", action="store_true", help="skip the brute-force comparison")
-    evaluate.add_argument("--json", default=None, help="also write the metrics here (default: print only)")
-    evaluate.set_defaults(func=cmd_evaluate)
-    return parser
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the brute-force comparison")
+    parser.add_argument("--json", default=None, help="also write the metrics here (default: print only)")
 
 
 def _add_plot(parser: argparse.ArgumentParser) -> None:
@@ -497,18 +505,35 @@ def _add_catalogue_update(parser: argparse.ArgumentParser, items: str) -> None:
     parser.add_argument("--redis-url", default=None, help="announce the published version here (default: none)")
 
 
-class _Subcommands:
-    """add_parser with this module's HelpFormatter (subparsers do not inherit it)."""
+# name -> (one-line help, the function adding its options, the function running it)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]] = {
+    "synth": ("generate a synthetic interaction log with a planted hierarchy", _synth_arguments, cmd_synth),
+    "prepare": ("read, filter and index a log once into memory-mapped arrays (large logs; torchrun ranks share "
+                "them)", _prepare_arguments, cmd_prepare),
+    "compare": ("evaluate methods under the paper's protocol (Table 1)", _compare_arguments, cmd_compare),
+    "merge": ("merge compare --per-user results (other seeds, or other methods of the same seeds) into one table",
+              _merge_arguments, cmd_merge),
+    "train": ("train one method and write a run directory", _train_arguments, cmd_train),
+    "export": ("write a versioned ONNX + tree artifact from a run directory", _export_arguments, cmd_export),
+    "publish": ("copy an artifact into a registry and make it current", _publish_arguments, cmd_publish),
+    "add-items": ("place new items into an artifact's tree without retraining and write a new artifact",
+                  _add_items_arguments, cmd_add_items),
+    "retire-items": ("stop serving items: write a new artifact in which they are retired", _retire_items_arguments,
+                     cmd_retire_items),
+    "figure2": ("JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)", _figure2_arguments,
+                cmd_figure2),
+    "evaluate": ("evaluate a run directory on its test users", _evaluate_arguments, cmd_evaluate),
+}
 
-    def __init__(self, action) -> None:
-        self.action = action
 
-    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
-        return self.action.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word not an option), if any."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_of(argv) or "").parse_args(argv)  # "": no command, no options to build
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
