@@ -10,6 +10,11 @@ each other.
 Idempotency: an event may carry an `event_id`. The first time a (user, event_id) pair is seen
 within `dedupe_ttl_s` it is stored; repeats (client retries, duplicate deliveries) are
 acknowledged as duplicates and not stored again. Events without an id are always stored.
+
+The event log (`service.core.event_log`): every event stored is also logged, in the same step.
+In Redis the script appends it to the deployment's Stream (bounded: a call that would overflow
+it raises `LogFull` and stores nothing); in-process, the spool file is written and fsynced
+before the histories change (a failed write stores nothing). `trainer ingest` reads the log.
 """
 
 from __future__ import annotations
@@ -20,7 +25,12 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
+
+from service.core.event_log import LogFull, LoggedEvent, SpoolWriter, stream_key
+
+__all__ = ["BehaviorStore", "LogFull", "MemoryStore", "RedisStore", "StoreUnavailable", "StoredEvent", "make_store"]
 
 
 class StoreUnavailable(Exception):
@@ -32,6 +42,12 @@ class StoredEvent:
     user_id: str
     item_id: str
     event_id: str | None = None
+    category_id: str = ""  # logged for the trainer; histories keep item ids only
+    timestamp: float | None = None  # None: when it was accepted
+
+    def logged(self, now: float) -> LoggedEvent:
+        return LoggedEvent(self.user_id, self.item_id, self.category_id,
+                           now if self.timestamp is None else float(self.timestamp), self.event_id or "")
 
 
 class BehaviorStore(Protocol):
@@ -51,38 +67,49 @@ class BehaviorStore(Protocol):
 class MemoryStore:
     """In-process store, bounded: at most `max_users` histories (the least recently updated
     user's history is dropped for a new one: `evicted` counts them) and `max_event_ids`
-    remembered event ids. Not durable: a restart forgets everything (use Redis for that)."""
+    remembered event ids. Not durable: a restart forgets the histories (use Redis for that);
+    with `spool` the events themselves are logged to disk for `trainer ingest`."""
 
     kind = "memory"
 
     def __init__(self, capacity: int, dedupe_ttl_s: float = 86_400, max_event_ids: int = 1_000_000,
-                 max_users: int = 1_000_000) -> None:
+                 max_users: int = 1_000_000, spool: SpoolWriter | None = None) -> None:
         self.capacity = capacity
         self.dedupe_ttl_s = dedupe_ttl_s
         self.max_event_ids = max_event_ids
         self.max_users = max_users
+        self.spool = spool
         self.evicted = 0
         self._lists: OrderedDict[str, deque[str]] = OrderedDict()
         self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._lock = threading.Lock()
 
     def append(self, events: Sequence[StoredEvent]) -> int:
-        stored = 0
         now = time.monotonic()
         with self._lock:
             while self._seen and next(iter(self._seen.values())) < now:
                 self._seen.popitem(last=False)
+            fresh, keys = [], set()
             for event in events:
+                key = None if event.event_id is None else (event.user_id, event.event_id)
+                if key is not None and (key in self._seen or key in keys):
+                    continue
+                if key is not None:
+                    keys.add(key)
+                fresh.append(event)
+            if self.spool is not None:  # logged before anything changes: a failed write stores nothing
+                accepted = time.time()
+                try:
+                    self.spool.append([e.logged(accepted) for e in fresh])
+                except OSError as exc:
+                    raise StoreUnavailable(f"event spool: {exc}") from exc
+            for event in fresh:
                 if event.event_id is not None:
-                    key = (event.user_id, event.event_id)
-                    if key in self._seen:
-                        continue
-                    self._seen[key] = now + self.dedupe_ttl_s
+                    self._seen[(event.user_id, event.event_id)] = now + self.dedupe_ttl_s
                     if len(self._seen) > self.max_event_ids:
                         self._seen.popitem(last=False)
                 self._history(event.user_id).appendleft(event.item_id)
-                stored += 1
-        return stored
+        return len(fresh)
 
     def _history(self, user_id: str) -> deque[str]:
         """The user's list, most recently updated last; evicts the stalest user when full."""
@@ -105,29 +132,49 @@ class MemoryStore:
         return True
 
     def close(self) -> None:
-        pass
+        if self.spool is not None:
+            self.spool.close()
 
 
 # KEYS: for event i, KEYS[2i-1] = the user's list, KEYS[2i] = its dedupe key (= the list key
-# when the event has no id). ARGV: item ids, then ttl seconds, then the cap.
+# when the event has no id); the last key is the event log's Stream. ARGV: five per event
+# (user_id, item_id, category_id, timestamp, event_id), then ttl seconds, the history cap and
+# the log's bound (0: no log). Returns {events stored, log length}, or {-1, length} when the
+# batch could overflow the log (then nothing is stored).
 _APPEND = """
-local n = #ARGV - 2
-local ttl = tonumber(ARGV[n + 1])
-local cap = tonumber(ARGV[n + 2])
+local n = (#ARGV - 3) / 5
+local ttl = tonumber(ARGV[#ARGV - 2])
+local cap = tonumber(ARGV[#ARGV - 1])
+local log_max = tonumber(ARGV[#ARGV])
+local stream = KEYS[#KEYS]
+if log_max > 0 then
+  local length = redis.call('XLEN', stream)
+  if length + n > log_max then
+    return {-1, length}
+  end
+end
 local stored = 0
 for i = 1, n do
+  local a = 5 * (i - 1)
   local list, dedupe = KEYS[2 * i - 1], KEYS[2 * i]
   local fresh = true
   if dedupe ~= list then
     fresh = redis.call('SET', dedupe, '1', 'NX', 'EX', ttl)
   end
   if fresh then
-    redis.call('LPUSH', list, ARGV[i])
+    redis.call('LPUSH', list, ARGV[a + 2])
     redis.call('LTRIM', list, 0, cap - 1)
+    if log_max > 0 then
+      redis.call('XADD', stream, '*', 'user_id', ARGV[a + 1], 'item_id', ARGV[a + 2], 'category_id', ARGV[a + 3],
+                 'timestamp', ARGV[a + 4], 'event_id', ARGV[a + 5])
+    end
     stored = stored + 1
   end
 end
-return stored
+if log_max > 0 then
+  return {stored, redis.call('XLEN', stream)}
+end
+return {stored, 0}
 """
 
 
@@ -174,7 +221,7 @@ class RedisStore:
     kind = "redis"
 
     def __init__(self, url: str, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5,
-                 dedupe_ttl_s: float = 86_400) -> None:
+                 dedupe_ttl_s: float = 86_400, event_log_max: int = 1_000_000) -> None:
         import redis
 
         self._redis_errors = (redis.RedisError, OSError)
@@ -184,6 +231,8 @@ class RedisStore:
         self.prefix = prefix
         # Redis expiries are whole seconds, and EX 0 is an error: round up (0.5 s -> 1 s).
         self.dedupe_ttl_s = max(1, math.ceil(dedupe_ttl_s))
+        self.event_log_max = event_log_max  # 0: events are not logged
+        self.log_length = 0  # the event log's length after the last append: events not yet ingested
         self._append = self.client.register_script(_APPEND)
         self.breaker = CircuitBreaker()
 
@@ -205,12 +254,20 @@ class RedisStore:
         if not events:
             return 0
         keys: list[str] = []
+        args: list[str | int | float] = []
+        accepted = time.time()
         for event in events:
             key = self.key(event.user_id)
             dedupe = key if event.event_id is None else f"{self.prefix}:evt:{event.user_id}:{event.event_id}"
             keys += [key, dedupe]
-        return int(self._call(self._append, keys=keys,
-                              args=[e.item_id for e in events] + [self.dedupe_ttl_s, self.capacity]))
+            logged = event.logged(accepted)
+            args += [logged.user_id, logged.item_id, logged.category_id, repr(logged.timestamp), logged.event_id]
+        stored, self.log_length = (int(v) for v in self._call(
+            self._append, keys=[*keys, stream_key(self.prefix)],
+            args=[*args, self.dedupe_ttl_s, self.capacity, self.event_log_max]))
+        if stored < 0:
+            raise LogFull(f"{self.log_length} events wait to be ingested (JTM_EVENT_LOG_MAX {self.event_log_max})")
+        return stored
 
     def recent(self, user_id: str, limit: int) -> list[str]:
         return self._call(self.client.lrange, self.key(user_id), 0, min(limit, self.capacity) - 1)
@@ -226,7 +283,9 @@ class RedisStore:
 
 
 def make_store(redis_url: str | None, capacity: int, prefix: str = "jtm", timeout_s: float = 0.5,
-               dedupe_ttl_s: float = 86_400, memory_max_users: int = 1_000_000) -> BehaviorStore:
+               dedupe_ttl_s: float = 86_400, memory_max_users: int = 1_000_000, event_log_max: int = 1_000_000,
+               spool_dir: Path | None = None) -> BehaviorStore:
     if redis_url:
-        return RedisStore(redis_url, capacity, prefix, timeout_s, dedupe_ttl_s)
-    return MemoryStore(capacity, dedupe_ttl_s, max_users=memory_max_users)
+        return RedisStore(redis_url, capacity, prefix, timeout_s, dedupe_ttl_s, event_log_max)
+    return MemoryStore(capacity, dedupe_ttl_s, max_users=memory_max_users,
+                       spool=SpoolWriter(spool_dir) if spool_dir is not None else None)

@@ -33,6 +33,13 @@ class Settings(BaseSettings):
     memory_store_max_users: int = Field(1_000_000, ge=1, description="in-process store only: histories kept "
                                         "(least recently updated dropped first)")
     dedupe_ttl_s: float = Field(86_400, gt=0, description="how long an event_id is remembered")
+    # The event log (`trainer ingest` reads it): every stored event is also logged. With Redis, a
+    # Stream holding at most this many events not yet ingested: a /v1/events call that would
+    # exceed it is refused with 503 (nothing stored) rather than dropping events nobody has read.
+    event_log_max: int = Field(1_000_000, ge=0, description="Redis: events logged and not yet ingested "
+                               "(0: no event log)")
+    spool_dir: Path | None = Field(None, description="in-process store: log events to this directory (none: "
+                                   "events are not logged)")
 
     # Request limits.
     max_k: int = Field(1000, ge=1)

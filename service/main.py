@@ -48,7 +48,7 @@ def create_app(settings: Settings, bundle: ModelBundle | None = None, store: Beh
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         behaviors = store or make_store(settings.redis_url, settings.stored_history, settings.redis_prefix,
                                         settings.redis_timeout_s, settings.dedupe_ttl_s,
-                                        settings.memory_store_max_users)
+                                        settings.memory_store_max_users, settings.event_log_max, settings.spool_dir)
         models = ModelStore()
         # what the recommend route and the fast path serve every request with
         app.state.context = ServingContext(models=models, settings=settings, metrics=metrics, store=behaviors)

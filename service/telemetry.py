@@ -43,6 +43,8 @@ class Metrics:
         self.fallbacks = Counter("jtm_fallback_total", "Popular-items fallbacks", ["reason"], registry=r)
         self.unknown_items = Counter("jtm_unknown_history_items_total", "History ids not in the model", registry=r)
         self.events = Counter("jtm_events_accepted_total", "Behaviour events stored", registry=r)
+        self.event_log_pending = Gauge("jtm_event_log_pending", "Events in the Redis event log not yet ingested",
+                                       registry=r)
         self.store_evicted = Gauge("jtm_behavior_store_evicted_users",
                                    "In-process store: histories dropped to stay within JTM_MEMORY_STORE_MAX_USERS",
                                    registry=r)

@@ -336,6 +336,69 @@ def cmd_figure2(args: argparse.Namespace) -> None:
     print(f"wrote {Path(args.out) / 'figure2.png'} and figure2.json")
 
 
+def cmd_ingest(args: argparse.Namespace) -> None:
+    from trainer.config import configure
+    from trainer.online.ingest import Ingest, IngestConfig, IngestMetrics
+    from trainer.online.sources import RedisStreamSource, SpoolSource
+
+    if (args.redis_url is None) == (args.spool is None):
+        raise DataError("give the event log to read: --redis-url URL (the service's Redis) or --spool DIR")
+    config = configure(IngestConfig(), given_options(args, collect([("", IngestConfig)])))
+    source = (RedisStreamSource(args.redis_url, args.redis_prefix) if args.redis_url is not None
+              else SpoolSource(Path(args.spool)))
+    metrics = IngestMetrics()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, registry=metrics.registry)
+    ingest = Ingest(source, Path(args.log), config, metrics)
+    try:
+        if args.once:
+            read = ingest.drain()
+            print(f"ingested {read:,} events into {args.log} (log at segment {ingest.state.next_seq - 1}, "
+                  f"{ingest.state.events:,} events in all)")
+        else:
+            ingest.run()
+    finally:
+        ingest.close()
+
+
+def cmd_refresh(args: argparse.Namespace) -> None:
+    from trainer.config import configure
+    from trainer.online.refresh import RefreshConfig, RefreshMetrics, refresh
+
+    config = configure(RefreshConfig(), given_options(args, collect([("", RefreshConfig)])))
+    metrics = RefreshMetrics()
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, registry=metrics.registry)
+    while True:
+        started = time.time()
+        try:
+            decision = refresh(Path(args.registry), Path(args.log), config, args.redis_url, args.seed)
+        except DataError as exc:
+            if args.interval is None:
+                raise
+            decision = {"decision": "error", "message": str(exc)}
+            logging.getLogger("trainer.online.refresh").error("refresh failed: %s", exc)
+        metrics.observe(decision, time.time() - started)
+        print(_decision_line(decision), flush=True)
+        if args.interval is None:
+            return
+        time.sleep(max(0.0, args.interval - (time.time() - started)))
+
+
+def _decision_line(decision: dict) -> str:
+    if decision["decision"] in ("nothing", "error"):
+        return decision["message"]
+    paired = decision["paired_difference"]
+    return (f"{decision['decision']} {decision['candidate']} ({decision['mode']}, {decision['new_events']} new events, "
+            f"{decision['new_items']['added']} new items): held-out recall@{decision['k']} "
+            f"{decision['served_recall']:.4f} -> {decision['candidate_recall']:.4f}, paired {paired['mean']:+.4f} "
+            f"+- {paired['se']:.4f} over {paired['users']} users (tolerance {decision['tolerance']})")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from trainer.run import evaluate_run
 
@@ -479,6 +542,37 @@ def _figure2_arguments(parser: argparse.ArgumentParser) -> None:
     _add_model_arguments(parser)
 
 
+def _ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainer.online.ingest import IngestConfig
+
+    parser.add_argument("--log", required=True, help="the Parquet event log directory to write")
+    parser.add_argument("--redis-url", default=None, help="read the service's event Stream on this Redis "
+                                                          "(default: --spool)")
+    parser.add_argument("--redis-prefix", default="jtm", help="the service's JTM_REDIS_PREFIX")
+    parser.add_argument("--spool", default=None, metavar="DIR",
+                        help="read the spool of a service without Redis (its JTM_SPOOL_DIR; default: --redis-url)")
+    parser.add_argument("--once", action="store_true", help="drain what is there, then exit (default: run until "
+                                                            "SIGTERM)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (default: none)")
+    add_options(parser, collect([("", IngestConfig)]))
+
+
+def _refresh_arguments(parser: argparse.ArgumentParser) -> None:
+    from trainer.online.refresh import RefreshConfig
+
+    parser.add_argument("--registry", required=True, help="the registry whose current version is refreshed")
+    parser.add_argument("--log", required=True, help="the Parquet event log `ingest` writes")
+    parser.add_argument("--redis-url", default=None, help="announce a published version on this Redis "
+                                                          "(default: the registry files only)")
+    parser.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                        help="refresh every this many seconds until stopped (default: once)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (default: none)")
+    _add_seed(parser, "hold-out and training seed")
+    add_options(parser, collect([("", RefreshConfig)]))
+
+
 def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory written by train")
     parser.add_argument("--m", type=int, default=None, help="M in P/R/F@M (default: the run's M)")
@@ -523,6 +617,9 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "figure2": ("JTM tree learning vs k-means re-clustering per iteration (paper Fig. 2)", _figure2_arguments,
                 cmd_figure2),
     "evaluate": ("evaluate a run directory on its test users", _evaluate_arguments, cmd_evaluate),
+    "ingest": ("read the service's event log into the Parquet log, exactly once", _ingest_arguments, cmd_ingest),
+    "refresh": ("bring the served model up to date with the logged traffic, behind a quality gate",
+                _refresh_arguments, cmd_refresh),
 }
 
 

@@ -9,6 +9,11 @@ that recomputed the user part in every level's call cost ~8% more search time). 
 hierarchical representation the service maps behaviours to level-l ancestors (numpy, from the
 tree in the same artifact) before the call, exactly as training did.
 
+Beside them, `trainer.pt` keeps the method's configuration and the scorer's weights other than
+the embedding table (which the graph holds), so `load_method` rebuilds the served model for
+`trainer refresh` to continue training it, new items' rows included once add-items has grown
+the table.
+
 Parity is checked before the artifact is written: ONNX vs PyTorch logits on random inputs
 (max abs difference, must be <= 1e-4), and the service's beam search over ONNX scores vs the
 offline evaluator's over PyTorch scores on the run's test users (identical top-k lists).
@@ -25,10 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.core.artifact import ArtifactError, sha256_file
+from service.core.artifact import TRAINER_FILE, Artifact, ArtifactError, sha256_file
 from service.core.artifact import write_artifact as core_write_artifact
 from trainer.data.split import sampled_histories
-from trainer.deep_retrieval import DeepRetrieval
+from trainer.deep_retrieval import DeepConfig, DeepRetrieval
 from trainer.errors import DataError
 from trainer.model.scorer import TreeScorer
 
@@ -36,6 +41,7 @@ log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
+_TABLE_WEIGHTS = ("embedding.weight", "bias.weight")  # in scorer.onnx's table, not in trainer.pt
 
 
 class _ScorerGraph(torch.nn.Module):
@@ -229,9 +235,40 @@ def export_run(run: Path, out: Path, parity_users: int = 200) -> dict:
     )
 
 
+def save_trainer_state(method: DeepRetrieval, path: Path) -> None:
+    """The method's configuration and the scorer's weights except the embedding table."""
+    assert method.model is not None
+    dense = {k: v.detach().cpu() for k, v in method.model.state_dict().items() if k not in _TABLE_WEIGHTS}
+    torch.save({"format": 1, "method_config": json.dumps(method.config.to_json()), "dense": dense}, path)
+
+
+def load_method(artifact: Artifact) -> DeepRetrieval:
+    """The served model as a method that trains: configuration and dense weights from
+    `trainer.pt`, embedding rows and biases from the scorer's table (`[embedding | 1 | bias]`,
+    padding row last), the artifact's tree."""
+    from trainer.catalogue.scorer_table import read_table
+
+    path = artifact.path / TRAINER_FILE
+    if TRAINER_FILE not in artifact.manifest["files"]:
+        raise DataError(f"artifact {artifact.version} has no {TRAINER_FILE} (exported before refresh existed): "
+                        "export it again from its run directory", artifact.path)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    method = DeepRetrieval(DeepConfig.from_json(json.loads(saved["method_config"])))
+    table = torch.from_numpy(read_table(artifact.scorer_file).table)
+    d = method.config.scorer.dim
+    model = TreeScorer(artifact.tree.n_rows, method.config.scorer)
+    if table.shape != (artifact.tree.n_rows + 1, d + 2):
+        raise DataError(f"the scorer's table is {tuple(table.shape)}, the tree needs ({artifact.tree.n_rows + 1}, "
+                        f"{d + 2})", artifact.path)
+    model.load_state_dict({**saved["dense"], "embedding.weight": table[:, :d].clone(),
+                           "bias.weight": table[:, d + 1:].clone()})
+    method.model, method.tree = model.eval(), artifact.tree
+    return method
+
+
 def write_artifact(
     method: DeepRetrieval, items_file: Path, out: Path, *, method_name: str, metrics: dict, k: int, beam: int,
-    parity_histories: np.ndarray, dataset: dict,
+    parity_histories: np.ndarray, dataset: dict, sections: dict | None = None,
 ) -> dict:
     """Export the scorer and tree, check parity, and write the artifact through
     `service.core.artifact.write_artifact` (staged, checksummed, renamed in one step)."""
@@ -240,6 +277,7 @@ def write_artifact(
 
     def write_files(staging: Path) -> dict:
         tree.save(staging / "tree.npz")
+        save_trainer_state(method, staging / TRAINER_FILE)
         scorer_spec = export_onnx(method.model, staging / "scorer.onnx")
         bind_tree(staging / "scorer.onnx", sha256_file(staging / "tree.npz"))
         shutil.copyfile(items_file, staging / "items.npz")
@@ -258,6 +296,7 @@ def write_artifact(
             "defaults": {"k": k, "beam": beam},
             "metrics": metrics,
             "parity": {"onnx_vs_torch_max_abs": max_abs, "tolerance": PARITY_TOLERANCE, "topk": topk},
+            **(sections or {}),
         }
 
     try:

@@ -18,7 +18,7 @@ from service.api.schemas import (
     RecommendResponse,
     error_responses,
 )
-from service.behavior_store import StoredEvent, StoreUnavailable
+from service.behavior_store import LogFull, StoreUnavailable
 from service.recommend import Rejected, ServingContext, request_defaults
 from service.recommend import recommend as recommend_request
 
@@ -69,11 +69,17 @@ def events(body: Event | EventBatch, context: ContextDep) -> EventsAccepted:
     if len(batch) > settings.max_events:
         raise HTTPException(413, f"events: {len(batch)} in one call, at most {settings.max_events}")
     try:
-        stored = store.append([StoredEvent(str(e.user_id), str(e.item_id), e.event_id) for e in batch])
+        stored = store.append([e.stored() for e in batch])
     except StoreUnavailable as exc:
         metrics.store_errors.labels("write").inc()
         raise unavailable("behaviour store unavailable; no event of this call was stored, retry") from exc
+    except LogFull as exc:
+        metrics.rejected.labels("event_log_full").inc()
+        raise unavailable(f"event log full ({exc}); no event of this call was stored, retry") from exc
     metrics.events.inc(stored)
+    log_length = getattr(store, "log_length", None)
+    if log_length is not None:
+        metrics.event_log_pending.set(log_length)
     evicted = getattr(store, "evicted", None)
     if evicted is not None:
         metrics.store_evicted.set(evicted)
@@ -81,15 +87,20 @@ def events(body: Event | EventBatch, context: ContextDep) -> EventsAccepted:
 
 
 @router.get("/v1/model")
-def model(context: ContextDep) -> dict:
+def model(request: Request, context: ContextDep) -> dict:
     """The bundle served (with the k and beam a request that names neither gets), the model
-    store's state, and which behaviour store is used."""
+    store's state, which behaviour store is used, and the refresh loop: the event-log
+    watermark the served version was refreshed through, and the quality gate's last decision
+    (when following a registry)."""
     models = context.models
     bundle = models.current
+    follower = getattr(request.app.state, "follower", None)
     return {
         "serving": None if bundle is None else {**bundle.summary(), "defaults": request_defaults(bundle)},
         "last_error": models.last_error,
         "behavior_store": context.store.kind,
+        "refresh": {"log": None if bundle is None else bundle.manifest.get("log"),
+                    "last_decision": None if follower is None else follower.registry.last_decision()},
         **(models.describe() if hasattr(models, "describe") else {}),
     }
 

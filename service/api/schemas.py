@@ -16,6 +16,7 @@ from pydantic import (
     StrictStr,
 )
 
+from service.behavior_store import StoredEvent
 from service.recommend import DEFAULT_K, RecommendQuery
 
 
@@ -104,10 +105,17 @@ class RecommendResponse(BaseModel):
 class Event(Strict):
     user_id: Id
     item_id: Id
-    timestamp: StrictInt | StrictFloat | None = None
+    timestamp: StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)] | None = Field(
+        None, description="seconds since the epoch (default: when the service accepts it)")
     event_id: StrictStr | None = Field(
         None, min_length=1, max_length=128,
         description="idempotency key: a repeat of (user_id, event_id) is not stored again")
+    category_id: Id | None = Field(None, description="the item's category, logged for training new items")
+
+    def stored(self) -> StoredEvent:
+        return StoredEvent(str(self.user_id), str(self.item_id), self.event_id,
+                           "" if self.category_id is None else str(self.category_id),
+                           None if self.timestamp is None else float(self.timestamp))
 
 
 class EventBatch(Strict):

@@ -7,6 +7,7 @@ An artifact is an immutable directory::
     scorer.onnx     the user-node scorer: (history rows (B, L), node rows (B, C)) -> logits (B, C)
     tree.npz        the tree (service.core.tree format)
     items.npz       original item ids, item categories, popularity order (cold start)
+    trainer.pt      optional: the configuration and dense weights `trainer refresh` continues from
 
 Three entry points, one per direction: `write_artifact` (the trainer's export: stage, write,
 checksum, rename), `verify_artifact` (manifest and checksums only: the registry), and
@@ -44,6 +45,10 @@ __all__ = ["Artifact", "ArtifactError", "read_artifact", "verify_artifact", "wri
 ARTIFACT_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("scorer.onnx", "tree.npz", "items.npz")
+# Checksummed with the rest when present; the service does not read it: the scorer's weights
+# other than the embedding table, for `trainer refresh` to continue training the served model.
+TRAINER_FILE = "trainer.pt"
+OPTIONAL_FILES = (TRAINER_FILE,)
 SECTION_FILES = {"tree": "tree.npz", "scorer": "scorer.onnx", "items": "items.npz"}  # section -> default file
 MAX_MANIFEST_BYTES = 1 << 20
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -300,7 +305,7 @@ def write_artifact(out: str | Path, write_files: Callable[[Path], dict[str, Any]
     staging = staging_dir(out.parent, f".{out.name}.")
     try:
         sections = write_files(staging)
-        files = file_entries(staging, list(REQUIRED_FILES))
+        files = file_entries(staging, [*REQUIRED_FILES, *(n for n in OPTIONAL_FILES if (staging / n).exists())])
         created = datetime.now(UTC).isoformat(timespec="seconds")
         manifest = {"format_version": ARTIFACT_FORMAT_VERSION, "version": version_id(created, files),
                     "created": created, **sections, "files": files}

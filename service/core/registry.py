@@ -6,6 +6,8 @@ Layout::
     REGISTRY/CURRENT               the version to serve (one line), written atomically
     REGISTRY/AB.json               optional {"candidate": version, "share": 0.1}
     REGISTRY/history.jsonl         append-only log of pointer moves
+    REGISTRY/decisions/            `trainer refresh`'s quality-gate decisions, one JSON per candidate,
+                                   and latest.json
 
 Publishing copies an artifact in (into a temporary directory, verified, then renamed), then
 moves the pointer. Publishing a version that is already there only moves the pointer. When a
@@ -121,6 +123,30 @@ class Registry:
             if entry["version"] == current and entry.get("previous") and entry["previous"] != current:
                 return entry["previous"]
         return None
+
+    # ------------------------------------------------------------------ refresh decisions
+
+    @property
+    def decisions_dir(self) -> Path:
+        return self.root / "decisions"
+
+    def record_decision(self, decision: dict[str, Any]) -> Path:
+        """Keep a quality-gate decision (`trainer refresh`): decisions/<time>-<candidate>.json,
+        and decisions/latest.json, each written in one step."""
+        self.decisions_dir.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(decision, indent=1).encode()
+        name = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{decision.get('candidate') or 'none'}.json"
+        path = self.decisions_dir / name
+        atomic_write_bytes(path, data)
+        atomic_write_bytes(self.decisions_dir / "latest.json", data)
+        return path
+
+    def last_decision(self) -> dict[str, Any] | None:
+        path = self.decisions_dir / "latest.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
     # ------------------------------------------------------------------ A/B
 

@@ -30,7 +30,7 @@ def test_manifest_describes_the_artifact(trained, method: str) -> None:
     run, artifact = trained[method]
     manifest = verify_artifact(artifact)  # checksums and sizes of every file
     assert manifest["method"] == method and manifest["format_version"] == 1
-    assert set(manifest["files"]) == {"scorer.onnx", "tree.npz", "items.npz"}
+    assert set(manifest["files"]) == {"scorer.onnx", "tree.npz", "items.npz", "trainer.pt"}
     config = json.loads((run / "config.json").read_text())
     assert manifest["data_fingerprint"] == config["dataset"]["fingerprint"]
     assert manifest["scorer"]["hierarchical"] == (method == "jtm-h")
@@ -177,3 +177,21 @@ def test_service_serves_an_artifact_exported_before_the_split(trained, tmp_path:
         np.testing.assert_array_equal(a.items, b.items)
     current.close()
     before.close()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_load_method_rebuilds_the_exported_model(trained, method: str) -> None:
+    """`trainer refresh` continues the served model from the artifact alone: configuration and
+    dense weights from trainer.pt, embedding rows and biases from the scorer's table."""
+    from service.core.artifact import read_artifact
+    from trainer.export import load_method
+
+    run, artifact = trained[method]
+    _, _, _, offline = load_run(run)
+    rebuilt = load_method(read_artifact(artifact))
+    assert rebuilt.config == offline.config
+    original, loaded = offline.model.state_dict(), rebuilt.model.state_dict()
+    assert set(original) == set(loaded)
+    for name, value in original.items():
+        assert torch.equal(value, loaded[name]), name
+    assert np.array_equal(rebuilt.tree.item_leaf, offline.tree.item_leaf)

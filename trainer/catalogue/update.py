@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.core.artifact import MANIFEST, Artifact, ArtifactError, read_artifact, sha256_file
+from service.core.artifact import MANIFEST, TRAINER_FILE, Artifact, ArtifactError, read_artifact, sha256_file
 from service.core.artifact import write_artifact as core_write_artifact
 from service.core.items import ItemCatalog
 from service.core.tree import Tree
@@ -96,6 +96,7 @@ def add_items(artifact: Path, items: Path, out: Path, events: Path | None = None
     def write_files(staging: Path) -> dict:
         new_tree.save(staging / "tree.npz")
         write_grown(scorer, table, sha256_file(staging / "tree.npz"), staging / "scorer.onnx")
+        _keep_trainer_state(base, staging)
         new_catalog.save(staging / "items.npz")
         max_abs = parity(base.scorer_file, staging / "scorer.onnx", old_to_new, base.history_length)
         if max_abs > PARITY_TOLERANCE:
@@ -139,6 +140,7 @@ def retire_items(artifact: Path, items: Path, out: Path) -> dict:
     def write_files(staging: Path) -> dict:
         shutil.copyfile(base.path / base.manifest["tree"].get("file", "tree.npz"), staging / "tree.npz")
         shutil.copyfile(base.scorer_file, staging / "scorer.onnx")  # same tree: the binding still holds
+        _keep_trainer_state(base, staging)
         new_catalog.save(staging / "items.npz")
         topk = _unchanged_lists(base, staging, base.tree, new_catalog, identity)
         if topk["retired_served"]:
@@ -242,6 +244,13 @@ def _sections(base: Artifact, tree: Tree, operation: dict, parity_section: dict)
                              "trained_version": previous.get("trained_version", base.version)}
     sections["parity"] = parity_section
     return sections
+
+
+def _keep_trainer_state(base: Artifact, staging: Path) -> None:
+    """Carry the dense weights over: adding or retiring items changes only the table's rows,
+    which the grown scorer.onnx holds (`trainer.export.load_method` reads them from there)."""
+    if TRAINER_FILE in base.manifest["files"]:
+        shutil.copyfile(base.path / TRAINER_FILE, staging / TRAINER_FILE)
 
 
 def _write(out: Path, write_files) -> dict:
