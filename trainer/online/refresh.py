@@ -218,9 +218,17 @@ def _candidate(served: Artifact, window: Window, mode: str, config: RefreshConfi
 
 def _with_new_items(served: Artifact, training: pd.DataFrame, staging: Path) -> tuple[Artifact, list[str]]:
     """`served` grown by the items of `training` it does not know (add-items: co-consumption in
-    these events places them), or `served` itself when there are none."""
+    these events places them), or `served` itself when there are none. Ids that cannot be of the
+    catalogue's type (text where its ids are integers) are left out, with a warning."""
     known = served.catalog.items.lookup(list(training["item_id"]))
     unknown = training[known < 0]
+    if served.catalog.items.numeric:
+        integral = pd.to_numeric(unknown["item_id"], errors="coerce")
+        fits = integral.notna() & (integral == integral.round())
+        if not fits.all():
+            log.warning("%d events name %d item ids that are not integers, as the catalogue's are: left out",
+                        int((~fits).sum()), unknown.loc[~fits, "item_id"].nunique())
+        unknown = unknown[fits]
     if not len(unknown):
         return served, []
     from trainer.catalogue.update import add_items

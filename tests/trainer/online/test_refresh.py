@@ -1,0 +1,135 @@
+"""`trainer refresh`: new items and new events reach a new served version behind the quality
+gate; a worse candidate is refused; a crash leaves the registry consistent."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from service.core.artifact import read_artifact, verify_artifact
+from service.core.event_log import LoggedEvent
+from service.core.registry import Registry
+from tests.conftest import ROOT
+from tests.helpers import train_and_export
+from trainer.online import refresh as refresh_module
+from trainer.online.event_log import Segments
+from trainer.online.refresh import RefreshConfig, refresh
+from trainer.publish import publish
+
+NEW_ITEMS = [str(9_000_000 + i) for i in range(6)]  # the catalogue's ids are integers
+
+
+def traffic(log: pd.DataFrame, users: int, seed: int = 0, end_with_new: bool = True) -> list[LoggedEvent]:
+    """Each user replays some of their own items, then meets a new item, which follows one of
+    their items (co-consumption places it), and ends with it again, or with one of their own
+    items (the last event is what the gate holds out for some users)."""
+    rng = np.random.default_rng(seed)
+    events, now = [], time.time()
+    for u in log["user_id"].unique()[:users]:
+        items = log.loc[log["user_id"] == u, "item_id"].to_numpy()
+        new = NEW_ITEMS[int(items[0]) % len(NEW_ITEMS)]
+        sequence = [*rng.choice(items, 4), items[0], new, *rng.choice(items, 3), items[0],
+                    new if end_with_new else items[-1]]
+        events += [LoggedEvent(str(u), str(i), "", now + j, f"{u}-{j}") for j, i in enumerate(sequence)]
+    return events
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> tuple[Path, Path]:
+    """A trained tiny JTM model published in a registry, and its synthetic training log."""
+    root = tmp_path_factory.mktemp("refresh")
+    _, artifact = train_and_export(root, "jtm", 0, "auto")
+    return root, artifact
+
+
+def fresh_registry(served, tmp_path: Path, users: int = 200, end_with_new: bool = True) -> tuple[Path, Path]:
+    root, artifact = served
+    registry, log_dir = tmp_path / "registry", tmp_path / "log"
+    publish(artifact, registry)
+    segments = Segments(log_dir)
+    events = traffic(pd.read_parquet(root / "log.parquet"), users, end_with_new=end_with_new)
+    segments.commit(segments.recover(), events, {})
+    return registry, log_dir
+
+
+@pytest.mark.slow
+def test_new_items_reach_a_published_version_and_nothing_new_does_nothing(served, tmp_path: Path) -> None:
+    registry_dir, log_dir = fresh_registry(served, tmp_path)
+    registry = Registry(registry_dir)
+    before = registry.current()
+    decision = refresh(registry_dir, log_dir, RefreshConfig(holdout=0.2))
+    assert decision["decision"] == "publish" and registry.current() == decision["candidate"] != before
+    assert decision["new_items"]["added"] == len(NEW_ITEMS) and decision["new_items"]["coverage"] > 0
+    assert decision["candidate_recall"] > decision["served_recall"]  # the served model cannot know them
+    assert registry.last_decision() == decision
+    now = read_artifact(registry.path(registry.current()))
+    assert now.manifest["log"]["watermark"] == Segments(log_dir).last_seq()
+    assert (now.catalog.items.lookup(NEW_ITEMS) >= 0).all()
+    assert {str(i) for i in now.catalog.items.original(now.catalog.fresh)} == set(NEW_ITEMS)  # what "fresh" ranks
+    again = refresh(registry_dir, log_dir, RefreshConfig(holdout=0.2))
+    assert again["decision"] == "nothing" and registry.current() == decision["candidate"]
+
+
+@pytest.mark.slow
+def test_a_worse_candidate_is_refused_and_the_served_version_stays(served, tmp_path: Path, monkeypatch) -> None:
+    """Held-out events of items both models know: a candidate whose rows are shuffled loses
+    against the served model and is refused; the honest fine-tune is published."""
+    registry_dir, log_dir = fresh_registry(served, tmp_path, end_with_new=False)
+    registry = Registry(registry_dir)
+    before = registry.current()
+    fine_tune = refresh_module._continue
+
+    def sabotaged(*args, **kwargs):
+        """The fine-tuned model with its item rows shuffled: the rows belong to other items."""
+        method = fine_tune(*args, **kwargs)
+        with torch.no_grad():
+            rows = method.model.embedding.weight
+            order = torch.randperm(rows.shape[0] - 1, generator=torch.Generator().manual_seed(0))
+            rows[:-1] = rows[:-1][order].clone()
+        return method
+
+    monkeypatch.setattr(refresh_module, "_continue", sabotaged)
+    decision = refresh(registry_dir, log_dir, RefreshConfig(holdout=0.3))
+    assert decision["decision"] == "refuse" and registry.current() == before
+    assert decision["paired_difference"]["mean"] < -decision["tolerance"]
+    assert decision["candidate"] not in registry.versions()
+    assert registry.last_decision()["decision"] == "refuse"
+    monkeypatch.setattr(refresh_module, "_continue", fine_tune)
+    assert refresh(registry_dir, log_dir, RefreshConfig(holdout=0.3))["decision"] == "publish"
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_in_a_refresh_leaves_the_registry_consistent(served, tmp_path: Path) -> None:
+    """SIGKILL at increasing delays (reading, adding items, training, exporting, publishing):
+    after each, the registry's current version is complete and verifies, and every version in it
+    does; the next refresh publishes."""
+    registry_dir, log_dir = fresh_registry(served, tmp_path)
+    registry = Registry(registry_dir)
+    first = registry.current()
+    command = [sys.executable, "-m", "trainer", "refresh", "--registry", str(registry_dir), "--log", str(log_dir),
+               "--holdout", "0.2"]
+    for delay in (0.5, 1.5, 2.5, 3.5, 4.5, 6.0, 8.0):
+        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        current = registry.current()
+        assert current is not None
+        verify_artifact(registry.path(current))
+        for version in registry.versions():
+            verify_artifact(registry.path(version))
+        if current != first:
+            break  # a refresh completed before the signal: it published a complete version
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert registry.current() != first
+    assert json.loads((registry_dir / "decisions" / "latest.json").read_text())["decision"] in ("publish", "nothing")
