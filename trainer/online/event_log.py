@@ -119,9 +119,9 @@ class Segments:
         files = []
         seq = state.next_seq
         if len(frame):
-            partitions = [_partition(t) for t in frame["timestamp"]]
-            for partition, rows in frame.groupby(pd.Series(partitions), sort=True).groups.items():
-                final = Path(partition) / f"part-{seq:012d}.parquet"
+            hours = np.floor(frame["timestamp"].to_numpy() / 3600).astype(np.int64)
+            for hour, rows in frame.groupby(hours, sort=True).groups.items():
+                final = Path(_partition(3600.0 * hour)) / f"part-{seq:012d}.parquet"
                 tmp = final.parent / f".{final.name}.tmp"
                 (self.root / final.parent).mkdir(parents=True, exist_ok=True)
                 _write_parquet(frame.loc[rows], self.root / tmp)

@@ -62,6 +62,7 @@ class RedisStreamSource:
         self._last = "0-0"  # the last entry read
         self._replay: list[LoggedEvent] = []  # delivered before a restart and not in the log yet
         self._replay_ids: list[str] = []
+        self._unacked: list[str] = []  # entries read since the last release
         try:
             self.client.xgroup_create(self.key, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
@@ -85,12 +86,14 @@ class RedisStreamSource:
             events, ids = self._replay[:max_events], self._replay_ids[:max_events]
             self._replay, self._replay_ids = self._replay[max_events:], self._replay_ids[max_events:]
             self._last = ids[-1]
+            self._unacked += ids
             return events
         answer = self.client.xreadgroup(GROUP, self.consumer, {self.key: ">"}, count=max_events,
                                         block=block_ms or None)
         entries = answer[0][1] if answer else []
         if entries:
             self._last = entries[-1][0]
+            self._unacked += [entry_id for entry_id, _ in entries]
         return [decode(fields, entry_id) for entry_id, fields in entries]
 
     def checkpoint(self) -> dict:
@@ -100,15 +103,18 @@ class RedisStreamSource:
         last = checkpoint.get("last", "0-0")
         if last == "0-0":
             return
-        # Acknowledge this consumer's pending entries up to `last`, then drop everything older:
-        # one consumer, so no other reader still needs them.
-        pending = self.client.xpending_range(self.key, GROUP, min="-", max=last, count=1 << 20,
-                                             consumername=self.consumer)
-        ids = [p["message_id"] for p in pending]
+        # Acknowledge the entries read up to `last`, then drop everything older: one consumer,
+        # so no other reader still needs them. (Entries delivered before a restart and already
+        # in the log were acknowledged by `restore`.)
+        done = _stream_id(last)
+        ids = [entry_id for entry_id in self._unacked if _stream_id(entry_id) <= done]
+        self._unacked = self._unacked[len(ids):]
+        pipe = self.client.pipeline(transaction=False)
         for start in range(0, len(ids), 10_000):
-            self.client.xack(self.key, GROUP, *ids[start:start + 10_000])
-        ms, seq = _stream_id(last)
-        self.client.xtrim(self.key, minid=f"{ms}-{seq + 1}", approximate=False)
+            pipe.xack(self.key, GROUP, *ids[start:start + 10_000])
+        ms, seq = done
+        pipe.xtrim(self.key, minid=f"{ms}-{seq + 1}", approximate=False)
+        pipe.execute()
 
     def lag(self) -> int:
         return int(self.client.xlen(self.key))
