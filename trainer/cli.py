@@ -358,6 +358,9 @@ def cmd_ingest(args: argparse.Namespace) -> None:
             print(f"ingested {read:,} events into {args.log} (log at segment {ingest.state.next_seq - 1}, "
                   f"{ingest.state.events:,} events in all)")
         else:
+            import signal
+
+            signal.signal(signal.SIGTERM, lambda *_: ingest.stop())
             ingest.run()
     finally:
         ingest.close()

@@ -15,7 +15,6 @@ segments on start.
 from __future__ import annotations
 
 import logging
-import signal
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -57,6 +56,7 @@ class IngestMetrics:
                                  registry=r)
         self.commit_seconds = Histogram("jtm_ingest_commit_seconds", "Time to write and commit one batch",
                                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.errors = Counter("jtm_ingest_errors_total", "Batches that failed (source or disk); retried", registry=r)
 
 
 class RecentKeys:
@@ -74,6 +74,9 @@ class RecentKeys:
         if len(self._keys) > self.capacity:
             self._keys.popitem(last=False)
         return True
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return key in self._keys
 
     def load(self, frame: pd.DataFrame) -> None:
         for key in zip(frame["user_id"].astype(str), frame["event_id"].astype(str), strict=True):
@@ -118,10 +121,18 @@ class Ingest:
             self.metrics.lag.set(self.source.lag())
             return 0
         started = time.perf_counter()
-        fresh: list[LoggedEvent] = [e for e in events if self.recent.add((e.user_id, e.event_id))]
+        fresh: list[LoggedEvent] = []
+        batch_keys: set[tuple[str, str]] = set()
+        for event in events:
+            key = (event.user_id, event.event_id)
+            if key not in self.recent and key not in batch_keys:
+                batch_keys.add(key)
+                fresh.append(event)
         checkpoint = self.source.checkpoint()
         before = self.state.next_seq
         self.state = self.segments.commit(self.state, fresh, checkpoint)
+        for event in fresh:  # remembered once logged: a failed commit's batch is read again, not a repeat
+            self.recent.add((event.user_id, event.event_id))
         self.source.release(checkpoint)
         self.metrics.events.inc(len(fresh))
         self.metrics.duplicates.inc(len(events) - len(fresh))
@@ -140,20 +151,39 @@ class Ingest:
             total += read
         return total
 
-    def run(self, report_every_s: float = 60.0) -> None:
-        """Until SIGTERM/SIGINT: a batch at a time; logs a rate line every `report_every_s`."""
-        def stop(*_: object) -> None:
-            self._stop = True
+    def stop(self) -> None:
+        """End `run` after the batch in progress (the CLI calls it on SIGTERM)."""
+        self._stop = True
 
-        signal.signal(signal.SIGTERM, stop)
-        read, since = 0, time.monotonic()
+    def run(self, report_every_s: float = 60.0) -> None:
+        """Until `stop`: a batch at a time; logs a rate line every `report_every_s`. A failed
+        batch (Redis unreachable, a full disk) is logged and retried after a pause that doubles
+        up to a minute: nothing was released, so nothing is lost."""
+        read, since, pause = 0, time.monotonic(), 1.0
         while not self._stop:
-            read += self.step()
+            try:
+                read += self.step()
+                pause = 1.0
+            except Exception as exc:  # noqa: BLE001 - whatever failed, the source still holds the batch
+                self.metrics.errors.inc()
+                log.error("ingest: batch failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc, pause)
+                time.sleep(pause)
+                pause = min(60.0, 2 * pause)
+                self._resume()
+                continue
             if time.monotonic() - since >= report_every_s:
                 elapsed = time.monotonic() - since
                 log.info("ingest: %d events in %.0f s (%.0f/s), %d waiting, log at seq %d", read, elapsed,
                          read / elapsed, self.source.lag(), self.state.next_seq - 1)
                 read, since = 0, time.monotonic()
+
+    def _resume(self) -> None:
+        """After a failed batch: back to the last commit (the batch is read again)."""
+        try:
+            self.state = self.segments.recover()
+            self.source.restore(self.state.checkpoint)
+        except Exception as exc:  # noqa: BLE001 - still failing: the next step will say so
+            log.error("ingest: cannot resume yet (%s: %s)", type(exc).__name__, exc)
 
     def close(self) -> None:
         self.source.close()

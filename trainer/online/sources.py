@@ -72,6 +72,7 @@ class RedisStreamSource:
     def restore(self, checkpoint: dict | None) -> None:
         done = _stream_id((checkpoint or {}).get("last", "0-0"))
         self._last = (checkpoint or {}).get("last", "0-0")
+        self._unacked = []
         # This consumer's pending entries: delivered before a restart, never acknowledged.
         pending = self.client.xreadgroup(GROUP, self.consumer, {self.key: "0"}) or []
         entries = pending[0][1] if pending else []
