@@ -1,4 +1,5 @@
 # The trainer: PyTorch (CPU wheel) + the service extras it uses for export parity and publish.
+# One image for the one-shot training job (jtm-trainer-job), `trainer ingest` and `trainer refresh`.
 #   docker build -f deploy/trainer.Dockerfile -t jtm-trainer .
 # Everything goes into one virtual environment in the build stage, copied whole into the final
 # one. torch comes first from the CPU index, without its dependencies (that index mirrors only
@@ -21,7 +22,9 @@ RUN useradd --create-home --uid 10001 jtm
 COPY --from=build /opt/venv /opt/venv
 COPY deploy/trainer-job.sh /usr/local/bin/jtm-trainer-job
 WORKDIR /work
-RUN mkdir -p /registry /work/data /work/runs && chown 10001 /work /work/data /work/runs /registry
+# Mount points of the named volumes (compose): an empty volume takes the owner of the directory it
+# is mounted on, so these must belong to the user the containers run as.
+RUN mkdir -p /registry /log /work/data /work/runs && chown 10001 /work /work/data /work/runs /registry /log
 USER 10001
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
 ENTRYPOINT ["python", "-m", "trainer"]

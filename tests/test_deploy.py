@@ -1,6 +1,10 @@
-"""Deployment files, checked statically (no Docker engine on these machines): every file,
-port, environment variable, CLI flag and probe path they reference exists in the project and
-matches the service's settings; shutdown timings fit; pinned versions are consistent.
+"""Deployment files, checked without a Docker engine or a cluster (these machines have neither):
+every file, port, environment variable, CLI flag and probe path they reference exists in the
+project and matches the service's settings; every command line is accepted by the program's own
+parser; the learning loop's processes share the volumes they need; Prometheus scrapes what
+exports metrics and the dashboard queries only metrics that exist; shutdown timings fit; pinned
+versions are consistent. Commands that can run here are run: the compose ingest and refresher
+commands (local Redis, paths mapped), the trainer job and `make demo` (stub `python`).
 
 `Settings` ignores unknown JTM_ variables (pydantic-settings only forbids unknown *keyword*
 arguments), so a misspelt variable in a manifest would silently do nothing: these tests are
@@ -8,6 +12,7 @@ what catches it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -52,9 +57,16 @@ def service_deployment() -> dict:
     return next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "jtm-service")
 
 
-def cronjob_pod() -> dict:
-    (cron,) = of_kind("CronJob")
+def cronjob_pod(name: str = "jtm-trainer") -> dict:
+    cron = next(d for d in of_kind("CronJob") if d["metadata"]["name"] == name)
     return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
+def project_pods() -> list[dict]:
+    """The pod templates (Deployments and CronJobs) that run the project's images."""
+    pods = [d["spec"]["template"]["spec"] for d in of_kind("Deployment")]
+    pods += [d["spec"]["jobTemplate"]["spec"]["template"]["spec"] for d in of_kind("CronJob")]
+    return [p for p in pods if any(c["image"].startswith(("jtm-service:", "jtm-trainer:")) for c in p["containers"])]
 
 
 def trainer_job_variables() -> set[str]:
@@ -101,12 +113,74 @@ def settings_from_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], **ov
     return Settings(**overrides)
 
 
+def trainer_command(argv: list[str]) -> dict[str, object]:
+    """`python -m trainer ARGV` parsed by the trainer's own parser (an unknown option, a missing
+    required one or a bad value fails here as it would in the container); the options given."""
+    from trainer.cli import build_parser
+
+    parser = build_parser(argv[0])
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        pytest.fail(f"python -m trainer {' '.join(argv)}: rejected by the trainer's parser ({exc})")
+    given = {word for word in argv if word.startswith("--")}
+    return {name: value for name, value in vars(args).items() if f"--{name.replace('_', '-')}" in given}
+
+
+def volume_mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """A compose service's mounts: container path -> (source, read-only)."""
+    mounts = {}
+    for spec in service.get("volumes", []):
+        source, target, *mode = spec.split(":")
+        mounts[target] = (source, mode == ["ro"])
+    return mounts
+
+
+def replica_settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    svc = compose()["services"]["service-1"]
+    env = dockerfile_env("service.Dockerfile") | {k: interpolate(v) for k, v in svc["environment"].items()}
+    return settings_from_env(monkeypatch, env, registry=svc["command"][1])
+
+
+def exposed_metrics() -> set[str]:
+    """Every series name the service, ingest and the refresher expose (a Counter `x` as
+    x_total, a Histogram as x_bucket, x_sum, x_count)."""
+    from service.telemetry import Metrics
+    from trainer.online.ingest import IngestMetrics
+    from trainer.online.refresh import RefreshMetrics
+
+    suffixes = {"counter": ("_total", "_created"), "gauge": ("",), "info": ("_info",),
+                "histogram": ("_bucket", "_sum", "_count", "_created"), "summary": ("", "_sum", "_count", "_created")}
+    return {family.name + suffix for registry in (Metrics().registry, IngestMetrics().registry,
+                                                   RefreshMetrics().registry)
+            for family in registry.collect() for suffix in suffixes[family.type]}
+
+
+PROMQL_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
+                   "offset"}
+
+
+def promql_metrics(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads: identifiers outside strings, label matchers,
+    ranges and grouping clauses that are neither functions nor keywords."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    expr = re.sub(r"\{[^}]*\}", "", expr)
+    expr = re.sub(r"\[[^\]]*\]", "", expr)
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set()
+    for match in re.finditer(r"(?<![\w.$])[A-Za-z_:][\w:]*", expr):
+        if match.group() not in PROMQL_KEYWORDS and not expr[match.end():].lstrip().startswith("("):
+            names.add(match.group())
+    return names
+
+
 # --------------------------------------------------------------------------- compose
 
 
 def test_compose_services_and_references() -> None:
     services = compose()["services"]
-    assert {"redis", "trainer", "service-1", "service-2", "proxy"} <= set(services)
+    assert {"redis", "trainer", "service-1", "service-2", "proxy", "ingest", "refresher", "prometheus",
+            "grafana"} <= set(services)
     for name in ("service-1", "service-2"):
         svc = services[name]
         assert (ROOT / svc["build"]["dockerfile"]).is_file()
@@ -154,6 +228,234 @@ def test_compose_registry_is_shared_and_shutdown_fits() -> None:
         assert f"{volume}:{svc['command'][1]}" in " ".join(svc["volumes"])
         # docker stop waits stop_grace_period before SIGKILL: uvicorn's drain must fit in it.
         assert seconds(svc["stop_grace_period"]) > graceful_shutdown_s()
+
+
+def test_compose_runs_the_learning_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ingest and the refresher run the trainer image with commands its parser accepts, on the
+    replicas' Redis and Stream, sharing the log volume (ingest writes it) and the registry volume
+    the replicas follow (the refresher publishes into it); the interval comes from the environment."""
+    services = compose()["services"]
+    settings = replica_settings(monkeypatch)
+    for name in ("ingest", "refresher"):
+        assert services[name]["build"] == services["trainer"]["build"], name  # the trainer image
+        assert "entrypoint" not in services[name]  # python -m trainer (the image's ENTRYPOINT)
+        assert services[name]["restart"] == "unless-stopped" and services[name]["init"] is True
+        assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+    ingest = trainer_command([interpolate(w) for w in services["ingest"]["command"]])
+    refresh = trainer_command([interpolate(w) for w in services["refresher"]["command"]])
+    assert services["ingest"]["command"][0] == "ingest" and services["refresher"]["command"][0] == "refresh"
+
+    assert ingest["redis_url"] == refresh["redis_url"] == settings.redis_url
+    assert ingest["redis_prefix"] == settings.redis_prefix  # the Stream the replicas append to
+    assert settings.event_log_max > 0  # the replicas do log their events
+    assert "once" not in ingest and ingest["metrics_port"]  # a daemon, scraped
+
+    ingest_mounts, refresh_mounts = volume_mounts(services["ingest"]), volume_mounts(services["refresher"])
+    log_volume, read_only = ingest_mounts[ingest["log"]]
+    assert log_volume in compose()["volumes"] and not read_only
+    assert refresh_mounts[refresh["log"]][0] == log_volume  # the refresher reads what ingest writes
+    registry_volume, read_only = refresh_mounts[refresh["registry"]]
+    assert not read_only  # it publishes
+    replica_mounts = volume_mounts(services["service-1"])
+    assert replica_mounts[str(settings.registry)][0] == registry_volume
+    assert volume_mounts(services["trainer"])[services["trainer"]["environment"]["JTM_REGISTRY"]][0] == registry_volume
+    # A first version is published before the first refresh (and before the replicas start).
+    assert services["refresher"]["depends_on"]["trainer"]["condition"] == "service_completed_successfully"
+
+    command = " ".join(services["refresher"]["command"])
+    interval = re.search(r"--interval \$\{(JTM_REFRESH_INTERVAL_S):-(\d+)\}", command)
+    assert interval and float(interval.group(2)) == refresh["interval"] > 0
+    for name, port in (("ingest", ingest["metrics_port"]), ("refresher", refresh["metrics_port"])):
+        assert f"127.0.0.1:{port}/metrics" in " ".join(services[name]["healthcheck"]["test"])
+
+
+def test_compose_named_volumes_are_owned_by_the_containers_user() -> None:
+    """A named volume starts as a copy of its mount point in the image, owner included: every
+    path the trainer image's services mount a named volume on is created and chowned to 10001."""
+    services = compose()["services"]
+    dockerfile = (DEPLOY / "trainer.Dockerfile").read_text()
+    chowned = set(re.search(r"^RUN mkdir -p [^&]+&& chown 10001 (.+)$", dockerfile, flags=re.M).group(1).split())
+    for name, svc in services.items():
+        if svc.get("build", {}).get("dockerfile") != "deploy/trainer.Dockerfile":
+            continue
+        for target, (source, _) in volume_mounts(svc).items():
+            if source in compose()["volumes"]:
+                assert target in chowned, (name, target)
+
+
+def test_images_are_pinned() -> None:
+    """Third-party images name an exact version (x.y.z), never a moving tag."""
+    images = [svc["image"] for svc in compose()["services"].values() if "image" in svc]
+    images += [c["image"] for d in of_kind("Deployment") for c in d["spec"]["template"]["spec"]["containers"]]
+    for image in images:
+        if image.startswith(("jtm-service:", "jtm-trainer:")):
+            continue  # built from this repository
+        assert re.fullmatch(r"[\w./-]+:v?\d+\.\d+\.\d+(-[a-z]+)?", image), image
+
+
+def _with_values(words: list[str], values: dict[str, str]) -> list[str]:
+    """`words` with the value after each option of `values` replaced (each option must be there)."""
+    words = list(words)
+    for option, value in values.items():
+        words[words.index(option) + 1] = value
+    return words
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def _wait_for(port: int, series: str, value: float, process, timeout_s: float = 30.0) -> dict[str, float]:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    samples: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited with {process.returncode}"
+        try:
+            samples = _scrape(port)
+        except OSError:
+            samples = {}
+        if samples.get(series) == value:
+            return samples
+        time.sleep(0.2)
+    pytest.fail(f"{series} never reached {value}: {samples}")
+
+
+def test_compose_ingest_command_runs(tmp_path, redis_prefix: str) -> None:
+    """The compose ingest command itself (Redis, prefix, log directory and metrics port mapped to
+    this machine): it logs what the service's store appended to the Stream, exports it on the
+    metrics port Prometheus scrapes, and stops on SIGTERM within compose's default grace period."""
+    import signal
+    import subprocess
+    import sys
+
+    from service.behavior_store import RedisStore, StoredEvent
+    from tests.helpers import free_port, redis_url
+    from trainer.online.event_log import Segments
+
+    store = RedisStore(redis_url(), capacity=10, prefix=redis_prefix)
+    assert store.append([StoredEvent("u1", "i1", "e1"), StoredEvent("u1", "i2", "e2")]) == 2
+    store.close()
+    port = free_port()
+    words = _with_values([interpolate(w) for w in compose()["services"]["ingest"]["command"]],
+                         {"--redis-url": redis_url(), "--redis-prefix": redis_prefix, "--log": str(tmp_path / "log"),
+                          "--metrics-port": str(port)})
+    with open(tmp_path / "ingest.out", "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "trainer", *words], cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        samples = _wait_for(port, "jtm_ingest_events_total", 2.0, process)
+        assert samples["jtm_ingest_lag_events"] == 0.0 and samples["jtm_ingest_segments_total"] >= 1
+        assert Segments(tmp_path / "log").load_state().events == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0, (tmp_path / "ingest.out").read_text()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_compose_refresher_command_runs_and_survives_a_failed_refresh(tmp_path) -> None:
+    """The compose refresher command itself, on a registry that serves nothing yet: the refresh
+    fails, the failure is counted on the metrics port, and the loop goes on."""
+    import subprocess
+    import sys
+
+    from tests.helpers import free_port, redis_url
+
+    port = free_port()
+    words = _with_values([interpolate(w) for w in compose()["services"]["refresher"]["command"]],
+                         {"--registry": str(tmp_path / "registry"), "--log": str(tmp_path / "log"),
+                          "--redis-url": redis_url(), "--metrics-port": str(port)})
+    with open(tmp_path / "refresh.out", "w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "trainer", *words], cwd=ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)
+    try:
+        samples = _wait_for(port, 'jtm_refresh_runs_total{decision="error"}', 1.0, process)
+        assert samples["jtm_refresh_last_run_timestamp_seconds"] > 0
+        assert process.poll() is None  # still looping: the next attempt comes after --interval
+        assert "serves nothing yet" in (tmp_path / "refresh.out").read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+# --------------------------------------------------------------------------- observability
+
+
+def test_prometheus_scrapes_every_process_that_exports_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = compose()["services"]
+    prometheus = services["prometheus"]
+    config_path = next(a.split("=", 1)[1] for a in prometheus["command"] if a.startswith("--config.file="))
+    mounts = volume_mounts(prometheus)
+    assert mounts[config_path] == ("./deploy/prometheus.yml", True)
+    config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
+    scraped = {}
+    for job in config["scrape_configs"]:
+        for group in job["static_configs"]:
+            for target in group["targets"]:
+                host, port = target.split(":")
+                scraped[host] = (int(port), job.get("metrics_path", "/metrics"))
+    settings = replica_settings(monkeypatch)
+    expected = {name: (settings.port, "/metrics") for name in ("service-1", "service-2")}
+    assert "/metrics" in app_paths()
+    for name in ("ingest", "refresher"):
+        expected[name] = (trainer_command([interpolate(w) for w in services[name]["command"]])["metrics_port"],
+                          "/metrics")
+    assert scraped == expected  # every target is a compose service on the port it serves metrics on
+
+
+def test_grafana_provisions_the_datasource_and_the_dashboard() -> None:
+    services = compose()["services"]
+    grafana = services["grafana"]
+    mounts = volume_mounts(grafana)
+    provisioning = DEPLOY / "grafana" / "provisioning"
+    assert mounts["/etc/grafana/provisioning"] == ("./deploy/grafana/provisioning", True)
+    (datasource,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", datasource["url"]).groups()
+    assert host in services and "--web.listen-address" not in " ".join(services[host]["command"])
+    assert int(port) == 9090 and any(p.endswith(":9090") for p in services[host]["ports"])  # Prometheus' default
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "jtm.yml").read_text())["providers"]
+    source = next(s for t, (s, _) in mounts.items() if t == provider["options"]["path"])
+    dashboards = sorted((ROOT / source).glob("*.json"))
+    assert dashboards
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / source / os.path.relpath(home, provider["options"]["path"])).is_file()
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        assert dashboard["uid"] and dashboard["title"]
+        for panel in dashboard["panels"]:
+            if panel["type"] != "row":
+                assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+                assert panel["targets"], panel["title"]
+
+
+def test_dashboard_queries_read_metrics_that_exist() -> None:
+    assert promql_metrics('histogram_quantile(0.99, sum by (le) (rate(a_bucket{route="/x"}[$__rate_interval])))'
+                          ' / on (job) b + time() - max(c) offset 5m') == {"a_bucket", "b", "c"}
+    exposed = exposed_metrics() | {"up"}  # `up`: Prometheus' own, per target
+    used = set()
+    for path in (DEPLOY / "grafana" / "dashboards").glob("*.json"):
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                names = promql_metrics(target["expr"])
+                assert names and names <= exposed, (panel["title"], names - exposed)
+                used |= names
+    # What the dashboard is for: traffic, latency, fallbacks, rejections, the served version, the
+    # ingest lag and throughput, refresh decisions and held-out recall.
+    assert {"jtm_http_request_seconds_count", "jtm_http_request_seconds_bucket", "jtm_fallback_total",
+            "jtm_rejected_total", "jtm_model_info", "jtm_ingest_lag_events", "jtm_ingest_events_total",
+            "jtm_refresh_runs_total", "jtm_refresh_heldout_recall"} <= used
 
 
 # --------------------------------------------------------------------------- images
@@ -378,7 +680,7 @@ def test_no_injected_variables_in_the_settings_namespace() -> None:
     """Kubernetes injects <SERVICE>_PORT, <SERVICE>_SERVICE_HOST, ... for every Service: with
     Services named jtm-*, those land in the JTM_ namespace. Pods turn service links off, and no
     Service name may ever produce a real setting's name."""
-    for pod in (service_deployment()["spec"]["template"]["spec"], cronjob_pod()):
+    for pod in project_pods():
         assert pod.get("enableServiceLinks") is False
     for service in of_kind("Service"):
         prefix = service["metadata"]["name"].upper().replace("-", "_")
