@@ -62,6 +62,10 @@ def cronjob_pod(name: str = "jtm-trainer") -> dict:
     return cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
 
 
+def ingest_deployment() -> dict:
+    return next(d for d in of_kind("Deployment") if d["metadata"]["name"] == "jtm-ingest")
+
+
 def project_pods() -> list[dict]:
     """The pod templates (Deployments and CronJobs) that run the project's images."""
     pods = [d["spec"]["template"]["spec"] for d in of_kind("Deployment")]
@@ -722,6 +726,75 @@ def test_service_hpa_and_cronjob_point_at_real_things() -> None:
     assert registry_claim in service_claims
     assert not next(m for m in container["volumeMounts"] if m["mountPath"] == env["JTM_REGISTRY"]).get("readOnly")
     assert os.path.dirname(env["JTM_TRAIN_DATA"]) in mounts  # the log comes from a mounted volume
+
+
+def _container_args(container: dict) -> list[str]:
+    """The container's args with $(VAR) expanded from its env (values and ConfigMap keys), as the
+    kubelet does; a reference to a variable the container does not define fails here (Kubernetes
+    would pass it on literally)."""
+    env = {}
+    for variable in container.get("env", []):
+        if "value" in variable:
+            env[variable["name"]] = variable["value"]
+        else:
+            ref = variable["valueFrom"]["configMapKeyRef"]
+            configmap = next(d for d in of_kind("ConfigMap") if d["metadata"]["name"] == ref["name"])
+            env[variable["name"]] = configmap["data"][ref["key"]]
+    return [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg) for arg in container["args"]]
+
+
+def _claim(pod: dict, container: dict, path: str) -> tuple[str, bool]:
+    """(claim name, read-only) of the volume `container` mounts at `path`."""
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == path)
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    return volume["persistentVolumeClaim"]["claimName"], bool(mount.get("readOnly"))
+
+
+def test_k8s_learning_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """jtm-ingest (Deployment) and jtm-refresh (CronJob): the trainer image, commands the
+    trainer's parser accepts, the service's Redis and Stream (from its ConfigMap), the log on a
+    claim that both mount (ingest writing), the registry claim the replicas follow."""
+    configmap = next(d for d in of_kind("ConfigMap") if d["metadata"]["name"] == "jtm-service")
+    settings = settings_from_env(monkeypatch, dockerfile_env("service.Dockerfile") | configmap["data"])
+    claims = {d["metadata"]["name"]: d for d in of_kind("PersistentVolumeClaim")}
+    trainer_image = cronjob_pod()["containers"][0]["image"]
+
+    deployment = ingest_deployment()
+    # The Stream's only consumer and the log's only writer: one pod, never two during a rollout.
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == trainer_image and "command" not in container  # python -m trainer
+    ingest = trainer_command(_container_args(container))
+    assert container["args"][0] == "ingest" and "once" not in ingest
+    assert ingest["redis_url"] == settings.redis_url and ingest["redis_prefix"] == settings.redis_prefix
+    assert settings.event_log_max > 0
+    port = next(p for p in container["ports"] if p["name"] == "metrics")["containerPort"]
+    assert ingest["metrics_port"] == port
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == port and annotations["prometheus.io/path"] == "/metrics"
+    assert container["livenessProbe"]["httpGet"]["port"] in ("metrics", port)
+    log_claim, read_only = _claim(pod, container, ingest["log"])
+    assert log_claim in claims and not read_only
+
+    cron = next(d for d in of_kind("CronJob") if d["metadata"]["name"] == "jtm-refresh")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"  # each refresh continues from the last one's version
+    pod = cronjob_pod("jtm-refresh")
+    (container,) = pod["containers"]
+    assert container["image"] == trainer_image and "command" not in container
+    refresh = trainer_command(_container_args(container))
+    assert container["args"][0] == "refresh" and "interval" not in refresh  # one refresh per job
+    assert refresh["redis_url"] == settings.redis_url
+    assert _claim(pod, container, refresh["log"])[0] == log_claim
+    registry_claim, read_only = _claim(pod, container, refresh["registry"])
+    service_pod = service_deployment()["spec"]["template"]["spec"]
+    assert registry_claim == _claim(service_pod, service_pod["containers"][0], str(settings.registry))[0]
+    assert not read_only  # it publishes
+    # Two pods (ingest, each refresh job) on any nodes mount the log.
+    assert "ReadWriteMany" in claims[log_claim]["spec"]["accessModes"]
+    for pod in (ingest_deployment()["spec"]["template"]["spec"], cronjob_pod("jtm-refresh")):
+        names = {e["name"] for c in pod["containers"] for e in c.get("env", [])}
+        assert not {n for n in names if n.startswith("JTM_")} - SETTING_NAMES
 
 
 # --------------------------------------------------------------------------- docs
