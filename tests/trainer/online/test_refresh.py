@@ -133,3 +133,23 @@ def test_kill_9_anywhere_in_a_refresh_leaves_the_registry_consistent(served, tmp
     assert done.returncode == 0, done.stderr
     assert registry.current() != first
     assert json.loads((registry_dir / "decisions" / "latest.json").read_text())["decision"] in ("publish", "nothing")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, config", [("tree", RefreshConfig(holdout=0.2, tree_every=1)),
+                                          ("retrain", RefreshConfig(holdout=0.2, retrain_every=1))])
+def test_the_schedule_takes_a_tree_step_or_retrains(served, tmp_path: Path, mode: str,
+                                                     config: RefreshConfig) -> None:
+    """Every Nth refresh: a tree-learning step after the fine-tune, or a model trained from
+    scratch on the window; either is judged by the same gate, and the candidate knows the new
+    items."""
+    registry_dir, log_dir = fresh_registry(served, tmp_path)
+    decision = refresh(registry_dir, log_dir, config)
+    assert decision["mode"] == mode and decision["decision"] in ("publish", "refuse")
+    assert decision["held_out_users"] > 0 and 0 <= decision["candidate_recall"] <= 1
+    candidate = decision["candidate"]
+    registry = Registry(registry_dir)
+    if decision["decision"] == "publish":
+        published = read_artifact(registry.path(candidate))
+        assert published.manifest["log"]["mode"] == mode
+        assert (published.catalog.items.lookup(NEW_ITEMS) >= 0).all()
