@@ -142,9 +142,8 @@ def refresh(registry_dir: Path, log_dir: Path, config: RefreshConfig, redis_url:
             "new_events": int(window.frame["new"].sum()), "held_out_users": len(held_out), "k": config.gate_k,
             **{key: value for key, value in verdict.items() if key != "publish"},
             "new_items": {"added": len(added), "coverage": gate.coverage(after, added)},
-            "seconds": None, "time": time.time(), **({"reason": reason} if reason else {}),
+            "seconds": time.perf_counter() - started, "time": time.time(), **({"reason": reason} if reason else {}),
         }
-        decision["seconds"] = time.perf_counter() - started
         registry.record_decision(decision)
         paired = decision["paired_difference"]
         log.info("refresh %s (%s, %d new events, %d new items): held-out recall@%d %.4f -> %.4f "
