@@ -797,6 +797,141 @@ def test_k8s_learning_loop(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not {n for n in names if n.startswith("JTM_")} - SETTING_NAMES
 
 
+# --------------------------------------------------------------------------- make demo
+
+# `python` for scripts/demo.sh: records each call (pid, JTM_SPOOL_DIR, arguments), makes what
+# the next step looks for (the data set, the artifact, the registry's pointer), stays up as
+# ingest and refresh do, and as the service records whether those two are running.
+DEMO_STUB = r"""#!/bin/sh
+line=$(printf '%s\t' "$$" "${JTM_SPOOL_DIR:-}" "$@")
+printf '%s\n' "$line" >> "$DEMO_CALLS"
+prev=
+for a in "$@"; do
+    case "$prev" in
+        --out) [ "$3" = synth ] && mkdir -p "$(dirname "$a")" && : > "$a" ;;
+        --export) mkdir -p "$a" && : > "$a/manifest.json" && : > "$a/trainer.pt" ;;
+        --registry) [ "$3" = publish ] && mkdir -p "$a" && echo v1 > "$a/CURRENT" ;;
+    esac
+    prev=$a
+done
+case "$2 $3" in
+    "trainer ingest"|"trainer refresh") exec sleep 60 ;;
+esac
+if [ "$2" = service ]; then
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        [ "$(grep -cE 'trainer.(ingest|refresh)' "$DEMO_CALLS")" -ge 2 ] && break
+        sleep 0.5
+    done
+    for pid in $(grep -E 'trainer.(ingest|refresh)' "$DEMO_CALLS" | cut -f1); do
+        kill -0 "$pid" && echo "$pid" >> "$DEMO_CALLS.alive"
+    done
+    if [ -n "${DEMO_CTRL_C:-}" ]; then kill -INT "$PPID"; exit 130; fi
+fi
+"""
+
+
+def _run_demo(tree, **env: str) -> tuple[int, str, list[list[str]], list[int]]:
+    """scripts/demo.sh in a copy of the repository's layout with a stub setup and `python`;
+    its exit code, output, calls and the pids of the calls alive when the service started."""
+    import shutil
+    import signal
+    import subprocess
+
+    (tree / "scripts").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(ROOT / "scripts" / "demo.sh", tree / "scripts" / "demo.sh")
+    (tree / "scripts" / "setup.sh").write_text("#!/bin/sh\nexit 0\n")
+    stub = tree / ".venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True, exist_ok=True)
+    stub.write_text(DEMO_STUB)
+    for path in (tree / "scripts" / "setup.sh", stub):
+        path.chmod(0o755)
+    calls = tree / "calls.txt"
+    for path in (calls, tree / "calls.txt.alive"):
+        path.unlink(missing_ok=True)
+    result = subprocess.run(["bash", str(tree / "scripts" / "demo.sh")], capture_output=True, text=True, timeout=60,
+                            env={"PATH": "/usr/bin:/bin", "DEMO_CALLS": str(calls), **env},
+                            # Ctrl-C must reach the script even when the tests run with SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = [line.split("\t") for line in calls.read_text().splitlines()]
+    alive_path = tree / "calls.txt.alive"
+    alive = [int(p) for p in alive_path.read_text().split()] if alive_path.exists() else []
+    return result.returncode, result.stdout + result.stderr, [[x for x in line if x != ""] for line in lines], alive
+
+
+def _demo_calls(calls: list[list[str]]) -> dict[str, tuple[int, str, list[str]]]:
+    """{command: (pid, JTM_SPOOL_DIR, arguments after `-m trainer` / `-m`)}."""
+    out = {}
+    for pid, *rest in calls:
+        spool = rest[0] if rest and not rest[0].startswith("-") else ""
+        args = rest[1:] if spool else rest
+        assert args[0] == "-m", args
+        name = args[2] if args[1] == "trainer" else args[1]
+        out[name] = (int(pid), spool, args[2:])
+    return out
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited; one still running is killed (the test's, not to be left behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    os.kill(pid, 9)
+    return False
+
+
+def test_demo_closes_the_loop_and_stops_it(tmp_path) -> None:
+    """make demo: train, publish into a registry, serve it with the spool on, ingest the spool
+    into the log and refresh the registry from the log in the background; every command as its
+    parser accepts it, and ingest and refresh stopped when the demo stops."""
+    from service.cli import build_parser as service_parser
+
+    code, output, calls, alive = _run_demo(tmp_path, PORT="8999", REFRESH_INTERVAL="7")
+    assert code == 0, output
+    commands = _demo_calls(calls)
+    # in this order; ingest and refresh start (in the background) before the service
+    assert [c for c in commands if c not in ("ingest", "refresh")] == ["synth", "train", "publish", "service"]
+    parsed = {name: trainer_command(args) for name, (_, _, args) in commands.items() if name != "service"}
+    service = service_parser().parse_args(commands["service"][2])
+    assert parsed["train"]["export"] == parsed["publish"]["artifact"]
+    assert parsed["publish"]["registry"] == service.registry == parsed["refresh"]["registry"]
+    assert service.port == 8999 and service.artifact is None
+    spool = commands["service"][1]
+    assert spool and parsed["ingest"]["spool"] == spool and "redis_url" not in parsed["ingest"]
+    assert parsed["ingest"]["log"] == parsed["refresh"]["log"]
+    assert parsed["refresh"]["interval"] == 7 and "redis_url" not in parsed["refresh"]
+    background = [commands["ingest"][0], commands["refresh"][0]]
+    assert sorted(alive) == sorted(background)  # running beside the service
+    assert all([_gone(pid) for pid in background])  # and stopped with the demo
+    for text in ("/v1/recommend", "/v1/events", "/v1/model", "every 7 s"):
+        assert text in output, text
+
+    # Again: the artifact and the registry are reused, the loop starts where it was.
+    code, output, calls, alive = _run_demo(tmp_path, PORT="8999")
+    assert code == 0, output
+    commands = _demo_calls(calls)
+    assert set(commands) == {"ingest", "refresh", "service"}
+    assert trainer_command(commands["refresh"][2])["interval"] == 60  # the default
+    assert all([_gone(pid) for pid, _, _ in commands.values()])
+
+    # An artifact exported before trainer.pt existed cannot be refreshed: retrained, new registry.
+    (tmp_path / "artifacts" / "demo" / "trainer.pt").unlink()
+    (tmp_path / "registry" / "demo" / "stale").write_text("")
+    code, output, calls, _ = _run_demo(tmp_path)
+    assert code == 0, output
+    assert list(_demo_calls(calls))[:2] == ["train", "publish"]
+    assert not (tmp_path / "registry" / "demo" / "stale").exists()
+
+
+def test_demo_ctrl_c_stops_ingest_and_refresh(tmp_path) -> None:
+    code, output, calls, alive = _run_demo(tmp_path, DEMO_CTRL_C="1")
+    assert code == 130, output
+    background = [pid for pid, _, args in _demo_calls(calls).values() if args[0] in ("ingest", "refresh")]
+    assert len(background) == 2 and sorted(alive) == sorted(background)
+    assert all([_gone(pid) for pid in background])
+    assert "stopping ingest and refresh" in output
+
+
 # --------------------------------------------------------------------------- docs
 
 
