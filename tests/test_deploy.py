@@ -287,6 +287,16 @@ def test_compose_named_volumes_are_owned_by_the_containers_user() -> None:
                 assert target in chowned, (name, target)
 
 
+def test_compose_variables_are_documented() -> None:
+    """Every ${VAR} the compose file reads from the environment is explained in deploy/README.md."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    readme = (DEPLOY / "README.md").read_text()
+    variables = set(re.findall(r"\$\{([A-Z_]+)", text))
+    assert {"JTM_REFRESH_INTERVAL_S", "JTM_ADMIN_TOKEN"} <= variables
+    for variable in variables:
+        assert f"`{variable}`" in readme, variable
+
+
 def test_images_are_pinned() -> None:
     """Third-party images name an exact version (x.y.z), never a moving tag."""
     images = [svc["image"] for svc in compose()["services"].values() if "image" in svc]
@@ -933,6 +943,22 @@ def test_demo_ctrl_c_stops_ingest_and_refresh(tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- docs
+
+
+def test_deploy_readme_names_only_real_metrics_and_variables() -> None:
+    """deploy/README.md: every metric it names is exported by the service, ingest or the
+    refresher, and every JTM_ name is a setting, a variable of the trainer job or of the compose
+    file, or one of the names Kubernetes would inject (which it warns about)."""
+    text = (DEPLOY / "README.md").read_text()
+    exposed = exposed_metrics()
+    exposed |= {name.removesuffix("_bucket") for name in exposed if name.endswith("_bucket")}  # a histogram's name
+    named = set(re.findall(r"\bjtm_[a-z_]+[a-z]\b", text))
+    assert named and named <= exposed, named - exposed
+    injected = {f"{s['metadata']['name'].upper().replace('-', '_')}_PORT" for s in of_kind("Service")}
+    known = (SETTING_NAMES | trainer_job_variables() | injected
+             | set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text())))
+    variables = set(re.findall(r"\bJTM_[A-Z_]+[A-Z]\b", text))
+    assert variables <= known, variables - known
 
 
 def test_scaling_doc_names_only_real_knobs_and_files() -> None:
