@@ -380,11 +380,11 @@ def cmd_refresh(args: argparse.Namespace) -> None:
         started = time.time()
         try:
             decision = refresh(Path(args.registry), Path(args.log), config, args.redis_url, args.seed)
-        except DataError as exc:
+        except Exception as exc:  # noqa: BLE001 - a loop keeps the served version and tries again later
             if args.interval is None:
                 raise
-            decision = {"decision": "error", "message": str(exc)}
-            logging.getLogger("trainer.online.refresh").error("refresh failed: %s", exc)
+            decision = {"decision": "error", "message": f"refresh failed: {type(exc).__name__}: {exc}"}
+            logging.getLogger("trainer.online.refresh").error("refresh failed", exc_info=not isinstance(exc, DataError))
         metrics.observe(decision, time.time() - started)
         print(_decision_line(decision), flush=True)
         if args.interval is None:

@@ -21,7 +21,11 @@ def test_every_setting_named_exists_and_every_setting_is_documented() -> None:
 
 
 def test_every_metric_named_exists() -> None:
-    families = {family.name for family in Metrics().registry.collect()}
+    from trainer.online.ingest import IngestMetrics
+    from trainer.online.refresh import RefreshMetrics
+
+    registries = (Metrics().registry, IngestMetrics().registry, RefreshMetrics().registry)
+    families = {family.name for registry in registries for family in registry.collect()}
     exposed = families | {f"{name}_total" for name in families}
     named = set(re.findall(r"\bjtm_[a-z_]+[a-z]\b", DOC))
     assert named and named <= exposed, named - exposed

@@ -161,9 +161,13 @@ def refresh(registry_dir: Path, log_dir: Path, config: RefreshConfig, redis_url:
 
 def _window(segments: Segments, fresh: pd.DataFrame, watermark: int, through: int, config: RefreshConfig,
             seed: int) -> Window:
-    newest = float(fresh["timestamp"].max())
-    earlier = segments.read(through=watermark, since=newest - 3600 * config.lookback_hours)
-    earlier = earlier[earlier["timestamp"] >= newest - 3600 * config.lookback_hours]
+    """The lookback window before the newest new event. New events older than it (the first
+    refresh after a training, whose watermark is 0, sees the whole log as new) are passed over:
+    the watermark still moves past them."""
+    start = float(fresh["timestamp"].max()) - 3600 * config.lookback_hours
+    earlier = segments.read(through=watermark, since=start)
+    earlier = earlier[earlier["timestamp"] >= start]
+    fresh = fresh[fresh["timestamp"] >= start]
     frame = pd.concat([earlier.assign(new=False), fresh.assign(new=True)], ignore_index=True)
     # Held out: the latest new event of a share of the users with a new event and an earlier one.
     order = frame.sort_values("timestamp", kind="stable")

@@ -153,3 +153,18 @@ def test_the_schedule_takes_a_tree_step_or_retrains(served, tmp_path: Path, mode
         published = read_artifact(registry.path(candidate))
         assert published.manifest["log"]["mode"] == mode
         assert (published.catalog.items.lookup(NEW_ITEMS) >= 0).all()
+
+
+@pytest.mark.slow
+def test_new_events_older_than_the_lookback_window_are_passed_over(served, tmp_path: Path) -> None:
+    """A first refresh after a training sees the whole log as new: only its recent window is
+    trained on, and the watermark moves past the rest."""
+    root, _ = served
+    registry_dir, log_dir = fresh_registry(served, tmp_path)
+    segments = Segments(log_dir)
+    month_ago = [LoggedEvent(e.user_id, e.item_id, "", e.timestamp - 30 * 86_400, f"old-{e.event_id}")
+                 for e in traffic(pd.read_parquet(root / "log.parquet"), 100, seed=1)]
+    segments.commit(segments.recover(), month_ago, {})
+    decision = refresh(registry_dir, log_dir, RefreshConfig(holdout=0.2, lookback_hours=24))
+    assert decision["new_events"] == 200 * 11  # the recent traffic: 200 users, 11 events each
+    assert decision["watermark"]["to"] == segments.last_seq()
