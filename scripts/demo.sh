@@ -24,9 +24,9 @@ fi
 if [ -n "${FRESH:-}" ]; then
     rm -rf "$run" "$artifact"
 fi
-# trainer.pt (the configuration and dense weights) is what refresh continues training from:
+# trainer.npz (the configuration and dense weights) is what refresh continues training from:
 # an artifact exported without it is trained again.
-if [ ! -f "$artifact/manifest.json" ] || [ ! -f "$artifact/trainer.pt" ]; then
+if [ ! -f "$artifact/manifest.json" ] || [ ! -f "$artifact/trainer.npz" ]; then
     rm -rf "$run" "$artifact"
     $PY -m trainer train --data "$data" --method jtm --out "$run" --epochs 3 --iterations 1 \
         --retrain-epochs 1 --export "$artifact"

@@ -819,7 +819,7 @@ prev=
 for a in "$@"; do
     case "$prev" in
         --out) [ "$3" = synth ] && mkdir -p "$(dirname "$a")" && : > "$a" ;;
-        --export) mkdir -p "$a" && : > "$a/manifest.json" && : > "$a/trainer.pt" ;;
+        --export) mkdir -p "$a" && : > "$a/manifest.json" && : > "$a/trainer.npz" ;;
         --registry) [ "$3" = publish ] && mkdir -p "$a" && echo v1 > "$a/CURRENT" ;;
     esac
     prev=$a
@@ -924,8 +924,8 @@ def test_demo_closes_the_loop_and_stops_it(tmp_path) -> None:
     assert trainer_command(commands["refresh"][2])["interval"] == 60  # the default
     assert all([_gone(pid) for pid, _, _ in commands.values()])
 
-    # An artifact exported before trainer.pt existed cannot be refreshed: retrained, new registry.
-    (tmp_path / "artifacts" / "demo" / "trainer.pt").unlink()
+    # An artifact exported before trainer.npz existed cannot be refreshed: retrained, new registry.
+    (tmp_path / "artifacts" / "demo" / "trainer.npz").unlink()
     (tmp_path / "registry" / "demo" / "stale").write_text("")
     code, output, calls, _ = _run_demo(tmp_path)
     assert code == 0, output

@@ -9,7 +9,7 @@ that recomputed the user part in every level's call cost ~8% more search time). 
 hierarchical representation the service maps behaviours to level-l ancestors (numpy, from the
 tree in the same artifact) before the call, exactly as training did.
 
-Beside them, `trainer.pt` keeps the method's configuration and the scorer's weights other than
+Beside them, `trainer.npz` keeps the method's configuration and the scorer's weights other than
 the embedding table (which the graph holds), so `load_method` rebuilds the served model for
 `trainer refresh` to continue training it, new items' rows included once add-items has grown
 the table.
@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 ONNX_OPSET = 17
 PARITY_TOLERANCE = 1e-4
-_TABLE_WEIGHTS = ("embedding.weight", "bias.weight")  # in scorer.onnx's table, not in trainer.pt
+_TABLE_WEIGHTS = ("embedding.weight", "bias.weight")  # in scorer.onnx's table, not in trainer.npz
+_CONFIG_MEMBER = "method_config"  # trainer.npz's member holding DeepConfig as JSON
 
 
 class _ScorerGraph(torch.nn.Module):
@@ -236,15 +237,17 @@ def export_run(run: Path, out: Path, parity_users: int = 200) -> dict:
 
 
 def save_trainer_state(method: DeepRetrieval, path: Path) -> None:
-    """The method's configuration and the scorer's weights except the embedding table."""
+    """The method's configuration (JSON) and the scorer's weights except the embedding table,
+    as plain arrays: artifacts hold no pickle."""
     assert method.model is not None
-    dense = {k: v.detach().cpu() for k, v in method.model.state_dict().items() if k not in _TABLE_WEIGHTS}
-    torch.save({"format": 1, "method_config": json.dumps(method.config.to_json()), "dense": dense}, path)
+    dense = {k: v.detach().cpu().numpy() for k, v in method.model.state_dict().items() if k not in _TABLE_WEIGHTS}
+    with open(path, "wb") as fh:
+        np.savez(fh, **dense, **{_CONFIG_MEMBER: np.array(json.dumps(method.config.to_json()))})
 
 
 def load_method(artifact: Artifact) -> DeepRetrieval:
     """The served model as a method that trains: configuration and dense weights from
-    `trainer.pt`, embedding rows and biases from the scorer's table (`[embedding | 1 | bias]`,
+    `trainer.npz`, embedding rows and biases from the scorer's table (`[embedding | 1 | bias]`,
     padding row last), the artifact's tree."""
     from trainer.catalogue.scorer_table import read_table
 
@@ -252,15 +255,17 @@ def load_method(artifact: Artifact) -> DeepRetrieval:
     if TRAINER_FILE not in artifact.manifest["files"]:
         raise DataError(f"artifact {artifact.version} has no {TRAINER_FILE} (exported before refresh existed): "
                         "export it again from its run directory", artifact.path)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    method = DeepRetrieval(DeepConfig.from_json(json.loads(saved["method_config"])))
+    with np.load(path, allow_pickle=False) as archive:
+        config = json.loads(str(archive[_CONFIG_MEMBER]))
+        dense = {name: torch.from_numpy(archive[name].copy()) for name in archive.files if name != _CONFIG_MEMBER}
+    method = DeepRetrieval(DeepConfig.from_json(config))
     table = torch.from_numpy(read_table(artifact.scorer_file).table)
     d = method.config.scorer.dim
     model = TreeScorer(artifact.tree.n_rows, method.config.scorer)
     if table.shape != (artifact.tree.n_rows + 1, d + 2):
         raise DataError(f"the scorer's table is {tuple(table.shape)}, the tree needs ({artifact.tree.n_rows + 1}, "
                         f"{d + 2})", artifact.path)
-    model.load_state_dict({**saved["dense"], "embedding.weight": table[:, :d].clone(),
+    model.load_state_dict({**dense, "embedding.weight": table[:, :d].clone(),
                            "bias.weight": table[:, d + 1:].clone()})
     method.model, method.tree = model.eval(), artifact.tree
     return method

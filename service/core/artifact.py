@@ -7,7 +7,7 @@ An artifact is an immutable directory::
     scorer.onnx     the user-node scorer: (history rows (B, L), node rows (B, C)) -> logits (B, C)
     tree.npz        the tree (service.core.tree format)
     items.npz       original item ids, item categories, popularity order (cold start)
-    trainer.pt      optional: the configuration and dense weights `trainer refresh` continues from
+    trainer.npz      optional: the configuration and dense weights `trainer refresh` continues from
 
 Three entry points, one per direction: `write_artifact` (the trainer's export: stage, write,
 checksum, rename), `verify_artifact` (manifest and checksums only: the registry), and
@@ -47,7 +47,7 @@ MANIFEST = "manifest.json"
 REQUIRED_FILES = ("scorer.onnx", "tree.npz", "items.npz")
 # Checksummed with the rest when present; the service does not read it: the scorer's weights
 # other than the embedding table, for `trainer refresh` to continue training the served model.
-TRAINER_FILE = "trainer.pt"
+TRAINER_FILE = "trainer.npz"
 OPTIONAL_FILES = (TRAINER_FILE,)
 SECTION_FILES = {"tree": "tree.npz", "scorer": "scorer.onnx", "items": "items.npz"}  # section -> default file
 MAX_MANIFEST_BYTES = 1 << 20

@@ -30,7 +30,7 @@ def test_manifest_describes_the_artifact(trained, method: str) -> None:
     run, artifact = trained[method]
     manifest = verify_artifact(artifact)  # checksums and sizes of every file
     assert manifest["method"] == method and manifest["format_version"] == 1
-    assert set(manifest["files"]) == {"scorer.onnx", "tree.npz", "items.npz", "trainer.pt"}
+    assert set(manifest["files"]) == {"scorer.onnx", "tree.npz", "items.npz", "trainer.npz"}
     config = json.loads((run / "config.json").read_text())
     assert manifest["data_fingerprint"] == config["dataset"]["fingerprint"]
     assert manifest["scorer"]["hierarchical"] == (method == "jtm-h")
@@ -182,7 +182,7 @@ def test_service_serves_an_artifact_exported_before_the_split(trained, tmp_path:
 @pytest.mark.parametrize("method", METHODS)
 def test_load_method_rebuilds_the_exported_model(trained, method: str) -> None:
     """`trainer refresh` continues the served model from the artifact alone: configuration and
-    dense weights from trainer.pt, embedding rows and biases from the scorer's table."""
+    dense weights from trainer.npz, embedding rows and biases from the scorer's table."""
     from service.core.artifact import read_artifact
     from trainer.export import load_method
 
