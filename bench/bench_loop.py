@@ -184,7 +184,9 @@ def run(args: argparse.Namespace) -> dict:
     refresh = subprocess.run([sys.executable, "-m", "trainer", "refresh", "--registry", str(registry), "--log",
                               str(log_dir)], cwd=ROOT, capture_output=True, text=True)
     refresh_result = {"wall_seconds": time.perf_counter() - started, "returncode": refresh.returncode,
-                      "decision": refresh.stdout.strip().splitlines()[-1:] or refresh.stderr.strip().splitlines()[-1:]}
+                      "decision": refresh.stdout.strip().splitlines()[-1:] or refresh.stderr.strip().splitlines()[-1:],
+                      "training": [line for line in refresh.stderr.splitlines()
+                                   if " epoch " in line or "fine-tuned" in line or "added" in line]}
     decisions = sorted((registry / "decisions").glob("2*.json")) if (registry / "decisions").exists() else []
     if decisions:
         refresh_result["gate"] = json.loads(decisions[-1].read_text())
@@ -218,6 +220,9 @@ def main() -> None:
           f"{ing['cpu_seconds']['service']:.1f} / {ing['cpu_seconds']['ingest']:.1f} / "
           f"{ing['cpu_seconds']['sender']:.1f} | {ing['post_ms']['p50']:.1f} / {ing['post_ms']['p99']:.1f} ms |")
     print(f"\nrefresh over the log: {ref['wall_seconds']:.1f} s wall, {ref['decision']}")
+    if "gate" in ref:
+        print("phases (s): " + ", ".join(f"{k} {v:.1f}" for k, v in ref["gate"]["phases"].items()))
+    print("\n".join(ref["training"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2))

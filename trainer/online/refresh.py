@@ -121,6 +121,7 @@ def refresh(registry_dir: Path, log_dir: Path, config: RefreshConfig, redis_url:
                 "message": message}
 
     window = _window(segments, fresh, watermark, through, config, seed)
+    phases = {"read": time.perf_counter() - started}
     count = int(lineage.get("refreshes", 0)) + 1
     mode = ("retrain" if config.retrain_every and count % config.retrain_every == 0 else
             "tree" if config.tree_every and count % config.tree_every == 0 else "fine-tune")
@@ -130,10 +131,12 @@ def refresh(registry_dir: Path, log_dir: Path, config: RefreshConfig, redis_url:
     try:
         candidate, added = _candidate(served, window, mode, config, staging, seed,
                                       {"watermark": through, "previous_watermark": watermark, "refreshes": count,
-                                       "new_events": int(window.frame["new"].sum()), "mode": mode})
+                                       "new_events": int(window.frame["new"].sum()), "mode": mode}, phases)
+        gate_started = time.perf_counter()
         held_out = _held_out(window)
         before, after = gate.score(served, held_out, config.gate_k), gate.score(candidate, held_out, config.gate_k)
         verdict = gate.judge(before, after, config.tolerance)
+        phases["gate"] = time.perf_counter() - gate_started
         reason = (None if len(held_out) else
                   "no held-out user (a user with a new event and an earlier one) to judge the candidate by")
         decision = {
@@ -142,7 +145,8 @@ def refresh(registry_dir: Path, log_dir: Path, config: RefreshConfig, redis_url:
             "new_events": int(window.frame["new"].sum()), "held_out_users": len(held_out), "k": config.gate_k,
             **{key: value for key, value in verdict.items() if key != "publish"},
             "new_items": {"added": len(added), "coverage": gate.coverage(after, added)},
-            "seconds": time.perf_counter() - started, "time": time.time(), **({"reason": reason} if reason else {}),
+            "seconds": time.perf_counter() - started, "phases": phases, "time": time.time(),
+            **({"reason": reason} if reason else {}),
         }
         registry.record_decision(decision)
         paired = decision["paired_difference"]
@@ -195,15 +199,21 @@ def _held_out(window: Window) -> gate.HeldOut:
 
 
 def _candidate(served: Artifact, window: Window, mode: str, config: RefreshConfig, staging: Path, seed: int,
-               lineage: dict) -> tuple[Artifact, list[str]]:
-    """Build the candidate artifact in `staging`; returns it and the original ids of the items added."""
+               lineage: dict, phases: dict[str, float]) -> tuple[Artifact, list[str]]:
+    """Build the candidate artifact in `staging`; returns it and the original ids of the items
+    added. `phases` gets the seconds of each step."""
     training = window.frame.drop(index=window.held_out)
+    started = time.perf_counter()
     base, added = _with_new_items(served, training, staging)
+    phases["add_items"] = time.perf_counter() - started
+    started = time.perf_counter()
     if mode == "retrain":
         method, items_file = _retrain(served, training, config, staging, seed)
     else:
         method = _continue(base, training, mode, config, seed)
         items_file = base.path / "items.npz"
+    phases["train"] = time.perf_counter() - started
+    started = time.perf_counter()
     from trainer.data.split import sampled_histories
     from trainer.export import write_artifact
 
@@ -216,7 +226,9 @@ def _candidate(served: Artifact, window: Window, mode: str, config: RefreshConfi
         parity_histories=sampled_histories(method.tree.n_items, method.config.scorer.max_history, 50, seed),
         dataset=served.manifest.get("dataset") or {}, sections={k_: v for k_, v in sections.items() if v is not None})
     log.info("candidate %s written (%s)", manifest["version"], mode)
-    return read_artifact(staging / "candidate"), added
+    candidate = read_artifact(staging / "candidate")
+    phases["export"] = time.perf_counter() - started
+    return candidate, added
 
 
 def _with_new_items(served: Artifact, training: pd.DataFrame, staging: Path) -> tuple[Artifact, list[str]]:
