@@ -36,6 +36,9 @@ class IngestConfig:
     # load; a quiet stream commits whatever arrived within block_ms.
     batch: int = option(10_000, "events per segment commit, at most", at_least=1)
     block_ms: int = option(1_000, "how long a read waits for the first event (ms)", at_least=0)
+    # Once a batch has its first event, how long it may fill before it is committed: segments of
+    # a few thousand events, not one tiny file per read, at the cost of this much delay.
+    linger_ms: int = option(1_000, "how long a started batch may fill before it is committed (ms)", at_least=0)
     dedupe_keys: int = option(2_000_000, "(user_id, event_id) pairs remembered to drop repeats", at_least=0)
 
 
@@ -114,12 +117,16 @@ class Ingest:
         for frame in reversed(taken):
             self.recent.load(frame)
 
-    def step(self, block_ms: int | None = None) -> int:
-        """Read, commit and release one batch; the number of events read (repeats included)."""
+    def step(self, block_ms: int | None = None, linger_ms: int | None = None) -> int:
+        """Read, commit and release one batch; the number of events read (repeats included).
+        The batch is committed when it is full or `linger_ms` after its first event."""
         events = self.source.read(self.config.batch, self.config.block_ms if block_ms is None else block_ms)
         if not events:
             self.metrics.lag.set(self.source.lag())
             return 0
+        deadline = time.monotonic() + (self.config.linger_ms if linger_ms is None else linger_ms) / 1000
+        while len(events) < self.config.batch and (left := deadline - time.monotonic()) > 0:
+            events += self.source.read(self.config.batch - len(events), max(1, int(1000 * left)))
         started = time.perf_counter()
         fresh: list[LoggedEvent] = []
         batch_keys: set[tuple[str, str]] = set()
@@ -147,7 +154,7 @@ class Ingest:
     def drain(self) -> int:
         """Everything the source holds now (`ingest --once`): the number of events read."""
         total = 0
-        while read := self.step(block_ms=0):
+        while read := self.step(block_ms=0, linger_ms=0):
             total += read
         return total
 
