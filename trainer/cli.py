@@ -46,6 +46,15 @@ def protocol_flags() -> list[Declared]:
     return collect([("", EvalProtocol())])
 
 
+def given_split_flags() -> list[Declared]:
+    """The protocol's flags with what a published split (--train/--test) uses: its own
+    validation default, and the share of a validation user's items held out."""
+    from trainer.data.given_split import GivenSplitConfig
+    from trainer.evaluate.protocol import EvalProtocol
+
+    return collect([("", EvalProtocol()), ("with --train/--test", GivenSplitConfig())])
+
+
 def model_flags() -> list[Declared]:
     """The model and training flags: the scorer methods' configuration first (its defaults are
     quoted first), then the baselines' own defaults for the flags they share."""
@@ -71,9 +80,10 @@ def joint_flags() -> list[Declared]:
 SWITCHES = ("beam_aware", "equal_epochs")
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True,
-                        help="interaction log (CSV/TSV/Parquet, .gz ok), or a directory written by `prepare`")
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument("--data", required=required,
+                        help="interaction log (CSV/TSV/Parquet, .gz ok), or a directory written by `prepare`"
+                        + ("" if required else " (default none: give --data, or --train and --test)"))
     add_options(parser, data_flags())
 
 
@@ -141,6 +151,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from trainer.evaluate.compare import CompareConfig, format_table, run_compare
     from trainer.methods import parse_methods
 
+    if args.train is not None or args.test is not None:
+        return _compare_given_split(args)
+    if args.data is None:
+        raise DataError("compare needs --data LOG (our protocol) or --train FILE --test FILE (a published split)")
+    if hasattr(args, "valid_holdout"):
+        raise DataError("--valid-holdout applies to a published split (--train/--test), not to --data")
     methods = parse_methods(args.methods)
     if args.reference is not None and args.reference not in methods:
         raise DataError(f"--reference {args.reference!r} is not among --methods {','.join(methods)}")
@@ -165,6 +181,49 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.json:
         print(f"\nwrote {args.json}")
     _plot(result, args.plot)
+
+
+def _compare_given_split(args: argparse.Namespace) -> None:
+    """compare on a published split: recall@k and NDCG@k of the test file (`trainer.evaluate.given`)."""
+    from trainer.config import configure
+    from trainer.data.given_split import GivenSplitConfig, load_given_split
+    from trainer.evaluate.given import GivenCompareConfig, format_given_table, run_given_compare
+    from trainer.methods import parse_methods
+
+    if args.train is None or args.test is None:
+        raise DataError("a published split needs both --train FILE and --test FILE")
+    if args.data is not None:
+        raise DataError("give either --data (our protocol) or --train/--test (a published split), not both")
+    given = given_options(args, given_split_flags())
+    refused = [flag for flag in ("test_fraction", "exclude_seen") if flag in given]
+    if refused:
+        raise DataError(f"--{refused[0].replace('_', '-')} does not apply to a published split: its test file is "
+                        "the test set, and a user's train items are never recommended")
+    if hasattr(args, "format") or hasattr(args, "min_interactions") or hasattr(args, "behaviors"):
+        raise DataError("--format, --min-interactions and --behaviors apply to --data: a published split is read "
+                        "as 'user item item ...' lines, every user kept")
+    methods = parse_methods(args.methods)
+    if args.reference is not None and args.reference not in methods:
+        raise DataError(f"--reference {args.reference!r} is not among --methods {','.join(methods)}")
+    if args.seeds < 1:
+        raise DataError(f"--seeds must be >= 1, got {args.seeds}")
+    protocol = _protocol(args)
+    config = GivenCompareConfig(methods=methods, seeds=tuple(range(args.seed, args.seed + args.seeds)),
+                                reference=args.reference, split=configure(GivenSplitConfig(), given),
+                                m=protocol.m, max_history=protocol.max_history, per_user=args.per_user)
+    options = method_options(args)
+    options["itemcf_neighbours"] = args.itemcf_neighbours
+    split = load_given_split(Path(args.train), Path(args.test))
+    logging.getLogger("trainer").info("published split: %d users, %d items, %d train interactions, %d test users",
+                                      split.data.n_users, split.data.n_items, len(split.data), len(split.test))
+    save = None
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        save = partial(_write_json_atomically, Path(args.json))
+    result = run_given_compare(split, config, options, on_result=save)
+    print(format_given_table(result))
+    if args.json:
+        print(f"\nwrote {args.json}")
 
 
 def _plot(result: dict, path: str | None) -> None:
@@ -457,11 +516,15 @@ def _prepare_arguments(parser: argparse.ArgumentParser) -> None:
 def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     from trainer.methods import METHODS
 
-    _add_data_arguments(parser)
+    _add_data_arguments(parser, required=False)
+    parser.add_argument("--train", default=None, help="a published split's train file instead of --data: lines of "
+                        "'user_id item_id item_id ...' (.gz ok), line order as time; every user is trained on (default none)")
+    parser.add_argument("--test", default=None, help="with --train: the split's test file (same format); its users "
+                        "are scored by recall@20/200 and NDCG@20/200, their train items never recommended (default none)")
     parser.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
     _add_seed(parser, "first seed")
-    add_options(parser, protocol_flags())
+    add_options(parser, given_split_flags())
     parser.add_argument("--itemcf-neighbours", type=int, default=None,
                          help="Item-CF: only the K most similar items of each history item (default: all)")
     parser.add_argument("--reference", default=None, help="method for paired differences (default: first)")

@@ -141,7 +141,7 @@ def read_generic(path: Path) -> pd.DataFrame:
         try:
             frame = pd.read_csv(path, sep=sep, usecols=list(mapping.values()), low_memory=False)
         except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
-            raise DataError(f"cannot parse as CSV: {_one_line(exc)}", path) from exc
+            raise DataError(f"cannot parse as CSV: {one_line(exc)}", path) from exc
     # Renamed in place, not re-selected: each copy of a 100M-row frame costs 3 GB.
     frame.columns = [{v: k for k, v in mapping.items()}[c] for c in frame.columns]
     _drop_missing_ids(path, frame)
@@ -240,11 +240,11 @@ def _read_headerless(path: Path, sep: str, names: list[str], numeric: tuple[str,
     except (ValueError, TypeError, OverflowError):
         pass  # a non-numeric value somewhere: find it below
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
-        raise DataError(f"cannot parse: {_one_line(exc)}", path) from exc
+        raise DataError(f"cannot parse: {one_line(exc)}", path) from exc
     try:
         frame = pd.read_csv(path, sep=sep, header=None, names=names, usecols=usecols, dtype=str)
     except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError, ValueError) as exc:
-        raise DataError(f"cannot parse: {_one_line(exc)}", path) from exc
+        raise DataError(f"cannot parse: {one_line(exc)}", path) from exc
     for column in numeric:
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = values.isna().to_numpy()
@@ -323,7 +323,7 @@ def _is_empty(path: Path, probe: int = 1 << 16) -> bool:
             path.name != _strip_compression(path.name) and not path.name.endswith(".gz")):
         return False  # binary, or compressed in a way this module does not open as text
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             head = fh.read(probe)
     except (OSError, EOFError):
         return False  # unreadable: the reader reports it
@@ -332,13 +332,13 @@ def _is_empty(path: Path, probe: int = 1 << 16) -> bool:
 
 def _first_line(path: Path) -> str:
     try:
-        with _open_text(path) as fh:
+        with open_text(path) as fh:
             return fh.readline().rstrip("\r\n")
     except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read: {_one_line(exc)}", path) from exc
+        raise DataError(f"cannot read: {one_line(exc)}", path) from exc
 
 
-def _open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path) -> io.TextIOBase:
     if path.name.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
     return open(path, encoding="utf-8", errors="replace")
@@ -357,5 +357,5 @@ def _strip_compression(name: str) -> str:
     return name
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]

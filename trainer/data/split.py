@@ -166,6 +166,9 @@ class EvalSet:
     truth_items: np.ndarray
     truth_offsets: np.ndarray
     n_items: int
+    # Per user, truth items no method can return (absent from the training data, as a published
+    # split's test file may name): counted in |truth|, so recall is not flattered. None: no such item.
+    unreachable: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -175,7 +178,9 @@ class EvalSet:
         return gather_history(self.feature_items, self.feature_offsets[1:], self.feature_offsets[:-1], length)
 
     def truth_sizes(self) -> np.ndarray:
-        return np.diff(self.truth_offsets)
+        """|truth| per user, the unreachable items included."""
+        sizes = np.diff(self.truth_offsets)
+        return sizes if self.unreachable is None else sizes + self.unreachable
 
     def feature_matrix(self, dtype: type = np.float32):
         """Sparse (users x items) indicator of the feature behaviours (scipy CSR)."""
@@ -201,6 +206,7 @@ class EvalSet:
             truth_items=self.truth_items[t_rows],
             truth_offsets=np.r_[0, np.cumsum(np.diff(self.truth_offsets)[index])],
             n_items=self.n_items,
+            unreachable=None if self.unreachable is None else self.unreachable[index],
         )
 
 

@@ -50,7 +50,7 @@ def hits_per_user(recommended: np.ndarray, eval_set: EvalSet) -> np.ndarray:
     flat = recommended.reshape(-1).astype(np.int64)
     valid = flat >= 0
     keys = np.unique(owner[valid] * eval_set.n_items + flat[valid])
-    truth_owner = np.repeat(np.arange(n_users, dtype=np.int64), eval_set.truth_sizes())
+    truth_owner = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(eval_set.truth_offsets))
     truth_keys = truth_owner * eval_set.n_items + eval_set.truth_items
     hit_keys = keys[np.isin(keys, truth_keys, assume_unique=True)]
     return np.bincount(hit_keys // eval_set.n_items, minlength=n_users)
@@ -68,6 +68,47 @@ def user_metrics(recommended: np.ndarray, eval_set: EvalSet, m: int) -> UserMetr
     denominator = precision + recall
     f_measure = np.divide(2 * precision * recall, denominator, out=np.zeros_like(hits), where=denominator > 0)
     return UserMetrics(precision=precision, recall=recall, f_measure=f_measure)
+
+
+def hit_matrix(recommended: np.ndarray, eval_set: EvalSet) -> np.ndarray:
+    """(U, K) bool: whether the item at each rank is in the user's truth; -1 ("no item") and
+    an item repeated further down a list are not hits."""
+    n_users, k = recommended.shape
+    if n_users != len(eval_set):
+        raise ValueError(f"{n_users} recommendation rows for {len(eval_set)} users")
+    owner = np.repeat(np.arange(n_users, dtype=np.int64), k)
+    keys = owner * eval_set.n_items + recommended.reshape(-1).astype(np.int64)
+    truth_owner = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(eval_set.truth_offsets))
+    hits = np.isin(keys, truth_owner * eval_set.n_items + eval_set.truth_items) & (recommended.reshape(-1) >= 0)
+    _, first = np.unique(keys, return_index=True)
+    repeated = np.ones(len(keys), dtype=bool)
+    repeated[first] = False
+    return (hits & ~repeated).reshape(n_users, k)
+
+
+def ranking_metrics(recommended: np.ndarray, eval_set: EvalSet, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Per user, recall@k and NDCG@k for each k (the published splits' protocol, e.g. LightGCN):
+
+        recall@k(u) = hits in the top k / |G_u|
+        NDCG@k(u)   = sum over hit ranks r (1-based) of 1 / log2(r + 1), divided by the same sum
+                      for an ideal list of min(|G_u|, k) hits
+
+    0 for a user without truth. `recommended`: (U, >= max(ks)) item ids best first, -1 padded."""
+    width = max(ks)
+    if recommended.shape[1] < width:
+        pad = np.full((recommended.shape[0], width - recommended.shape[1]), -1, dtype=recommended.dtype)
+        recommended = np.concatenate([recommended, pad], axis=1)
+    hits = hit_matrix(recommended[:, :width], eval_set)
+    truth = eval_set.truth_sizes().astype(np.float64)
+    discount = 1.0 / np.log2(np.arange(2, width + 2))
+    ideal_prefix = np.r_[0.0, np.cumsum(discount)]
+    result = {}
+    for k in ks:
+        found = hits[:, :k]
+        result[f"recall@{k}"] = np.divide(found.sum(axis=1), truth, out=np.zeros(len(truth)), where=truth > 0)
+        ideal = ideal_prefix[np.minimum(truth, k).astype(np.int64)]
+        result[f"ndcg@{k}"] = np.divide(found @ discount[:k], ideal, out=np.zeros(len(truth)), where=ideal > 0)
+    return result
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,204 @@
+"""`compare --train FILE --test FILE`: methods on a published split, scored as the field reports.
+
+Every method learns from the train file (less the validation items carved out of it,
+`trainer.data.given_split`) and ranks, for each user with test items, every item but the user's
+train items; recall@k and NDCG@k at k = 20 (the peers' tables) and 200 (the JTM paper's M),
+averaged over those users. Tree methods are scored as they are served: the trained model is
+exported (ONNX scorer, tree, catalogue, with the export's parity checks) and the artifact is
+searched by the service's index at its default beam. Seeds change the training (and the
+validation users), never the test users, so per-user differences pair across methods and seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.config import MAX_HISTORY
+from trainer.data.given_split import GivenSplit, GivenSplitConfig
+from trainer.data.interactions import Interactions
+from trainer.data.split import EvalSet, UserSplit, make_samples, sampled_histories
+from trainer.evaluate.compare import _environment, _epochs_run, _fit_order, _shared_seconds, training_defaults
+from trainer.evaluate.metrics import paired_difference, ranking_metrics
+from trainer.fit.context import FitContext
+from trainer.fit.step import TrainConfig
+from trainer.methods import METHODS, build_method
+
+log = logging.getLogger(__name__)
+
+KS = (20, 200)
+METRICS = tuple(f"{name}@{k}" for k in KS for name in ("recall", "ndcg"))
+PAIRED = ("recall@20", "ndcg@20")  # the peers' columns: paired differences against the reference
+
+
+@dataclass(frozen=True)
+class GivenCompareConfig:
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...] = (0,)
+    reference: str | None = None
+    split: GivenSplitConfig = field(default_factory=GivenSplitConfig)
+    m: int = 200  # validation recall@m chooses epochs and joint iterations
+    max_history: int = MAX_HISTORY
+    per_user: bool = False
+
+
+def fit_context(split: GivenSplit, config: GivenCompareConfig, seed: int, device: str) -> FitContext:
+    """Every user of the train file is a training user (the validation users with their kept
+    items only); the validation users choose epochs; the test users' truth is nowhere in it."""
+    fit_data, valid = split.for_training(seed, config.split)
+    users = np.arange(fit_data.n_users, dtype=np.int64)
+    user_split = UserSplit(train=users, valid=valid.users, test=split.test.users, seed=seed,
+                           valid_fraction=config.split.valid_fraction, test_fraction=0.0)
+    return FitContext(data=fit_data, split=user_split, samples=make_samples(fit_data, users, config.max_history),
+                      valid=valid, m=config.m, exclude_seen=True, seed=seed, device=device)
+
+
+def served_top(method: Any, ctx: FitContext, users: EvalSet, k: int, work: Path) -> np.ndarray:
+    """(U, k) item ids, the users' train items excluded. A tree method is exported to `work` and
+    its artifact searched as the service does; other methods rank with their own `recommend`."""
+    if getattr(method, "tree", None) is None or getattr(method, "model", None) is None:
+        return method.recommend(users, k, True)
+    from service.core.artifact import read_artifact
+    from service.core.index import SearchParams, TreeIndex
+    from service.scorer import OnnxScorer
+    from trainer.export import write_artifact
+    from trainer.run import item_catalog
+
+    data: Interactions = ctx.data
+    items_file = work / "items.npz"
+    item_catalog(data, ctx.split).save(items_file)
+    beam = method.config.search_beam(max(KS)) or max(KS)
+    write_artifact(method, items_file, work / "artifact", method_name=method.name, metrics={}, k=max(KS), beam=beam,
+                   parity_histories=sampled_histories(data.n_items, method.config.scorer.max_history, 50, ctx.seed),
+                   dataset={"source": data.source, "format": data.format, "users": data.n_users,
+                            "items": data.n_items, "fingerprint": data.fingerprint()})
+    artifact = read_artifact(work / "artifact")
+    index = TreeIndex(artifact.tree, OnnxScorer(artifact.scorer_file, threads=1), artifact.hierarchical,
+                      batch_users=256)
+    seen = np.split(users.feature_items, users.feature_offsets[1:-1])
+    return index.search(users.histories(artifact.history_length), k,
+                        SearchParams(beam=artifact.default_beam, exclude=seen)).items
+
+
+@dataclass
+class GivenRun:
+    """One method on one seed: per-user metrics on the test users, and its cost."""
+
+    seed: int
+    metrics: dict[str, np.ndarray]
+    seconds: float  # fit and retrieval
+    epochs: list[int] | None = None
+
+    def to_json(self) -> dict:
+        return {"seed": self.seed, "seconds": self.seconds, "epochs": self.epochs,
+                "users": {name: np.round(values, 6).tolist() for name, values in self.metrics.items()}}
+
+
+def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Mapping[str, Any],
+                      on_result: Callable[[dict], None] | None = None) -> dict:
+    """Fit every method on every seed, score it on the split's test users; the JSON-ready result
+    (`on_result` gets it after every fitted method, so a stopped run keeps what it measured)."""
+    given = {k: v for k, v in options.items() if v is not None}
+    given["max_history"] = config.max_history
+    runs: dict[str, list[GivenRun]] = {name: [] for name in config.methods}
+    environment = _environment()
+    for seed in config.seeds:
+        ctx = fit_context(split, config, seed, given.get("device", TrainConfig.device))
+        fitted: list = []
+        seconds_of: dict[str, float] = {}
+        for name in _fit_order(config.methods):
+            method = build_method(name, given)
+            started = time.perf_counter()
+            base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
+            if base is not None:
+                method.fit(ctx, start_from=base)
+                started -= _shared_seconds(base, seconds_of[base.name])
+            else:
+                method.fit(ctx)
+            if getattr(method, "tree", None) is not None and not METHODS[name].joint:
+                fitted.append(method)
+            with tempfile.TemporaryDirectory(prefix="given-split-") as work:
+                top = served_top(method, ctx, split.test, max(KS), Path(work))
+            seconds_of[name] = time.perf_counter() - started
+            run = GivenRun(seed, ranking_metrics(top, split.test, KS), seconds_of[name], _epochs_run(method))
+            runs[name].append(run)
+            log.info("seed %d %-9s %s (%.0f s)", seed, name,
+                     " ".join(f"{metric} {run.metrics[metric].mean():.4f}" for metric in METRICS), run.seconds)
+            if on_result is not None:
+                on_result(_result(split, config, options, runs, environment, complete=False))
+    result = _result(split, config, options, runs, environment, complete=True)
+    if on_result is not None:
+        on_result(result)
+    return result
+
+
+def _result(split: GivenSplit, config: GivenCompareConfig, options: Mapping[str, Any],
+            runs: dict[str, list[GivenRun]], environment: dict, complete: bool) -> dict:
+    runs = {name: seed_runs for name, seed_runs in runs.items() if seed_runs}
+    reference = config.reference or config.methods[0]
+    result = {
+        "complete": complete,
+        "protocol": {"name": "given split", "methods": list(config.methods), "seeds": list(config.seeds),
+                     "reference": reference, "ks": list(KS), "validation_m": config.m,
+                     "max_history": config.max_history, **asdict(config.split),
+                     "features": "all of a test user's train items, file order as time",
+                     "truth": "the user's distinct test items", "filter": "the user's train items never recommended"},
+        "reference": reference,
+        "dataset": split.summary(),
+        "results": summarize(runs, reference),
+        "options": {**options, "max_history": config.max_history},
+        "defaults": training_defaults(),
+        "environment": environment,
+    }
+    if config.per_user:
+        result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
+    return result
+
+
+def summarize(runs: dict[str, list[GivenRun]], reference: str) -> dict:
+    """Per method: each metric's mean over seeds with its spread across seeds, and the paired
+    difference against `reference` (the same test users, seeds pooled) for recall@20 and NDCG@20."""
+    ref = {r.seed: r for r in runs.get(reference, [])}
+    results = {}
+    for name, seed_runs in runs.items():
+        means = {metric: [float(r.metrics[metric].mean()) for r in seed_runs] for metric in METRICS}
+        row: dict[str, Any] = {metric: float(np.mean(values)) for metric, values in means.items()}
+        row["std"] = {metric: float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+                      for metric, values in means.items()}
+        row["per_seed"] = means
+        row["users"] = len(seed_runs[0].metrics[METRICS[0]])
+        row["seconds"] = float(np.mean([r.seconds for r in seed_runs]))
+        if all(r.epochs for r in seed_runs):
+            row["epochs"] = float(np.mean([sum(r.epochs) for r in seed_runs]))
+        paired = [r for r in seed_runs if r.seed in ref]
+        if name != reference and paired:
+            row["vs_reference"] = {metric: paired_difference(
+                np.concatenate([r.metrics[metric] for r in paired]),
+                np.concatenate([ref[r.seed].metrics[metric] for r in paired])) for metric in PAIRED}
+        results[name] = row
+    return results
+
+
+def format_given_table(result: dict) -> str:
+    """Markdown: mean ± std over seeds of each metric (as fractions, as the peers print them)."""
+    reference = result["reference"]
+    dataset = result["dataset"]
+    lines = [f"published split {dataset['train']} / {dataset['test']}: {dataset['test_users']:,} test users, "
+             f"seeds {result['protocol']['seeds']}, train items never recommended", "",
+             "| Method | " + " | ".join(METRICS) + f" | recall@20 vs {reference} (paired) | NDCG@20 vs {reference} "
+             "| epochs | seconds |", "|---" * (len(METRICS) + 5) + "|"]
+    for name, row in result["results"].items():
+        cells = [f"{row[metric]:.4f} ± {row['std'][metric]:.4f}" for metric in METRICS]
+        paired = row.get("vs_reference")
+        diffs = ["-", "-"] if paired is None else [
+            f"{paired[m]['mean']:+.4f} ± {paired[m]['se']:.4f} (z {paired[m]['z']:+.1f})" for m in PAIRED]
+        epochs = "-" if "epochs" not in row else f"{row['epochs']:.3g}"
+        lines.append(f"| {name} | {' | '.join(cells)} | {' | '.join(diffs)} | {epochs} | {row['seconds']:.0f} |")
+    return "\n".join(lines)
