@@ -518,9 +518,11 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
 
     _add_data_arguments(parser, required=False)
     parser.add_argument("--train", default=None, help="a published split's train file instead of --data: lines of "
-                        "'user_id item_id item_id ...' (.gz ok), line order as time; every user is trained on (default none)")
+                        "'user_id item_id item_id ...' (.gz ok), line order as time; every user is trained on "
+                        "(default none)")
     parser.add_argument("--test", default=None, help="with --train: the split's test file (same format); its users "
-                        "are scored by recall@20/200 and NDCG@20/200, their train items never recommended (default none)")
+                        "are scored by recall@20/200 and NDCG@20/200, their train items never recommended "
+                        "(default none)")
     parser.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
     _add_seed(parser, "first seed")

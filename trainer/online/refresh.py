@@ -211,7 +211,7 @@ def _candidate(served: Artifact, window: Window, mode: str, config: RefreshConfi
         method, items_file = _retrain(served, training, config, staging, seed)
     else:
         method = _continue(base, training, mode, config, seed)
-        items_file = base.path / "items.npz"
+        items_file = _recent_popularity(base, training, staging / "items.npz")
     phases["train"] = time.perf_counter() - started
     started = time.perf_counter()
     from trainer.data.split import sampled_histories
@@ -229,6 +229,22 @@ def _candidate(served: Artifact, window: Window, mode: str, config: RefreshConfi
     candidate = read_artifact(staging / "candidate")
     phases["export"] = time.perf_counter() - started
     return candidate, added
+
+
+def _recent_popularity(base: Artifact, training: pd.DataFrame, path: Path) -> Path:
+    """`base`'s catalogue, written to `path` with its popularity list (what a user with no known
+    item is served) ranked by the window's events, items without one after them in their old
+    order: the fallback follows what is popular now, as a retrain's would (the replay benchmark
+    found the served list frozen at the initial training's)."""
+    catalog = base.catalog
+    codes = catalog.items.lookup(list(training["item_id"]))
+    counts = np.bincount(codes[codes >= 0], minlength=catalog.n_items)
+    old_rank = np.full(catalog.n_items, catalog.n_items, dtype=np.int64)
+    old_rank[catalog.popular] = np.arange(len(catalog.popular))
+    listed = (counts > 0) | (old_rank < catalog.n_items)
+    order = np.lexsort((old_rank, -counts))
+    replace(catalog, popular=order[listed[order]].astype(np.int32)).save(path)
+    return path
 
 
 def _with_new_items(served: Artifact, training: pd.DataFrame, staging: Path) -> tuple[Artifact, list[str]]:

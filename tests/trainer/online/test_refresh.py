@@ -79,6 +79,22 @@ def test_new_items_reach_a_published_version_and_nothing_new_does_nothing(served
     assert again["decision"] == "nothing" and registry.current() == decision["candidate"]
 
 
+def test_the_fallback_list_follows_the_window(served, tmp_path: Path) -> None:
+    """Users with no known item get the popularity list: a refresh ranks it by the window's
+    events (ties, and items without an event, in the old order), as a retrain would."""
+    artifact = read_artifact(served[1])
+    old = np.asarray(artifact.catalog.items.original(artifact.catalog.popular)).astype(str)
+    rare, second, third = old[-1], old[-2], old[-3]  # the least popular items of the training log
+    window = pd.DataFrame({"item_id": [rare] * 3 + [second, third] + ["unknown-item"] * 9})
+    path = refresh_module._recent_popularity(artifact, window, tmp_path / "items.npz")  # noqa: SLF001
+    catalog = type(artifact.catalog).load(path, artifact.catalog.n_items)
+    new = np.asarray(catalog.items.original(catalog.popular)).astype(str)
+    assert new[:3].tolist() == [rare, third, second]  # by count, then the old order (third before second)
+    assert new[3:].tolist() == [i for i in old if i not in (rare, second, third)]
+    assert np.array_equal(catalog.fresh, artifact.catalog.fresh) and np.array_equal(catalog.retired,
+                                                                                     artifact.catalog.retired)
+
+
 @pytest.mark.slow
 def test_a_worse_candidate_is_refused_and_the_served_version_stays(served, tmp_path: Path, monkeypatch) -> None:
     """Held-out events of items both models know: a candidate whose rows are shuffled loses
