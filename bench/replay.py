@@ -307,14 +307,14 @@ def plot(result: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
     x = [s["slice"] for s in result["slices"]]
     for name in STRATEGIES:
         rows = [s["strategies"][name] for s in result["slices"]]
         ax.errorbar(x, [100 * r["recall"] for r in rows], yerr=[100 * r["se"] for r in rows], marker="o",
                     capsize=3, label=name)
     ax.set(xlabel="slice (time order)", ylabel="recall@200 of the slice (%)", title=title, xticks=x)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
