@@ -224,6 +224,7 @@ def _compare_given_split(args: argparse.Namespace) -> None:
     print(format_given_table(result))
     if args.json:
         print(f"\nwrote {args.json}")
+    _plot(result, args.plot)
 
 
 def _plot(result: dict, path: str | None) -> None:
@@ -250,8 +251,14 @@ def cmd_merge(args: argparse.Namespace) -> None:
             parts.append(json.loads(Path(path).read_text()))
         except (OSError, ValueError) as exc:
             raise DataError(f"not a readable compare result ({exc.__class__.__name__})", path) from exc
-    result = merge_results(parts, args.reference)
-    print(format_table(result))
+    if any(part.get("protocol", {}).get("name") == "given split" for part in parts):
+        from trainer.evaluate.given import format_given_table, merge_given
+
+        result = merge_given(parts, args.reference)
+        print(format_given_table(result))
+    else:
+        result = merge_results(parts, args.reference)
+        print(format_table(result))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomically(Path(args.json), result)
     print(f"\nwrote {args.json}")

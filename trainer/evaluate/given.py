@@ -25,7 +25,14 @@ from trainer.config import MAX_HISTORY
 from trainer.data.given_split import GivenSplit, GivenSplitConfig
 from trainer.data.interactions import Interactions
 from trainer.data.split import EvalSet, UserSplit, make_samples, sampled_histories
-from trainer.evaluate.compare import _environment, _epochs_run, _fit_order, _shared_seconds, training_defaults
+from trainer.evaluate.compare import (
+    _check_same_options,
+    _environment,
+    _epochs_run,
+    _fit_order,
+    _shared_seconds,
+    training_defaults,
+)
 from trainer.evaluate.metrics import paired_difference, ranking_metrics
 from trainer.fit.context import FitContext
 from trainer.fit.step import TrainConfig
@@ -98,7 +105,12 @@ class GivenRun:
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": self.seconds, "epochs": self.epochs,
-                "users": {name: np.round(values, 6).tolist() for name, values in self.metrics.items()}}
+                "users": {name: values.tolist() for name, values in self.metrics.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> GivenRun:
+        return cls(seed=int(data["seed"]), seconds=float(data["seconds"]), epochs=data.get("epochs"),
+                   metrics={name: np.asarray(values, dtype=np.float64) for name, values in data["users"].items()})
 
 
 def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Mapping[str, Any],
@@ -160,6 +172,49 @@ def _result(split: GivenSplit, config: GivenCompareConfig, options: Mapping[str,
     if config.per_user:
         result["per_seed"] = {name: [r.to_json() for r in seed_runs] for name, seed_runs in runs.items()}
     return result
+
+
+def merge_given(parts: list[dict], reference: str | None = None) -> dict:
+    """Merge `compare --train/--test --per-user` results of the same split, validation and
+    training options (other seeds, or other methods of the same seeds: run them as separate
+    processes) into the one-run table. A (method, seed) pair present twice must be identical;
+    every method must have every seed."""
+    from trainer.errors import DataError
+
+    first = parts[0]
+    for part in parts:
+        if part.get("protocol", {}).get("name") != "given split":
+            raise DataError("cannot merge a published-split result with one of our own protocol")
+        if "per_seed" not in part:
+            raise DataError("a result without per-user metrics: run compare with --per-user")
+        if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or \
+                part["dataset"]["test_users"] != first["dataset"]["test_users"]:
+            raise DataError("results come from different splits (fingerprints or test users differ)")
+        for key in ("ks", "validation_m", "max_history", "valid_fraction", "valid_holdout"):
+            if part["protocol"][key] != first["protocol"][key]:
+                raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
+        _check_same_options(first, part)
+    runs: dict[str, dict[int, GivenRun]] = {}
+    for part in parts:
+        for name, records in part["per_seed"].items():
+            for record in records:
+                run = GivenRun.from_json(record)
+                known = runs.setdefault(name, {}).get(run.seed)
+                if known is not None and not all(np.array_equal(known.metrics[m], run.metrics[m]) for m in METRICS):
+                    raise DataError(f"{name} on seed {run.seed} appears twice with different results")
+                runs[name].setdefault(run.seed, run)
+    seeds = sorted({seed for by_seed in runs.values() for seed in by_seed})
+    for name, by_seed in runs.items():
+        if missing := [seed for seed in seeds if seed not in by_seed]:
+            raise DataError(f"method {name} is missing seed(s) {missing}: every method needs every seed")
+    reference = reference or first["reference"]
+    if reference not in runs:
+        raise DataError(f"the reference method {reference} is not in the results ({', '.join(runs)})")
+    merged_runs = {name: [by_seed[seed] for seed in seeds] for name, by_seed in runs.items()}
+    return {**first, "complete": all(part.get("complete", True) for part in parts), "reference": reference,
+            "protocol": {**first["protocol"], "seeds": seeds, "methods": list(runs), "reference": reference},
+            "results": summarize(merged_runs, reference),
+            "per_seed": {name: [r.to_json() for r in rs] for name, rs in merged_runs.items()}}
 
 
 def summarize(runs: dict[str, list[GivenRun]], reference: str) -> dict:

@@ -208,3 +208,27 @@ def test_a_missing_split_file_is_one_line(tmp_path: Path) -> None:
     train = write_lines(tmp_path / "train.txt", {0: [1, 2]})
     assert_one_line_error(run_cli("compare", "--methods", "pop", "--train", str(train), "--test",
                                   str(tmp_path / "missing.txt")), "missing.txt")
+
+
+def test_seeds_run_apart_merge_into_the_one_run_table(tmp_path: Path) -> None:
+    """Seed 0 and seed 1 as separate processes, merged, give the table of one two-seed run; a
+    merge with a result of our own protocol is refused in one line."""
+    train, test = synthetic_split(tmp_path)
+    common = ["compare", "--train", str(train), "--test", str(test), "--methods", "pop,itemcf", "--per-user",
+              "--valid-fraction", "0.2"]
+    assert run_cli(*common, "--seeds", "2", "--json", str(tmp_path / "both.json")).returncode == 0
+    for seed in (0, 1):
+        assert run_cli(*common, "--seed", str(seed), "--json", str(tmp_path / f"s{seed}.json")).returncode == 0
+    png = tmp_path / "merged.png"
+    assert run_cli("merge", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"), "--json", str(tmp_path / "m.json"),
+                   "--plot", str(png)).returncode == 0
+    both, merged = (json.loads((tmp_path / name).read_text()) for name in ("both.json", "m.json"))
+    assert merged["protocol"]["seeds"] == [0, 1] and png.stat().st_size > 0
+    for name, row in both["results"].items():  # every figure but the timing
+        assert {k: v for k, v in merged["results"][name].items() if k != "seconds"} == \
+            {k: v for k, v in row.items() if k != "seconds"}
+    assert both["results"]["pop"]["std"]["recall@20"] > 0  # the validation users, and so the counts, differ by seed
+    ours = tmp_path / "ours.json"
+    ours.write_text(json.dumps({**both, "protocol": {**both["protocol"], "name": "paper"}}))
+    assert_one_line_error(run_cli("merge", str(tmp_path / "s0.json"), str(ours), "--json", str(tmp_path / "x.json")),
+                          "cannot merge a published-split result")
