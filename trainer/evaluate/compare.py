@@ -50,7 +50,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
     given["max_history"] = protocol.max_history
     runs: dict[str, list[SeedRun]] = {name: [] for name in config.methods}
     split_sizes = None
-    environment = _environment()  # once: the result is rewritten after every method
+    environment = run_environment()  # once: the result is rewritten after every method
     for seed in config.seeds:
         split = protocol.split(data, seed)
         split_sizes = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
@@ -58,14 +58,14 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
         test = make_eval_set(data, split.test)
         fitted: list = []  # fixed-tree methods of this seed: the joint loop's iteration 0
         seconds_of: dict[str, float] = {}
-        for name in _fit_order(config.methods):
+        for name in fit_order(config.methods):
             method = build_method(name, given)
             started = time.perf_counter()
             base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
             if base is not None:
                 method.fit(ctx, start_from=base)
                 log.info("%s continues from %s's model (its iteration 0)", name, base.name)
-                started -= _shared_seconds(base, seconds_of[base.name])  # report the whole cost
+                started -= shared_seconds(base, seconds_of[base.name])  # report the whole cost
             else:
                 method.fit(ctx)
             if getattr(method, "tree", None) is not None and not METHODS[name].joint:
@@ -75,7 +75,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
             seconds = fit_seconds + scored.seconds  # fit and retrieval, not the fidelity scan
             seconds_of[name] = seconds
             metrics = scored.metrics
-            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=_epochs_run(method),
+            run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=epochs_run(method),
                           fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall)
             if getattr(method, "joint_history", None) is not None:
                 run.joint = method.joint_history.to_json()  # L(theta, pi) and recall per iteration
@@ -91,7 +91,7 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
     return result
 
 
-def _environment() -> dict:
+def run_environment() -> dict:
     """Where the result was computed. Training is bit-reproducible on one machine, but float
     sums may differ on another CPU (a seed-0 rerun on another VM changed 9 of 94 users'
     recall by one item), so duplicates from other machines can disagree in merge."""
@@ -110,7 +110,7 @@ def _environment() -> dict:
             "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _shared_seconds(base, base_seconds: float) -> float:
+def shared_seconds(base, base_seconds: float) -> float:
     """The part of `base`'s cost that a joint method continuing from it shares: all of it, or
     (--equal-epochs, where the base trained on past the joint method's iteration 0) the
     training seconds of the epochs up to its snapshot."""
@@ -120,7 +120,7 @@ def _shared_seconds(base, base_seconds: float) -> float:
     return float(sum(e.seconds for e in snapshot.epochs))
 
 
-def _epochs_run(method) -> list[int] | None:
+def epochs_run(method) -> list[int] | None:
     """Training epochs each phase of `method` ran (joint: iteration 0, then each iteration)."""
     if hasattr(method, "epochs_run"):
         return method.epochs_run() or None
@@ -239,7 +239,7 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
         for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history"):
             if part["protocol"][key] != first["protocol"][key]:
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
-        _check_same_options(first, part)
+        check_same_options(first, part)
     if any("options" not in part for part in parts):
         log.warning("merge: %d of %d results do not record their training options (written by an older "
                     "version): make sure all parts ran with the same --epochs/--iterations/... flags",
@@ -311,7 +311,7 @@ def _effective_options(part: dict) -> dict:
     return {k: defaults.get(k) if v is None and k in defaults else v for k, v in options.items()}
 
 
-def _check_same_options(first: dict, other: dict) -> None:
+def check_same_options(first: dict, other: dict) -> None:
     """Refuse to pool results trained with different budgets or model settings. Results
     written before the options were recorded cannot be checked: say so, and go on."""
     if "options" not in first or "options" not in other:
@@ -324,7 +324,7 @@ def _check_same_options(first: dict, other: dict) -> None:
         raise DataError(f"results were trained with different options ({detail})")
 
 
-def _fit_order(methods: tuple[str, ...]) -> list[str]:
+def fit_order(methods: tuple[str, ...]) -> list[str]:
     """Fixed-tree methods before the joint ones, so a joint method can continue from its
     iteration 0 (the table keeps the order the user asked for)."""
     return [m for m in methods if not METHODS[m].joint] + [m for m in methods if METHODS[m].joint]

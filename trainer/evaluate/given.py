@@ -26,11 +26,11 @@ from trainer.data.given_split import GivenSplit, GivenSplitConfig
 from trainer.data.interactions import Interactions
 from trainer.data.split import EvalSet, UserSplit, make_samples, sampled_histories
 from trainer.evaluate.compare import (
-    _check_same_options,
-    _environment,
-    _epochs_run,
-    _fit_order,
-    _shared_seconds,
+    check_same_options,
+    epochs_run,
+    fit_order,
+    run_environment,
+    shared_seconds,
     training_defaults,
 )
 from trainer.evaluate.metrics import paired_difference, ranking_metrics
@@ -120,18 +120,18 @@ def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Ma
     given = {k: v for k, v in options.items() if v is not None}
     given["max_history"] = config.max_history
     runs: dict[str, list[GivenRun]] = {name: [] for name in config.methods}
-    environment = _environment()
+    environment = run_environment()
     for seed in config.seeds:
         ctx = fit_context(split, config, seed, given.get("device", TrainConfig.device))
         fitted: list = []
         seconds_of: dict[str, float] = {}
-        for name in _fit_order(config.methods):
+        for name in fit_order(config.methods):
             method = build_method(name, given)
             started = time.perf_counter()
             base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
             if base is not None:
                 method.fit(ctx, start_from=base)
-                started -= _shared_seconds(base, seconds_of[base.name])
+                started -= shared_seconds(base, seconds_of[base.name])
             else:
                 method.fit(ctx)
             if getattr(method, "tree", None) is not None and not METHODS[name].joint:
@@ -139,7 +139,7 @@ def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Ma
             with tempfile.TemporaryDirectory(prefix="given-split-") as work:
                 top = served_top(method, ctx, split.test, max(KS), Path(work))
             seconds_of[name] = time.perf_counter() - started
-            run = GivenRun(seed, ranking_metrics(top, split.test, KS), seconds_of[name], _epochs_run(method))
+            run = GivenRun(seed, ranking_metrics(top, split.test, KS), seconds_of[name], epochs_run(method))
             runs[name].append(run)
             log.info("seed %d %-9s %s (%.0f s)", seed, name,
                      " ".join(f"{metric} {run.metrics[metric].mean():.4f}" for metric in METRICS), run.seconds)
@@ -193,7 +193,7 @@ def merge_given(parts: list[dict], reference: str | None = None) -> dict:
         for key in ("ks", "validation_m", "max_history", "valid_fraction", "valid_holdout"):
             if part["protocol"][key] != first["protocol"][key]:
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
-        _check_same_options(first, part)
+        check_same_options(first, part)
     runs: dict[str, dict[int, GivenRun]] = {}
     for part in parts:
         for name, records in part["per_seed"].items():
