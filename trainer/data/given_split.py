@@ -20,8 +20,8 @@ import pandas as pd
 
 from trainer.config import option
 from trainer.data.formats import RawLog, one_line, open_text
-from trainer.data.interactions import Interactions, build_interactions, concat_ranges
-from trainer.data.split import EvalSet
+from trainer.data.interactions import Interactions, build_interactions, concat_ranges, rows_of_users
+from trainer.data.split import EvalSet, distinct_truth
 from trainer.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,13 @@ def _test_set(data: Interactions, frame: pd.DataFrame) -> tuple[EvalSet, int, in
     known = frame[frame["item_code"] >= 0]
     unreachable = np.bincount(np.searchsorted(users, frame.loc[frame["item_code"] < 0, "user_code"].to_numpy()),
                               minlength=len(users))
-    pairs = np.unique(np.searchsorted(users, known["user_code"].to_numpy()).astype(np.int64) * data.n_items
-                      + known["item_code"].to_numpy())
-    truth_owner, truth_items = pairs // data.n_items, (pairs % data.n_items).astype(np.int32)
-    starts = data.user_offsets[users]
-    lengths = data.user_offsets[users + 1] - starts
-    test = EvalSet(users=users, feature_items=data.item[concat_ranges(starts, lengths)].astype(np.int32),
+    truth_items, truth_offsets = distinct_truth(np.searchsorted(users, known["user_code"].to_numpy()),
+                                                known["item_code"].to_numpy(), len(users), data.n_items)
+    lengths = data.user_offsets[users + 1] - data.user_offsets[users]
+    test = EvalSet(users=users, feature_items=data.item[rows_of_users(data.user_offsets, users)].astype(np.int32),
                    feature_offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64), truth_items=truth_items,
-                   truth_offsets=np.searchsorted(truth_owner, np.arange(len(users) + 1)).astype(np.int64),
-                   n_items=data.n_items, unreachable=unreachable.astype(np.int64) if unreachable.any() else None)
+                   truth_offsets=truth_offsets, n_items=data.n_items,
+                   unreachable=unreachable.astype(np.int64) if unreachable.any() else None)
     return test, users_unknown, int(unreachable.sum())
 
 
@@ -155,13 +153,10 @@ def _carve_validation(data: Interactions, seed: int, fraction: float, holdout: f
     starts = data.user_offsets[users]
     held_rows = concat_ranges(starts + kept, held)
     owner = np.repeat(np.arange(len(users), dtype=np.int64), held)
-    pairs = np.unique(owner * data.n_items + data.item[held_rows])
-    truth_owner = pairs // data.n_items
+    truth_items, truth_offsets = distinct_truth(owner, data.item[held_rows], len(users), data.n_items)
     valid = EvalSet(users=users, feature_items=data.item[concat_ranges(starts, kept)].astype(np.int32),
-                    feature_offsets=np.r_[0, np.cumsum(kept)].astype(np.int64),
-                    truth_items=(pairs % data.n_items).astype(np.int32),
-                    truth_offsets=np.searchsorted(truth_owner, np.arange(len(users) + 1)).astype(np.int64),
-                    n_items=data.n_items)
+                    feature_offsets=np.r_[0, np.cumsum(kept)].astype(np.int64), truth_items=truth_items,
+                    truth_offsets=truth_offsets, n_items=data.n_items)
     return without_rows(data, held_rows), valid
 
 

@@ -218,19 +218,25 @@ def make_eval_set(data: Interactions, users: np.ndarray) -> EvalSet:
     n_features = lengths // 2
     feature_rows = concat_ranges(starts, n_features)
     truth_rows = concat_ranges(starts + n_features, lengths - n_features)
-    # Distinct truth items per user: unique (user, item) pairs, kept grouped by user.
     owner = np.repeat(np.arange(len(users), dtype=np.int64), lengths - n_features)
-    pairs = np.unique(owner * data.n_items + data.item[truth_rows])
-    truth_owner, truth_items = pairs // data.n_items, (pairs % data.n_items).astype(np.int32)
-    truth_offsets = np.searchsorted(truth_owner, np.arange(len(users) + 1))
+    truth_items, truth_offsets = distinct_truth(owner, data.item[truth_rows], len(users), data.n_items)
     return EvalSet(
         users=users,
         feature_items=data.item[feature_rows].astype(np.int32),
         feature_offsets=np.r_[0, np.cumsum(n_features)].astype(np.int64),
         truth_items=truth_items,
-        truth_offsets=truth_offsets.astype(np.int64),
+        truth_offsets=truth_offsets,
         n_items=data.n_items,
     )
+
+
+def distinct_truth(owner: np.ndarray, items: np.ndarray, n_users: int, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's distinct items in `EvalSet`'s CSR layout (truth_items int32, truth_offsets
+    int64): unique (user, item) pairs, kept grouped by user. owner: (n,) the user's position
+    (0 .. n_users - 1) of each item."""
+    pairs = np.unique(np.asarray(owner, dtype=np.int64) * n_items + items)
+    offsets = np.searchsorted(pairs // n_items, np.arange(n_users + 1)).astype(np.int64)
+    return (pairs % n_items).astype(np.int32), offsets
 
 
 def sampled_histories(n_items: int, length: int, count: int, seed: int = 0) -> np.ndarray:

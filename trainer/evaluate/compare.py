@@ -20,6 +20,7 @@ from trainer.data.split import make_eval_set
 from trainer.errors import DataError
 from trainer.evaluate.metrics import METRICS, UserMetrics, paired_difference, summarize_seeds
 from trainer.evaluate.protocol import EvalProtocol, evaluate
+from trainer.fit.context import FitContext
 from trainer.fit.step import TrainConfig
 from trainer.methods import METHODS, build_method
 
@@ -56,24 +57,13 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
         split_sizes = {"train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
         ctx = protocol.fit_context(data, split, seed, given.get("device", TrainConfig.device))
         test = make_eval_set(data, split.test)
-        fitted: list = []  # fixed-tree methods of this seed: the joint loop's iteration 0
-        seconds_of: dict[str, float] = {}
+        fits = SeedFits(given, ctx)
         for name in fit_order(config.methods):
-            method = build_method(name, given)
-            started = time.perf_counter()
-            base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
-            if base is not None:
-                method.fit(ctx, start_from=base)
-                log.info("%s continues from %s's model (its iteration 0)", name, base.name)
-                started -= shared_seconds(base, seconds_of[base.name])  # report the whole cost
-            else:
-                method.fit(ctx)
-            if getattr(method, "tree", None) is not None and not METHODS[name].joint:
-                fitted.append(method)
+            method, started = fits.fit(name)
             fit_seconds = time.perf_counter() - started
             scored = evaluate(method, test, protocol.m, protocol.exclude_seen, fidelity=True)
             seconds = fit_seconds + scored.seconds  # fit and retrieval, not the fidelity scan
-            seconds_of[name] = seconds
+            fits.seconds_of[name] = seconds
             metrics = scored.metrics
             run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=epochs_run(method),
                           fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall)
@@ -89,6 +79,32 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
     if on_result is not None:
         on_result(result)
     return result
+
+
+class SeedFits:
+    """The methods of one seed, fitted in `fit_order` on the same context: a joint method
+    continues from the fixed-tree method fitted before it (its iteration 0) instead of
+    training that again, and is charged the shared part of its cost."""
+
+    def __init__(self, given: Mapping[str, Any], ctx: FitContext) -> None:
+        self.given, self.ctx = given, ctx
+        self.fitted: list = []  # fixed-tree methods: a joint method's possible iteration 0
+        self.seconds_of: dict[str, float] = {}  # each method's whole cost, set by the caller once scored
+
+    def fit(self, name: str) -> tuple[Any, float]:
+        """The fitted method and the `time.perf_counter()` its cost counts from."""
+        method = build_method(name, self.given)
+        started = time.perf_counter()
+        base = next((f for f in self.fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
+        if base is not None:
+            method.fit(self.ctx, start_from=base)
+            log.info("%s continues from %s's model (its iteration 0)", name, base.name)
+            started -= shared_seconds(base, self.seconds_of[base.name])  # report the whole cost
+        else:
+            method.fit(self.ctx)
+        if getattr(method, "tree", None) is not None and not METHODS[name].joint:
+            self.fitted.append(method)
+        return method, started
 
 
 def run_environment() -> dict:

@@ -26,17 +26,16 @@ from trainer.data.given_split import GivenSplit, GivenSplitConfig
 from trainer.data.interactions import Interactions
 from trainer.data.split import EvalSet, UserSplit, make_samples, sampled_histories
 from trainer.evaluate.compare import (
+    SeedFits,
     check_same_options,
     epochs_run,
     fit_order,
     run_environment,
-    shared_seconds,
     training_defaults,
 )
 from trainer.evaluate.metrics import paired_difference, ranking_metrics
 from trainer.fit.context import FitContext
 from trainer.fit.step import TrainConfig
-from trainer.methods import METHODS, build_method
 
 log = logging.getLogger(__name__)
 
@@ -123,23 +122,13 @@ def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Ma
     environment = run_environment()
     for seed in config.seeds:
         ctx = fit_context(split, config, seed, given.get("device", TrainConfig.device))
-        fitted: list = []
-        seconds_of: dict[str, float] = {}
+        fits = SeedFits(given, ctx)
         for name in fit_order(config.methods):
-            method = build_method(name, given)
-            started = time.perf_counter()
-            base = next((f for f in fitted if hasattr(method, "can_start_from") and method.can_start_from(f)), None)
-            if base is not None:
-                method.fit(ctx, start_from=base)
-                started -= shared_seconds(base, seconds_of[base.name])
-            else:
-                method.fit(ctx)
-            if getattr(method, "tree", None) is not None and not METHODS[name].joint:
-                fitted.append(method)
+            method, started = fits.fit(name)
             with tempfile.TemporaryDirectory(prefix="given-split-") as work:
                 top = served_top(method, ctx, split.test, max(KS), Path(work))
-            seconds_of[name] = time.perf_counter() - started
-            run = GivenRun(seed, ranking_metrics(top, split.test, KS), seconds_of[name], epochs_run(method))
+            fits.seconds_of[name] = time.perf_counter() - started
+            run = GivenRun(seed, ranking_metrics(top, split.test, KS), fits.seconds_of[name], epochs_run(method))
             runs[name].append(run)
             log.info("seed %d %-9s %s (%.0f s)", seed, name,
                      " ".join(f"{metric} {run.metrics[metric].mean():.4f}" for metric in METRICS), run.seconds)
