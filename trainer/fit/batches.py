@@ -195,6 +195,11 @@ class BatchBuilder:
         return rows, local
 
 
+def steps_per_epoch(n_samples: int, batch_size: int) -> int:
+    """How many batches (optimizer steps) `batch_indices` makes of an epoch."""
+    return -(-n_samples // batch_size)
+
+
 def batch_indices(n_samples: int, batch_size: int, order: np.ndarray, rank: int = 0,
                   world_size: int = 1) -> Iterator[np.ndarray]:
     """The sample indices of every batch of one epoch; under torch.distributed each rank's

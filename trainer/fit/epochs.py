@@ -25,6 +25,7 @@ from service.core.tree import Tree
 from trainer.data.split import SampleSet
 from trainer.errors import DataError
 from trainer.evaluate.protocol import validation_metrics
+from trainer.fit.batches import steps_per_epoch
 from trainer.fit.beam_mining import BeamAwareSampler
 from trainer.fit.context import FitContext
 from trainer.fit.sampler import BeamAwareConfig, LayerwiseSampler, UniformItemSampler, default_negative_counts
@@ -204,6 +205,7 @@ def fit_scorer(
     model.to(config.device)
     builder = make_builder(model, samples, sampler, tree, hierarchical, times)
     step = ScorerStep(model, config, times)
+    step.plan(steps_per_epoch(len(samples), config.batch_size))
     before_epoch = None
     if isinstance(sampler, BeamAwareSampler):
         from trainer.fit import distributed

@@ -34,6 +34,7 @@ from trainer.fit import distributed
 from trainer.fit.allocator import keep_freed_memory
 from trainer.fit.batches import Batch, BatchBuilder
 from trainer.fit.sampler import DEFAULT_LEAF_NEGATIVES, BeamAwareConfig, LayerwiseSampler, UniformItemSampler
+from trainer.fit.schedule import SCHEDULES, LrSchedule
 from trainer.model.row_adam import RowAdam, merge_rows
 from trainer.model.scorer import TreeScorer, UserState
 from trainer.model.tower import TowerWeights, tower_loss_and_grads
@@ -49,6 +50,13 @@ class TrainConfig:
     batch_size: int = option(256, "training batch size", at_least=1)
     # Adam. TDM/JTM use 1e-3; 2e-3 reached the same validation recall in fewer epochs.
     lr: float = option(2e-3, "Adam learning rate", above=0)
+    # trainer.fit.schedule: constant, or a decay over each training run's --epochs budget.
+    lr_schedule: str = option("constant", "learning-rate schedule over each run's --epochs (cosine, linear: "
+                              "decay to --lr-floor x --lr at the budget's last step)", choices=SCHEDULES)
+    lr_warmup: int = option(0, "steps of linear learning-rate warm-up at the start of each training run",
+                            at_least=0)
+    lr_floor: float = option(0.0, "with a decaying --lr-schedule: the final rate as a share of --lr",
+                             at_least=0, at_most=1)
     leaf_negatives: int = option(DEFAULT_LEAF_NEGATIVES, "negatives at the leaf level, halving upward", at_least=1)
     beam_aware: BeamAwareConfig | None = None  # None: uniform layer-wise negatives (TDM, JTM); --beam-aware sets it
     patience: int = 2  # epochs without a validation gain before stopping
@@ -148,8 +156,24 @@ class ScorerStep:
         # One per table: lazy Adam moves exactly the rows a table was read at. Node biases are
         # read only for scored nodes, embeddings also for behaviours.
         self.row_optimizers = [RowAdam([t.data], lr=config.lr) for t in self.tables]
+        self.schedule = LrSchedule(config.lr)  # `plan` sets the run's length
+        self.steps_taken = 0
         self.times = times
         keep_freed_memory()
+
+    def plan(self, steps_per_epoch: int) -> None:
+        """Spread the configured schedule over this run's `epochs` x `steps_per_epoch` steps."""
+        config = self.config
+        self.schedule = LrSchedule(config.lr, config.lr_schedule, config.epochs * steps_per_epoch,
+                                   config.lr_warmup, config.lr_floor)
+
+    def _set_lr(self) -> None:
+        lr = self.schedule(self.steps_taken)
+        for group in self.dense_optimizer.param_groups:
+            group["lr"] = lr
+        for optimizer in self.row_optimizers:
+            optimizer.lr = lr
+        self.steps_taken += 1
 
     def _mark(self, phase: str, started: float) -> float:
         now = time.perf_counter()
@@ -219,6 +243,7 @@ class ScorerStep:
         keep = rows < self.model.n_rows  # the padding row stays zero
         node_rows = node_rows[:, 0] > 0
         started = self._mark("gradient exchange", started)
+        self._set_lr()
         self.dense_optimizer.step()
         started = self._mark("optimizer dense", started)
         self.row_optimizers[0].step(rows[keep], [row_grad[keep]])

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.optim.lr_scheduler import LambdaLR
 
 from tests.trainer.data.test_data import tiny_interactions
 from trainer.data.split import make_samples, split_users
 from trainer.fit.sampler import LayerwiseSampler, UniformItemSampler
+from trainer.fit.schedule import LrSchedule
 from trainer.fit.step import ScorerStep, TrainConfig, make_builder
 from trainer.model.row_adam import RowAdam
 from trainer.model.scorer import ScorerConfig, TreeScorer
@@ -21,11 +23,14 @@ from trainer.tree.build import random_tree
 CONFIG = dict(dim=6, hidden=(12, 8, 4), windows=((0, 1), (0, 5), (0, 69)), max_history=10)
 
 
-def textbook_steps(model: TreeScorer, samples, sampler, tree, hierarchical: bool, batches, seed: int, lr: float):
-    """Plain autograd on the module: what training did before the fast path."""
+def textbook_steps(model: TreeScorer, samples, sampler, tree, hierarchical: bool, batches, seed: int, lr: float,
+                   lr_factor=None):
+    """Plain autograd on the module: what training did before the fast path (`lr_factor(step)`:
+    torch's LambdaLR on both optimisers)."""
     tables = [model.embedding.weight, model.bias.weight]
     dense = torch.optim.Adam([p for p in model.parameters() if all(p is not t for t in tables)], lr=lr)
     sparse = torch.optim.SparseAdam(tables, lr=lr)
+    schedulers = [] if lr_factor is None else [LambdaLR(o, lr_factor) for o in (dense, sparse)]
     rng = np.random.default_rng(seed)
     label = torch.from_numpy(sampler.label).double()
     for index in batches:
@@ -43,6 +48,8 @@ def textbook_steps(model: TreeScorer, samples, sampler, tree, hierarchical: bool
         loss.backward()
         dense.step()
         sparse.step()
+        for scheduler in schedulers:
+            scheduler.step()
 
 
 @pytest.mark.parametrize(("hierarchical", "kernel", "attention"), [
@@ -70,6 +77,47 @@ def test_fast_step_equals_the_textbook(hierarchical: bool, kernel: str, attentio
         step(builder(index, rng))
     for (name, mine), theirs in zip(fast.state_dict().items(), reference.state_dict().values(), strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-11, msg=name)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+def test_the_learning_rate_schedule_is_torchs_lambda_lr(schedule: str) -> None:
+    """Warm-up and decay move both optimisers' rates step by step as torch's LambdaLR would."""
+    _, data = tiny_interactions(n_users=40)
+    samples = make_samples(data, split_users(data.n_users, 0, 0.0, 0.2).train, max_history=10)
+    tree = random_tree(data.n_items, seed=1)
+    sampler = LayerwiseSampler.create(tree)
+    torch.manual_seed(0)
+    reference = TreeScorer(tree.n_rows, ScorerConfig(**CONFIG, hierarchical=True), sparse=True).double()
+    fast = TreeScorer(tree.n_rows, reference.config, sparse=False).double()
+    fast.load_state_dict(reference.state_dict())
+    batches = [np.arange(i, i + 16) % len(samples) for i in range(0, 96, 16)]
+    config = TrainConfig(lr=0.02, epochs=2, lr_schedule=schedule, lr_warmup=2, lr_floor=0.1, threads=2)
+    step = ScorerStep(fast, config)
+    step.plan(steps_per_epoch=3)
+    expected = LrSchedule(0.02, schedule, total_steps=6, warmup_steps=2, floor=0.1)
+    textbook_steps(reference, samples, sampler, tree, True, batches, seed=7, lr=0.02,
+                   lr_factor=lambda k: expected(k) / 0.02)
+    builder = make_builder(fast, samples, sampler, tree, True)
+    rng = np.random.default_rng(7)
+    for index in batches:
+        step(builder(index, rng))
+    assert step.row_optimizers[0].lr == pytest.approx(0.002 if schedule != "constant" else 0.02)
+    for (name, mine), theirs in zip(fast.state_dict().items(), reference.state_dict().values(), strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-9, atol=1e-11, msg=name)
+
+
+def test_lr_schedule_shapes() -> None:
+    """Warm-up rises to the base rate; cosine passes half way at mid-run; both decays end at the floor."""
+    cosine = LrSchedule(1.0, "cosine", total_steps=12, warmup_steps=2, floor=0.0)
+    assert [cosine(k) for k in range(2)] == [0.5, 1.0]
+    assert cosine(2) == 1.0 and cosine(11) == pytest.approx(0.0, abs=1e-12)
+    assert cosine(2 + 4.5) == pytest.approx(0.5)  # mid-way through the 9 decaying steps
+    linear = LrSchedule(2.0, "linear", total_steps=11, warmup_steps=0, floor=0.25)
+    assert linear(0) == 2.0 and linear(5) == pytest.approx(2.0 * (0.25 + 0.75 * 0.5)) and linear(10) == 0.5
+    assert linear(50) == 0.5  # past the budget it stays at the floor
+    assert LrSchedule(3e-3).__call__(10_000) == 3e-3
+    with pytest.raises(ValueError, match="lr schedule"):
+        LrSchedule(1.0, "step")
 
 
 def test_dnn_uniform_samples_train_through_the_same_step() -> None:
