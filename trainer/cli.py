@@ -101,6 +101,31 @@ def _protocol(args: argparse.Namespace):
     return configure(EvalProtocol(), given_options(args, protocol_flags()))
 
 
+def _add_split_files(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", default=None, help="a published split's train file instead of --data: lines of "
+                        "'user_id item_id item_id ...' (.gz ok), line order as time; every user is trained on "
+                        "(default none)")
+    parser.add_argument("--test", default=None, help="with --train: the split's test file (same format); its users "
+                        "are scored by recall@20/200 and NDCG@20/200, their train items never recommended "
+                        "(default none)")
+
+
+def _check_split_files(args: argparse.Namespace) -> None:
+    """--train/--test (a published split) instead of --data: both files, and no --data flag."""
+    if args.train is None or args.test is None:
+        raise DataError("a published split needs both --train FILE and --test FILE")
+    if args.data is not None:
+        raise DataError("give either --data (our protocol) or --train/--test (a published split), not both")
+    given = given_options(args, given_split_flags())
+    refused = [flag for flag in ("test_fraction", "exclude_seen") if flag in given]
+    if refused:
+        raise DataError(f"--{refused[0].replace('_', '-')} does not apply to a published split: its test file is "
+                        "the test set, and a user's train items are never recommended")
+    if hasattr(args, "format") or hasattr(args, "min_interactions") or hasattr(args, "behaviors"):
+        raise DataError("--format, --min-interactions and --behaviors apply to --data: a published split is read "
+                        "as 'user item item ...' lines, every user kept")
+
+
 def _add_seed(parser: argparse.ArgumentParser, help: str) -> None:
     parser.add_argument("--seed", type=int, default=0, help=help)
 
@@ -190,18 +215,8 @@ def _compare_given_split(args: argparse.Namespace) -> None:
     from trainer.evaluate.given import GivenCompareConfig, format_given_table, run_given_compare
     from trainer.methods import parse_methods
 
-    if args.train is None or args.test is None:
-        raise DataError("a published split needs both --train FILE and --test FILE")
-    if args.data is not None:
-        raise DataError("give either --data (our protocol) or --train/--test (a published split), not both")
+    _check_split_files(args)
     given = given_options(args, given_split_flags())
-    refused = [flag for flag in ("test_fraction", "exclude_seen") if flag in given]
-    if refused:
-        raise DataError(f"--{refused[0].replace('_', '-')} does not apply to a published split: its test file is "
-                        "the test set, and a user's train items are never recommended")
-    if hasattr(args, "format") or hasattr(args, "min_interactions") or hasattr(args, "behaviors"):
-        raise DataError("--format, --min-interactions and --behaviors apply to --data: a published split is read "
-                        "as 'user item item ...' lines, every user kept")
     methods = parse_methods(args.methods)
     if args.reference is not None and args.reference not in methods:
         raise DataError(f"--reference {args.reference!r} is not among --methods {','.join(methods)}")
@@ -311,6 +326,12 @@ def _given(options: dict[str, Any]) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> None:
     from trainer.run import RunSpec, train_run
 
+    if args.train is not None or args.test is not None:
+        return _train_given_split(args)
+    if args.data is None:
+        raise DataError("train needs --data LOG (our protocol) or --train FILE --test FILE (a published split)")
+    if hasattr(args, "valid_holdout"):
+        raise DataError("--valid-holdout applies to a published split (--train/--test), not to --data")
     options = method_options(args)
     spec = RunSpec(data=_data_config(args, "--exclude-items"), method=args.method, seed=args.seed,
                    protocol=_protocol(args), start_from=args.start_from, fidelity=not args.no_fidelity,
@@ -319,6 +340,33 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not metrics:  # a torch.distributed worker rank: rank 0 reports and writes
         return
     print(_metrics_line(metrics))
+    print(f"wrote run to {args.out}")
+    if args.export or args.publish:
+        artifact = Path(args.export) if args.export else Path(args.out) / "artifact"
+        _export(Path(args.out), artifact)
+        if args.publish:
+            _publish(artifact, Path(args.publish), args.redis_url)
+
+
+def _train_given_split(args: argparse.Namespace) -> None:
+    """train on a published split: fit on its train file, score its test users as served."""
+    from trainer.config import configure
+    from trainer.data.given_split import GivenSplitConfig
+    from trainer.evaluate.given import GivenRunSpec, metrics_line, train_given_run
+
+    _check_split_files(args)
+    refused = [flag for flag, value in (("--start-from", args.start_from), ("--tree-step", args.tree_step),
+                                        ("--no-fidelity", args.no_fidelity)) if value]
+    if hasattr(args, "exclude_items"):
+        refused.append("--exclude-items")
+    if refused:
+        raise DataError(f"{refused[0]} applies to --data runs, not to a published split")
+    protocol = _protocol(args)
+    spec = GivenRunSpec(train=args.train, test=args.test, method=args.method, seed=args.seed,
+                        split=configure(GivenSplitConfig(), given_options(args, given_split_flags())),
+                        m=protocol.m, max_history=protocol.max_history)
+    metrics = train_given_run(spec, Path(args.out), _given(method_options(args)))
+    print(metrics_line(metrics))
     print(f"wrote run to {args.out}")
     if args.export or args.publish:
         artifact = Path(args.export) if args.export else Path(args.out) / "artifact"
@@ -469,11 +517,16 @@ def _decision_line(decision: dict) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from trainer.evaluate.given import evaluate_given_run, is_given_run, metrics_line
     from trainer.run import evaluate_run
 
     exclude = True if args.exclude_seen else None
-    metrics = evaluate_run(Path(args.run), args.m, exclude, args.beam, fidelity=not args.no_fidelity)
-    print(_metrics_line(metrics))
+    if is_given_run(Path(args.run)):
+        metrics = evaluate_given_run(Path(args.run), args.m, args.beam, exclude)
+        print(metrics_line(metrics))
+    else:
+        metrics = evaluate_run(Path(args.run), args.m, exclude, args.beam, fidelity=not args.no_fidelity)
+        print(_metrics_line(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2))
         print(f"wrote {args.json}")
@@ -524,12 +577,7 @@ def _compare_arguments(parser: argparse.ArgumentParser) -> None:
     from trainer.methods import METHODS
 
     _add_data_arguments(parser, required=False)
-    parser.add_argument("--train", default=None, help="a published split's train file instead of --data: lines of "
-                        "'user_id item_id item_id ...' (.gz ok), line order as time; every user is trained on "
-                        "(default none)")
-    parser.add_argument("--test", default=None, help="with --train: the split's test file (same format); its users "
-                        "are scored by recall@20/200 and NDCG@20/200, their train items never recommended "
-                        "(default none)")
+    _add_split_files(parser)
     parser.add_argument("--methods", default="pop,itemcf,youtube", help="comma list of " + ", ".join(METHODS))
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds (splits) to average")
     _add_seed(parser, "first seed")
@@ -556,13 +604,14 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     from trainer.methods import METHODS, TRAINABLE
 
     baselines = ", ".join(name for name in METHODS if name not in TRAINABLE)
-    _add_data_arguments(parser)
+    _add_data_arguments(parser, required=False)
+    _add_split_files(parser)
     add_options(parser, data_flags("--exclude-items"))
     parser.add_argument("--method", required=True,
                        help=f"one of {', '.join(TRAINABLE)} (the baselines {baselines}: use compare)")
     parser.add_argument("--out", required=True, help="run directory to write")
     _add_seed(parser, "split and initialisation seed")
-    add_options(parser, protocol_flags())
+    add_options(parser, given_split_flags())
     parser.add_argument("--export", default=None, metavar="ARTIFACT_DIR",
                        help="also export an artifact here (default: no export)")
     parser.add_argument("--publish", default=None, metavar="REGISTRY",

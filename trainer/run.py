@@ -8,6 +8,10 @@ A run directory holds everything needed to reproduce its evaluation:
     tree.npz        the tree (tree methods)
     training.json   per-epoch loss, samples/s and validation recall
     metrics.json    test metrics (and beam-search fidelity) at training time
+
+A run trained on a published split (`train --train FILE --test FILE`) records the two files
+instead of a log (config.json's "given_split"), and its metrics are the split's: recall@k and
+NDCG@k of the test users, scored through the exported artifact as the service searches it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from service.core.items import ItemCatalog
+from trainer.data.given_split import GivenSplit, GivenSplitConfig, load_given_split
 from trainer.data.interactions import DataConfig, Interactions, load_interactions
 from trainer.data.split import EvalSet, UserSplit, make_eval_set
 from trainer.deep_retrieval import DeepRetrieval
@@ -138,6 +143,13 @@ def train_run(spec: RunSpec, out: Path, given: Mapping[str, Any] | None = None) 
     return metrics
 
 
+def given_split_of(config: dict) -> tuple[GivenSplit, GivenSplitConfig]:
+    """A published-split run's split files, read again, and its validation settings."""
+    recorded = config["given_split"]
+    split_config = GivenSplitConfig(valid_fraction=recorded["valid_fraction"], valid_holdout=recorded["valid_holdout"])
+    return load_given_split(Path(recorded["train"]), Path(recorded["test"])), split_config
+
+
 class ContinuedBase(NamedTuple):
     """A trained run that `train --start-from` continues on a new log."""
 
@@ -226,6 +238,10 @@ def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:
     config = json.loads(config_path.read_text())
     if config.get("format") != RUN_FORMAT_VERSION:
         raise DataError(f"run format {config.get('format')}, this code reads {RUN_FORMAT_VERSION}", run)
+    if "given_split" in config:  # trained on a published split: what it learnt from is the train file
+        given_split, split_config = given_split_of(config)
+        data, _ = given_split.for_training(config["seed"], split_config)
+        return config, data, UserSplit.load(run / "split.npz", data), DeepRetrieval.load(run)
     data = load_interactions(DataConfig.from_json(config["data"]))
     if "continued_from" in config:  # a continued run's data is its log in the base run's item space
         from trainer.incremental import reindex
@@ -239,6 +255,8 @@ def load_run(run: Path) -> tuple[dict, Interactions, UserSplit, DeepRetrieval]:
 
 def evaluate_run(run: Path, m: int | None, exclude_seen: bool | None, beam: int | None, fidelity: bool) -> dict:
     config, data, split, method = load_run(run)
+    if "given_split" in config:
+        raise DataError("a published-split run: trainer.evaluate.given.evaluate_given_run scores it", run)
     m = m or config["m"]
     exclude_seen = config["exclude_seen"] if exclude_seen is None else exclude_seen
     return {"run": str(run), "method": config["method"],

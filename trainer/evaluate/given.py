@@ -11,20 +11,24 @@ validation users), never the test users, so per-user differences pair across met
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainer.config import MAX_HISTORY
-from trainer.data.given_split import GivenSplit, GivenSplitConfig
+from trainer.data.given_split import GivenSplit, GivenSplitConfig, load_given_split
 from trainer.data.interactions import Interactions
 from trainer.data.split import EvalSet, UserSplit, make_samples, sampled_histories
+from trainer.deep_retrieval import DeepRetrieval
+from trainer.errors import DataError
 from trainer.evaluate.compare import (
     SeedFits,
     check_same_options,
@@ -36,6 +40,8 @@ from trainer.evaluate.compare import (
 from trainer.evaluate.metrics import paired_difference, ranking_metrics
 from trainer.fit.context import FitContext
 from trainer.fit.step import TrainConfig
+from trainer.methods import TRAINABLE, build_method
+from trainer.run import RUN_FORMAT_VERSION, given_split_of, item_catalog, load_run
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,8 @@ def fit_context(split: GivenSplit, config: GivenCompareConfig, seed: int, device
                       valid=valid, m=config.m, exclude_seen=True, seed=seed, device=device)
 
 
-def served_top(method: Any, ctx: FitContext, users: EvalSet, k: int, work: Path) -> np.ndarray:
+def served_top(method: Any, data: Interactions, user_split: UserSplit, seed: int, users: EvalSet, k: int,
+               work: Path) -> np.ndarray:
     """(U, k) item ids, the users' train items excluded. A tree method is exported to `work` and
     its artifact searched as the service does; other methods rank with their own `recommend`."""
     if getattr(method, "tree", None) is None or getattr(method, "model", None) is None:
@@ -75,14 +82,12 @@ def served_top(method: Any, ctx: FitContext, users: EvalSet, k: int, work: Path)
     from service.core.index import SearchParams, TreeIndex
     from service.scorer import OnnxScorer
     from trainer.export import write_artifact
-    from trainer.run import item_catalog
 
-    data: Interactions = ctx.data
     items_file = work / "items.npz"
-    item_catalog(data, ctx.split).save(items_file)
+    item_catalog(data, user_split).save(items_file)
     beam = method.config.search_beam(max(KS)) or max(KS)
     write_artifact(method, items_file, work / "artifact", method_name=method.name, metrics={}, k=max(KS), beam=beam,
-                   parity_histories=sampled_histories(data.n_items, method.config.scorer.max_history, 50, ctx.seed),
+                   parity_histories=sampled_histories(data.n_items, method.config.scorer.max_history, 50, seed),
                    dataset={"source": data.source, "format": data.format, "users": data.n_users,
                             "items": data.n_items, "fingerprint": data.fingerprint()})
     artifact = read_artifact(work / "artifact")
@@ -91,6 +96,30 @@ def served_top(method: Any, ctx: FitContext, users: EvalSet, k: int, work: Path)
     seen = np.split(users.feature_items, users.feature_offsets[1:-1])
     return index.search(users.histories(artifact.history_length), k,
                         SearchParams(beam=artifact.default_beam, exclude=seen)).items
+
+
+def served_metrics(method: Any, data: Interactions, user_split: UserSplit, seed: int, split: GivenSplit
+                   ) -> dict[str, np.ndarray]:
+    """Per-user recall@k and NDCG@k of `method` (fitted on `data`, the split's train file less
+    its validation items) on the split's test users, through the path that serves it."""
+    with tempfile.TemporaryDirectory(prefix="given-split-") as work:
+        top = served_top(method, data, user_split, seed, split.test, max(KS), Path(work))
+    return ranking_metrics(top, split.test, KS)
+
+
+def metric_summary(metrics: Mapping[str, np.ndarray]) -> dict:
+    """Means and standard errors over users (the form `train` and `evaluate` print and write)."""
+    n = len(next(iter(metrics.values())))
+    return {**{name: float(values.mean()) for name, values in metrics.items()},
+            "users": n, "user_se": {name: float(values.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
+                                     for name, values in metrics.items()}}
+
+
+def metrics_line(summary: Mapping[str, Any]) -> str:
+    """One line for the terminal: the peers' columns first."""
+    cells = [f"{name} {summary[name]:.4f}" + (f" (± {summary['user_se'][name]:.4f} SE)" if name == "recall@20" else "")
+             for name in METRICS]
+    return f"{'  '.join(cells)}  on {summary['users']:,} test users of the published split, as served"
 
 
 @dataclass
@@ -125,10 +154,9 @@ def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Ma
         fits = SeedFits(given, ctx)
         for name in fit_order(config.methods):
             method, started = fits.fit(name)
-            with tempfile.TemporaryDirectory(prefix="given-split-") as work:
-                top = served_top(method, ctx, split.test, max(KS), Path(work))
+            metrics = served_metrics(method, ctx.data, ctx.split, seed, split)
             fits.seconds_of[name] = time.perf_counter() - started
-            run = GivenRun(seed, ranking_metrics(top, split.test, KS), fits.seconds_of[name], epochs_run(method))
+            run = GivenRun(seed, metrics, fits.seconds_of[name], epochs_run(method))
             runs[name].append(run)
             log.info("seed %d %-9s %s (%.0f s)", seed, name,
                      " ".join(f"{metric} {run.metrics[metric].mean():.4f}" for metric in METRICS), run.seconds)
@@ -246,3 +274,69 @@ def format_given_table(result: dict) -> str:
         epochs = "-" if "epochs" not in row else f"{row['epochs']:.3g}"
         lines.append(f"| {name} | {' | '.join(cells)} | {' | '.join(diffs)} | {epochs} | {row['seconds']:.0f} |")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class GivenRunSpec:
+    """`train --train FILE --test FILE`: a method fitted on a published split's train file."""
+
+    train: str
+    test: str
+    method: str
+    seed: int = 0
+    split: GivenSplitConfig = field(default_factory=GivenSplitConfig)
+    m: int = 200  # validation recall@m picks epochs (and joint iterations), as GivenCompareConfig
+    max_history: int = MAX_HISTORY
+
+
+def train_given_run(spec: GivenRunSpec, out: Path, given: Mapping[str, Any] | None = None) -> dict:
+    """Fit on every user of the split's train file (validation carved from it), score the test
+    users as served, write the run directory; the metrics (means and per-user SEs)."""
+    if spec.method not in TRAINABLE:
+        raise DataError(f"train supports {', '.join(TRAINABLE)} (the baselines: compare --methods ... "
+                        "--train FILE --test FILE)")
+    given = {**(given or {}), "max_history": spec.max_history}
+    split = load_given_split(Path(spec.train), Path(spec.test))
+    config = GivenCompareConfig(methods=(spec.method,), seeds=(spec.seed,), split=spec.split, m=spec.m,
+                                max_history=spec.max_history)
+    ctx = fit_context(split, config, spec.seed, given.get("device", TrainConfig.device))
+    method = build_method(spec.method, given)
+    assert isinstance(method, DeepRetrieval)
+    started = time.perf_counter()
+    method.fit(ctx)
+    metrics = metric_summary(served_metrics(method, ctx.data, ctx.split, spec.seed, split))
+    metrics["fit_seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    method.save(out)
+    item_catalog(ctx.data, ctx.split).save(out / "items.npz")
+    ctx.split.save(out / "split.npz", ctx.data)
+    config_json = {
+        "format": RUN_FORMAT_VERSION, "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "method": spec.method, "seed": spec.seed,
+        "given_split": {"train": spec.train, "test": spec.test, **asdict(spec.split)},
+        "dataset": {**split.summary(), "fingerprint": ctx.data.fingerprint()},
+        "max_history": spec.max_history, "m": spec.m, "exclude_seen": True,
+        "method_config": method.config.to_json(),
+    }
+    (out / "config.json").write_text(json.dumps(config_json, indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def is_given_run(run: Path) -> bool:
+    """Whether `run` was trained on a published split (`train --train --test`)."""
+    config = run / "config.json"
+    return config.exists() and "given_split" in json.loads(config.read_text())
+
+
+def evaluate_given_run(run: Path, m: int | None = None, beam: int | None = None, exclude_seen: bool | None = None
+                       ) -> dict:
+    """A published-split run's test metrics, recomputed through the exported artifact (the
+    protocol's own knobs, M, beam and the seen-item rule, do not apply to it)."""
+    if m is not None or beam is not None or exclude_seen is not None:
+        raise DataError("--m, --beam and --exclude-seen apply to runs of our protocol: a published-split run "
+                        "reports recall@20/200 and NDCG@20/200 at its artifact's beam, train items excluded", run)
+    config, data, split, method = load_run(run)
+    given_split, _ = given_split_of(config)
+    return {"run": str(run), "method": config["method"], "given_split": config["given_split"],
+            **metric_summary(served_metrics(method, data, split, config["seed"], given_split))}

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.trainer.test_errors import assert_one_line_error, run_cli
+from tests.trainer.test_errors import assert_one_line_error, run_cli, run_process
 from trainer.data.given_split import GivenSplitConfig, load_given_split, read_user_lines
 from trainer.data.split import EvalSet
 from trainer.evaluate.metrics import ranking_metrics
@@ -232,3 +232,37 @@ def test_seeds_run_apart_merge_into_the_one_run_table(tmp_path: Path) -> None:
     ours.write_text(json.dumps({**both, "protocol": {**both["protocol"], "name": "paper"}}))
     assert_one_line_error(run_cli("merge", str(tmp_path / "s0.json"), str(ours), "--json", str(tmp_path / "x.json")),
                           "cannot merge a published-split result")
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_published_split_agree_with_compare(tmp_path: Path) -> None:
+    """`train --train --test` fits what compare fits for the same seed and options, reports the
+    same served metrics; `evaluate` recomputes them from the run directory; `export` ships it."""
+    train, test = synthetic_split(tmp_path)
+    options = ["--train", str(train), "--test", str(test), "--epochs", "2", "--m", "20", "--valid-fraction", "0.1",
+               "--seed", "1"]
+    assert run_cli("compare", *options, "--methods", "tdm", "--json", str(tmp_path / "c.json")).returncode == 0
+    run = tmp_path / "run"
+    trained = run_cli("train", *options, "--method", "tdm", "--out", str(run), "--export", str(tmp_path / "artifact"))
+    assert trained.returncode == 0, trained.stderr
+    compared = json.loads((tmp_path / "c.json").read_text())["results"]["tdm"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    for metric in ("recall@20", "ndcg@20", "recall@200", "ndcg@200"):
+        assert metrics[metric] == pytest.approx(compared[metric], abs=1e-12), metric
+    assert metrics["users"] == 300 and (tmp_path / "artifact" / "manifest.json").exists()
+    evaluated = run_process("evaluate", "--run", str(run), "--json", str(tmp_path / "e.json"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"recall@20 {metrics['recall@20']:.4f}" in evaluated.stdout and "as served" in evaluated.stdout
+    again = json.loads((tmp_path / "e.json").read_text())
+    assert {m: again[m] for m in ("recall@20", "ndcg@20")} == {m: metrics[m] for m in ("recall@20", "ndcg@20")}
+    assert_one_line_error(run_cli("evaluate", "--run", str(run), "--m", "50"), "published-split run")
+
+
+@pytest.mark.parametrize(("extra", "fragment"), [
+    (["--train", "T", "--test", "U", "--start-from", "R"], "--start-from applies to --data runs"),
+    (["--train", "T", "--test", "U", "--exclude-items", "I"], "--exclude-items applies to --data runs"),
+    (["--data", "D", "--valid-holdout", "0.5"], "--valid-holdout applies to a published split"),
+    ([], "train needs --data"),
+])
+def test_train_on_a_published_split_refuses_what_does_not_apply(extra: list[str], fragment: str) -> None:
+    assert_one_line_error(run_cli("train", "--method", "tdm", "--out", "never", *extra), fragment)
