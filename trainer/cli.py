@@ -225,7 +225,8 @@ def _compare_given_split(args: argparse.Namespace) -> None:
     protocol = _protocol(args)
     config = GivenCompareConfig(methods=methods, seeds=tuple(range(args.seed, args.seed + args.seeds)),
                                 reference=args.reference, split=configure(GivenSplitConfig(), given),
-                                m=protocol.m, max_history=protocol.max_history, per_user=args.per_user)
+                                m=protocol.m, max_history=protocol.max_history,
+                                sample_history=protocol.sample_history, per_user=args.per_user)
     options = method_options(args)
     options["itemcf_neighbours"] = args.itemcf_neighbours
     split = load_given_split(Path(args.train), Path(args.test))
@@ -364,7 +365,7 @@ def _train_given_split(args: argparse.Namespace) -> None:
     protocol = _protocol(args)
     spec = GivenRunSpec(train=args.train, test=args.test, method=args.method, seed=args.seed,
                         split=configure(GivenSplitConfig(), given_options(args, given_split_flags())),
-                        m=protocol.m, max_history=protocol.max_history)
+                        m=protocol.m, max_history=protocol.max_history, sample_history=protocol.sample_history)
     metrics = train_given_run(spec, Path(args.out), _given(method_options(args)))
     print(metrics_line(metrics))
     print(f"wrote run to {args.out}")

@@ -273,6 +273,7 @@ def _config_json(spec: RunSpec, method: DeepRetrieval, data: Interactions) -> di
         "dataset": data.summary(),
         "split": {"valid_fraction": spec.protocol.valid_fraction, "test_fraction": spec.protocol.test_fraction},
         "max_history": spec.protocol.max_history,
+        "sample_history": spec.protocol.sample_history,
         "m": spec.protocol.m,
         "exclude_seen": spec.protocol.exclude_seen,
         "method_config": method.config.to_json(),

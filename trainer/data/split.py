@@ -108,6 +108,10 @@ class SampleSet:
     rows: np.ndarray
     first: np.ndarray
     max_history: int
+    # None: a sample's features are the behaviours before it (the paper's). Otherwise (S,) the
+    # row after the user's last one: the features are all the user's other behaviours, most
+    # recent first (`HISTORIES`, "others").
+    end: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -120,7 +124,10 @@ class SampleSet:
         """(B, max_history) int32 item ids, most recent first, padded with PAD (-1)."""
         rows = self.rows if index is None else self.rows[index]
         first = self.first if index is None else self.first[index]
-        return gather_history(self.items, rows, first, self.max_history)
+        if self.end is None:
+            return gather_history(self.items, rows, first, self.max_history)
+        end = self.end if index is None else self.end[index]
+        return gather_others(self.items, rows, first, end, self.max_history)
 
 
 def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarray, length: int) -> np.ndarray:
@@ -132,18 +139,47 @@ def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarr
     return history
 
 
+def gather_others(items: np.ndarray, rows: np.ndarray, first_rows: np.ndarray, end_rows: np.ndarray, length: int
+                  ) -> np.ndarray:
+    """For each (row, first, end): items[end-1], items[end-2], ... down to `first`, skipping
+    `row` itself, padded to `length`."""
+    positions = end_rows[:, None] - 1 - np.arange(length)[None, :]
+    positions = positions - (positions <= rows[:, None])  # step over the target's own row
+    valid = positions >= first_rows[:, None]
+    history = items[np.where(valid, positions, 0)].astype(np.int32)
+    history[~valid] = PAD
+    return history
+
+
+# What a training sample sees as its user's behaviours: those before it (the paper's, and the
+# question a time-ordered log asks), or all the user's others (a log without time order, or a
+# published split whose test items are a random share of each user's: KGAT's amazon-book).
+HISTORIES = ("before", "others")
+
+
 def make_samples(data: Interactions, users: np.ndarray, max_history: int = MAX_HISTORY,
-                 min_history: int = 1) -> SampleSet:
-    """Every interaction of `users` with at least `min_history` earlier behaviours is a sample."""
+                 min_history: int = 1, history: str = "before") -> SampleSet:
+    """Every interaction of `users` with at least `min_history` other behaviours as features
+    (earlier ones with `history` "before", any other of the user's with "others") is a sample."""
     if max_history < 1:
         raise DataError(f"max_history must be >= 1, got {max_history}")
+    if history not in HISTORIES:
+        raise DataError(f"sample history must be one of {', '.join(HISTORIES)}, got {history!r}")
     users = np.asarray(users, dtype=np.int64)
     lengths = data.user_offsets[users + 1] - data.user_offsets[users]
+    index_type = np.int32 if len(data.item) < 2**31 else np.int64
+    if history == "others":  # every row of a user with more than min_history rows
+        counts = np.where(lengths > min_history, lengths, 0)
+        rows = concat_ranges(data.user_offsets[users], counts)
+        first = np.repeat(data.user_offsets[users], counts)
+        end = np.repeat(data.user_offsets[users + 1], counts)
+        return SampleSet(items=data.item, rows=rows.astype(index_type, copy=False),
+                         first=first.astype(index_type, copy=False), max_history=max_history,
+                         end=end.astype(index_type, copy=False))
     # Per user, the rows from its first + min_history to its end: no (S,) mask or temporary.
     skip = np.minimum(lengths, min_history)
     rows = concat_ranges(data.user_offsets[users] + skip, lengths - skip)
     first = np.repeat(data.user_offsets[users], lengths - skip)
-    index_type = np.int32 if len(data.item) < 2**31 else np.int64
     return SampleSet(items=data.item, rows=rows.astype(index_type, copy=False),
                      first=first.astype(index_type, copy=False), max_history=max_history)
 

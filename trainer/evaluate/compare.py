@@ -252,8 +252,8 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
     for part in parts[1:]:
         if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]:
             raise DataError("results come from different data (fingerprints differ)")
-        for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history"):
-            if part["protocol"][key] != first["protocol"][key]:
+        for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history", "sample_history"):
+            if part["protocol"].get(key, "before") != first["protocol"].get(key, "before"):
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
         check_same_options(first, part)
     if any("options" not in part for part in parts):

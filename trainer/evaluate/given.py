@@ -58,6 +58,7 @@ class GivenCompareConfig:
     split: GivenSplitConfig = field(default_factory=GivenSplitConfig)
     m: int = 200  # validation recall@m chooses epochs and joint iterations
     max_history: int = MAX_HISTORY
+    sample_history: str = "before"  # trainer.data.split.HISTORIES
     per_user: bool = False
 
 
@@ -68,7 +69,8 @@ def fit_context(split: GivenSplit, config: GivenCompareConfig, seed: int, device
     users = np.arange(fit_data.n_users, dtype=np.int64)
     user_split = UserSplit(train=users, valid=valid.users, test=split.test.users, seed=seed,
                            valid_fraction=config.split.valid_fraction, test_fraction=0.0)
-    return FitContext(data=fit_data, split=user_split, samples=make_samples(fit_data, users, config.max_history),
+    return FitContext(data=fit_data, split=user_split, samples=make_samples(fit_data, users, config.max_history,
+                                                                          history=config.sample_history),
                       valid=valid, m=config.m, exclude_seen=True, seed=seed, device=device)
 
 
@@ -176,7 +178,8 @@ def _result(split: GivenSplit, config: GivenCompareConfig, options: Mapping[str,
         "complete": complete,
         "protocol": {"name": "given split", "methods": list(config.methods), "seeds": list(config.seeds),
                      "reference": reference, "ks": list(KS), "validation_m": config.m,
-                     "max_history": config.max_history, **asdict(config.split),
+                     "max_history": config.max_history, "sample_history": config.sample_history,
+                     **asdict(config.split),
                      "features": "all of a test user's train items, file order as time",
                      "truth": "the user's distinct test items", "filter": "the user's train items never recommended"},
         "reference": reference,
@@ -207,8 +210,8 @@ def merge_given(parts: list[dict], reference: str | None = None) -> dict:
         if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or \
                 part["dataset"]["test_users"] != first["dataset"]["test_users"]:
             raise DataError("results come from different splits (fingerprints or test users differ)")
-        for key in ("ks", "validation_m", "max_history", "valid_fraction", "valid_holdout"):
-            if part["protocol"][key] != first["protocol"][key]:
+        for key in ("ks", "validation_m", "max_history", "sample_history", "valid_fraction", "valid_holdout"):
+            if part["protocol"].get(key, "before") != first["protocol"].get(key, "before"):
                 raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
         check_same_options(first, part)
     runs: dict[str, dict[int, GivenRun]] = {}
@@ -287,6 +290,7 @@ class GivenRunSpec:
     split: GivenSplitConfig = field(default_factory=GivenSplitConfig)
     m: int = 200  # validation recall@m picks epochs (and joint iterations), as GivenCompareConfig
     max_history: int = MAX_HISTORY
+    sample_history: str = "before"
 
 
 def train_given_run(spec: GivenRunSpec, out: Path, given: Mapping[str, Any] | None = None) -> dict:
@@ -298,7 +302,7 @@ def train_given_run(spec: GivenRunSpec, out: Path, given: Mapping[str, Any] | No
     given = {**(given or {}), "max_history": spec.max_history}
     split = load_given_split(Path(spec.train), Path(spec.test))
     config = GivenCompareConfig(methods=(spec.method,), seeds=(spec.seed,), split=spec.split, m=spec.m,
-                                max_history=spec.max_history)
+                                max_history=spec.max_history, sample_history=spec.sample_history)
     ctx = fit_context(split, config, spec.seed, given.get("device", TrainConfig.device))
     method = build_method(spec.method, given)
     assert isinstance(method, DeepRetrieval)
@@ -315,7 +319,7 @@ def train_given_run(spec: GivenRunSpec, out: Path, given: Mapping[str, Any] | No
         "method": spec.method, "seed": spec.seed,
         "given_split": {"train": spec.train, "test": spec.test, **asdict(spec.split)},
         "dataset": {**split.summary(), "fingerprint": ctx.data.fingerprint()},
-        "max_history": spec.max_history, "m": spec.m, "exclude_seen": True,
+        "max_history": spec.max_history, "sample_history": spec.sample_history, "m": spec.m, "exclude_seen": True,
         "method_config": method.config.to_json(),
     }
     (out / "config.json").write_text(json.dumps(config_json, indent=2))

@@ -16,6 +16,7 @@ from service.core.tree import Tree
 from trainer.config import MAX_HISTORY, option
 from trainer.data.interactions import Interactions
 from trainer.data.split import (
+    HISTORIES,
     TEST_FRACTION,
     VALID_FRACTION,
     EvalSet,
@@ -42,6 +43,10 @@ class EvalProtocol:
     valid_fraction: float = option(VALID_FRACTION, "share of users held out for validation")
     test_fraction: float = option(TEST_FRACTION, "share of users held out for test")
     max_history: int = option(MAX_HISTORY, "behaviours used as features")
+    # trainer.data.split.HISTORIES: which behaviours a training sample sees.
+    sample_history: str = option("before", "a training sample's features: the user's behaviours before it "
+                                 "(the paper's), or all the user's others (logs without time order)",
+                                 choices=HISTORIES)
 
     def split(self, data: Interactions, seed: int) -> UserSplit:
         return split_users(data.n_users, seed, self.valid_fraction, self.test_fraction)
@@ -49,7 +54,8 @@ class EvalProtocol:
     def fit_context(self, data: Interactions, split: UserSplit, seed: int, device: str) -> FitContext:
         """What a method may learn from under this protocol: every interaction of the training
         users as a sample, the validation users for choosing epochs. Test users stay out."""
-        return FitContext(data=data, split=split, samples=make_samples(data, split.train, self.max_history),
+        return FitContext(data=data, split=split, samples=make_samples(data, split.train, self.max_history,
+                                                                       history=self.sample_history),
                           valid=make_eval_set(data, split.valid), m=self.m, exclude_seen=self.exclude_seen,
                           seed=seed, device=device)
 

@@ -9,6 +9,7 @@ import pytest
 from trainer.data.formats import RawLog
 from trainer.data.interactions import build_interactions
 from trainer.data.split import PAD, UserSplit, make_eval_set, make_samples, split_users
+from trainer.errors import DataError
 
 
 def tiny_interactions(n_users: int = 30, seed: int = 0, min_len: int = 3, max_len: int = 40):
@@ -66,6 +67,30 @@ def test_samples_match_a_direct_loop(max_history: int) -> None:
             expected_histories.append(past + [PAD] * (max_history - len(past)))
     assert np.array_equal(samples.targets, expected_targets)
     assert np.array_equal(samples.histories(), np.array(expected_histories))
+
+
+@pytest.mark.parametrize("max_history", [1, 5, 69])
+def test_samples_seeing_all_other_behaviours_match_a_direct_loop(max_history: int) -> None:
+    """`history="others"`: each behaviour of a user with at least two is a sample, its features
+    the user's other behaviours, most recent first; a batch's rows gather the same."""
+    _, data = tiny_interactions(min_len=1, max_len=12)
+    users = np.arange(0, data.n_users, 2)
+    samples = make_samples(data, users, max_history=max_history, history="others")
+    expected_targets, expected_histories = [], []
+    for u in users:
+        seq = list(data.item[data.user_offsets[u]:data.user_offsets[u + 1]])
+        if len(seq) < 2:
+            continue
+        for t in range(len(seq)):
+            others = (seq[:t] + seq[t + 1:])[::-1][:max_history]
+            expected_targets.append(seq[t])
+            expected_histories.append(others + [PAD] * (max_history - len(others)))
+    assert np.array_equal(samples.targets, expected_targets)
+    assert np.array_equal(samples.histories(), np.array(expected_histories))
+    index = np.array([5, 0, len(samples) - 1, 5])
+    assert np.array_equal(samples.histories(index), np.array(expected_histories)[index])
+    with pytest.raises(DataError, match="sample history"):
+        make_samples(data, users, history="random")
 
 
 def test_eval_set_halves() -> None:
