@@ -152,6 +152,19 @@ class DeepRetrieval:
             return [r.epochs for r in self.joint_history.records]
         return [len(self.history.epochs)] if self.history is not None else []
 
+    def validation_curve(self) -> list[dict]:
+        """Validation recall against the run's cumulative seconds (training and validation; the
+        tree steps too): a point per initial epoch, then one per joint iteration (its best)."""
+        points, seconds = [], 0.0
+        for record in self.history.epochs if self.history is not None else []:
+            seconds += record.wall_seconds or record.seconds
+            points.append({"phase": "epoch", "epoch": record.epoch, "seconds": seconds, "valid": record.valid_score})
+        for record in (self.joint_history.records[1:] if self.joint_history is not None else []):
+            seconds += record.tree_seconds + record.train_seconds
+            points.append({"phase": "iteration", "iteration": record.iteration, "epochs": record.epochs,
+                           "seconds": seconds, "valid": record.valid["recall"]})
+        return points
+
     # ----------------------------------------------------------------- retrieve
 
     def recommend(self, eval_set: EvalSet, m: int, exclude_seen: bool, beam: int | None = None) -> np.ndarray:

@@ -66,7 +66,8 @@ def run_compare(data: Interactions, config: CompareConfig, options: Mapping[str,
             fits.seconds_of[name] = seconds
             metrics = scored.metrics
             run = SeedRun(seed=seed, metrics=metrics, seconds=seconds, epochs=epochs_run(method),
-                          fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall)
+                          fidelity=scored.fidelity, brute_force_recall=scored.brute_force_recall,
+                          curve=validation_curve(method))
             if getattr(method, "joint_history", None) is not None:
                 run.joint = method.joint_history.to_json()  # L(theta, pi) and recall per iteration
             run.tuning = getattr(method, "tuning", None) or None  # the grid a tuned baseline chose from
@@ -136,6 +137,11 @@ def shared_seconds(base, base_seconds: float) -> float:
     return float(sum(e.seconds for e in snapshot.epochs))
 
 
+def validation_curve(method) -> list[dict] | None:
+    """Validation recall against seconds of training so far (scorer methods; None for others)."""
+    return method.validation_curve() or None if hasattr(method, "validation_curve") else None
+
+
 def epochs_run(method) -> list[int] | None:
     """Training epochs each phase of `method` ran (joint: iteration 0, then each iteration)."""
     if hasattr(method, "epochs_run"):
@@ -186,11 +192,13 @@ class SeedRun:
     joint: dict | None = None  # joint methods: the loop's history (global loss, moves, recall)
     epochs: list[int] | None = None  # epochs run per training phase (joint: per iteration)
     tuning: list[dict] | None = None  # methods that tune on validation users (two-tower): each candidate
+    curve: list[dict] | None = None  # validation recall per epoch and joint iteration, with the seconds so far
 
     def to_json(self) -> dict:
         return {"seed": self.seed, "seconds": self.seconds, "fidelity": self.fidelity,
                 "brute_force_recall": self.brute_force_recall, "joint": self.joint, "epochs": self.epochs,
-                "tuning": self.tuning, "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
+                "tuning": self.tuning, "curve": self.curve,
+                "users": {k: getattr(self.metrics, k).tolist() for k in METRICS}}
 
     def same_metrics(self, other: SeedRun) -> bool:
         """Identical per-user metrics (the same users, the same recommendations' scores)."""
@@ -201,7 +209,8 @@ class SeedRun:
         metrics = UserMetrics(**{k: np.asarray(data["users"][k], dtype=np.float64) for k in METRICS})
         return cls(seed=int(data["seed"]), metrics=metrics, seconds=float(data["seconds"]),
                    fidelity=data.get("fidelity"), brute_force_recall=data.get("brute_force_recall"),
-                   joint=data.get("joint"), epochs=data.get("epochs"), tuning=data.get("tuning"))
+                   joint=data.get("joint"), epochs=data.get("epochs"), tuning=data.get("tuning"),
+                   curve=data.get("curve"))
 
 
 def summarize_runs(runs: dict[str, list[SeedRun]], reference: str) -> dict:

@@ -36,6 +36,7 @@ from trainer.evaluate.compare import (
     fit_order,
     run_environment,
     training_defaults,
+    validation_curve,
 )
 from trainer.evaluate.metrics import paired_difference, ranking_metrics
 from trainer.fit.context import FitContext
@@ -132,14 +133,16 @@ class GivenRun:
     metrics: dict[str, np.ndarray]
     seconds: float  # fit and retrieval
     epochs: list[int] | None = None
+    curve: list[dict] | None = None  # validation recall per epoch and joint iteration, with the seconds so far
 
     def to_json(self) -> dict:
-        return {"seed": self.seed, "seconds": self.seconds, "epochs": self.epochs,
+        return {"seed": self.seed, "seconds": self.seconds, "epochs": self.epochs, "curve": self.curve,
                 "users": {name: values.tolist() for name, values in self.metrics.items()}}
 
     @classmethod
     def from_json(cls, data: dict) -> GivenRun:
         return cls(seed=int(data["seed"]), seconds=float(data["seconds"]), epochs=data.get("epochs"),
+                   curve=data.get("curve"),
                    metrics={name: np.asarray(values, dtype=np.float64) for name, values in data["users"].items()})
 
 
@@ -158,7 +161,7 @@ def run_given_compare(split: GivenSplit, config: GivenCompareConfig, options: Ma
             method, started = fits.fit(name)
             metrics = served_metrics(method, ctx.data, ctx.split, seed, split)
             fits.seconds_of[name] = time.perf_counter() - started
-            run = GivenRun(seed, metrics, fits.seconds_of[name], epochs_run(method))
+            run = GivenRun(seed, metrics, fits.seconds_of[name], epochs_run(method), validation_curve(method))
             runs[name].append(run)
             log.info("seed %d %-9s %s (%.0f s)", seed, name,
                      " ".join(f"{metric} {run.metrics[metric].mean():.4f}" for metric in METRICS), run.seconds)

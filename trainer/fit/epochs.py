@@ -41,7 +41,8 @@ class EpochRecord:
     train_loss: float
     samples_per_s: float
     valid_score: float | None
-    seconds: float
+    seconds: float  # the epoch's batches
+    wall_seconds: float = 0.0  # and its validation: what the epoch cost the run
 
 
 @dataclass
@@ -156,7 +157,8 @@ def train_epochs(
                     score = float(validate())
             if dist_ctx is not None:
                 score = distributed.broadcast_float(score)
-        record = EpochRecord(epoch, total / max(seen, 1), seen / max(seconds, 1e-9), score, seconds)
+        record = EpochRecord(epoch, total / max(seen, 1), seen / max(seconds, 1e-9), score, seconds,
+                             wall_seconds=time.perf_counter() - started)
         history.epochs.append(record)
         log.info(
             "%s epoch %d: loss %.4f, %.0f samples/s%s", description, epoch, record.train_loss,
