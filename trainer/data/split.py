@@ -112,22 +112,40 @@ class SampleSet:
     # row after the user's last one: the features are all the user's other behaviours, most
     # recent first (`HISTORIES`, "others").
     end: np.ndarray | None = None
+    # "shuffled": the user of each row of `items`, and `items` with every user's behaviours in
+    # the order the last `reshuffle` drew (samples and features are positions in that order).
+    owner: np.ndarray | None = None
+    shuffled: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     @property
+    def ordered_items(self) -> np.ndarray:
+        """The items in the order the samples' positions refer to."""
+        return self.items if self.shuffled is None else self.shuffled
+
+    @property
     def targets(self) -> np.ndarray:
-        return self.items[self.rows]
+        return self.ordered_items[self.rows]
 
     def histories(self, index: np.ndarray | slice | None = None) -> np.ndarray:
         """(B, max_history) int32 item ids, most recent first, padded with PAD (-1)."""
         rows = self.rows if index is None else self.rows[index]
         first = self.first if index is None else self.first[index]
         if self.end is None:
-            return gather_history(self.items, rows, first, self.max_history)
+            return gather_history(self.ordered_items, rows, first, self.max_history)
         end = self.end if index is None else self.end[index]
         return gather_others(self.items, rows, first, end, self.max_history)
+
+    def reshuffle(self, rng: np.random.Generator) -> None:
+        """Draw a new order of every user's behaviours ("shuffled" samples; others: nothing to do).
+        Each epoch then asks other questions of the same log: each item is predicted from another
+        random subset of the user's other items."""
+        if self.shuffled is None or self.owner is None:
+            return
+        order = np.lexsort((rng.random(len(self.items)), self.owner))
+        self.shuffled[:] = self.items[order]
 
 
 def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarray, length: int) -> np.ndarray:
@@ -152,9 +170,10 @@ def gather_others(items: np.ndarray, rows: np.ndarray, first_rows: np.ndarray, e
 
 
 # What a training sample sees as its user's behaviours: those before it (the paper's, and the
-# question a time-ordered log asks), or all the user's others (a log without time order, or a
-# published split whose test items are a random share of each user's: KGAT's amazon-book).
-HISTORIES = ("before", "others")
+# question a time-ordered log asks); all the user's others; or those before it in an order drawn
+# afresh every epoch (both for a log without time order, or a published split whose test items
+# are a random share of each user's: KGAT's amazon-book).
+HISTORIES = ("before", "others", "shuffled")
 
 
 def make_samples(data: Interactions, users: np.ndarray, max_history: int = MAX_HISTORY,
@@ -180,8 +199,12 @@ def make_samples(data: Interactions, users: np.ndarray, max_history: int = MAX_H
     skip = np.minimum(lengths, min_history)
     rows = concat_ranges(data.user_offsets[users] + skip, lengths - skip)
     first = np.repeat(data.user_offsets[users], lengths - skip)
+    shuffled = {}
+    if history == "shuffled":  # the log's order until the first `reshuffle`
+        owner = np.repeat(np.arange(data.n_users, dtype=np.int32), np.diff(data.user_offsets))
+        shuffled = {"owner": owner, "shuffled": data.item.copy()}
     return SampleSet(items=data.item, rows=rows.astype(index_type, copy=False),
-                     first=first.astype(index_type, copy=False), max_history=max_history)
+                     first=first.astype(index_type, copy=False), max_history=max_history, **shuffled)
 
 
 # --------------------------------------------------------------------------- evaluation sets

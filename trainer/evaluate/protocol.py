@@ -45,8 +45,8 @@ class EvalProtocol:
     max_history: int = option(MAX_HISTORY, "behaviours used as features")
     # trainer.data.split.HISTORIES: which behaviours a training sample sees.
     sample_history: str = option("before", "a training sample's features: the user's behaviours before it "
-                                 "(the paper's), or all the user's others (logs without time order)",
-                                 choices=HISTORIES)
+                                 "(the paper's); all the user's others; or those before it in an order drawn "
+                                 "afresh each epoch (the last two: logs without time order)", choices=HISTORIES)
 
     def split(self, data: Interactions, seed: int) -> UserSplit:
         return split_users(data.n_users, seed, self.valid_fraction, self.test_fraction)

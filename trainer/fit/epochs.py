@@ -208,7 +208,8 @@ def fit_scorer(
     builder = make_builder(model, samples, sampler, tree, hierarchical, times)
     step = ScorerStep(model, config, times)
     step.plan(steps_per_epoch(len(samples), config.batch_size))
-    before_epoch = None
+    shuffle_rng = np.random.default_rng([seed, 2])  # its own stream, as the mining's
+    mine = None
     if isinstance(sampler, BeamAwareSampler):
         from trainer.fit import distributed
 
@@ -216,9 +217,14 @@ def fit_scorer(
             raise DataError("beam-aware negatives run in one process (each torchrun rank would mine every sample)")
         mining_rng = np.random.default_rng([seed, 1])  # its own stream: the batches' draws stay the same
 
-        def before_epoch(epoch: int) -> None:
+        def mine(epoch: int) -> None:
             if epoch > sampler.config.warmup_epochs:  # uniform negatives until then
                 sampler.refresh(model, samples, mining_rng)
+
+    def before_epoch(epoch: int) -> None:
+        samples.reshuffle(shuffle_rng)  # "shuffled" samples: every user's behaviours in a new order
+        if mine is not None:
+            mine(epoch)
 
     return train_epochs(model, step, len(samples), config.batch_size, config.epochs, rng,
                         validate=validate, patience=config.patience, description=description,

@@ -93,6 +93,36 @@ def test_samples_seeing_all_other_behaviours_match_a_direct_loop(max_history: in
         make_samples(data, users, history="random")
 
 
+def test_shuffled_samples_draw_a_new_order_of_each_users_behaviours() -> None:
+    """`history="shuffled"`: before the first reshuffle the paper's samples; after it, every
+    user's behaviours in a drawn order (the same multiset), features the ones before in it."""
+    _, data = tiny_interactions(min_len=2, max_len=15)
+    users = np.arange(1, data.n_users, 2)
+    before = make_samples(data, users, max_history=5)
+    samples = make_samples(data, users, max_history=5, history="shuffled")
+    assert np.array_equal(samples.histories(), before.histories())
+    original = data.item.copy()
+    orders = []
+    for seed in (3, 3, 4):
+        samples.reshuffle(np.random.default_rng(seed))
+        orders.append(samples.ordered_items.copy())
+        expected_targets, expected_histories = [], []
+        for u in users:
+            start, end = data.user_offsets[u], data.user_offsets[u + 1]
+            seq = list(samples.ordered_items[start:end])
+            assert sorted(seq) == sorted(original[start:end])
+            for t in range(1, len(seq)):
+                past = seq[max(0, t - 5):t][::-1]
+                expected_targets.append(seq[t])
+                expected_histories.append(past + [PAD] * (5 - len(past)))
+        assert np.array_equal(samples.targets, expected_targets)
+        assert np.array_equal(samples.histories(), np.array(expected_histories))
+    assert np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[0], orders[2])
+    assert np.array_equal(data.item, original)  # the log itself is never reordered
+    before.reshuffle(np.random.default_rng(0))  # the paper's samples have no order to draw
+    assert np.array_equal(before.histories(), make_samples(data, users, max_history=5).histories())
+
+
 def test_eval_set_halves() -> None:
     _, data = tiny_interactions()
     users = np.array([0, 3, 7])

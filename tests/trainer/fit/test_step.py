@@ -173,3 +173,27 @@ def test_auto_kernel_follows_the_measured_choice(monkeypatch, device_bf16: bool,
     step = ScorerStep(model, config)
     assert step.kernel == expected
     assert (step.autocast is not None) == (expected == "autograd")
+
+
+def test_training_draws_a_new_order_of_shuffled_samples_every_epoch(monkeypatch) -> None:
+    """fit_scorer reshuffles "shuffled" samples before each epoch, from its own stream (so the
+    batches' order and negatives come from the training seed as before)."""
+    from trainer.data.split import SampleSet
+    from trainer.fit.epochs import fit_scorer
+
+    _, data = tiny_interactions(n_users=40)
+    samples = make_samples(data, split_users(data.n_users, 0, 0.0, 0.2).train, max_history=10, history="shuffled")
+    tree = random_tree(data.n_items, seed=1)
+    orders = []
+    original = SampleSet.reshuffle
+
+    def recording(self, rng):
+        original(self, rng)
+        orders.append(self.ordered_items.copy())
+
+    monkeypatch.setattr(SampleSet, "reshuffle", recording)
+    model = TreeScorer(tree.n_rows, ScorerConfig(**CONFIG))
+    fit_scorer(model, samples, LayerwiseSampler.create(tree), tree, False, TrainConfig(epochs=3, threads=1), seed=0,
+               validate=None, description="test")
+    assert len(orders) == 3
+    assert not np.array_equal(orders[0], data.item) and not np.array_equal(orders[0], orders[1])
