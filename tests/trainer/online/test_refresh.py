@@ -114,13 +114,17 @@ def test_a_worse_candidate_is_refused_and_the_served_version_stays(served, tmp_p
         return method
 
     monkeypatch.setattr(refresh_module, "_continue", sabotaged)
-    decision = refresh(registry_dir, log_dir, RefreshConfig(holdout=0.3))
+    # 60 held-out users, and the served model already finds ~98% of them: one user is 0.017 of
+    # recall, so the honest fine-tune may lose one by chance (it did, on some days' timestamps).
+    # A tolerance of three users still refuses the sabotaged candidate by a wide margin.
+    gate = RefreshConfig(holdout=0.3, tolerance=0.05)
+    decision = refresh(registry_dir, log_dir, gate)
     assert decision["decision"] == "refuse" and registry.current() == before
     assert decision["paired_difference"]["mean"] < -decision["tolerance"]
     assert decision["candidate"] not in registry.versions()
     assert registry.last_decision()["decision"] == "refuse"
     monkeypatch.setattr(refresh_module, "_continue", fine_tune)
-    assert refresh(registry_dir, log_dir, RefreshConfig(holdout=0.3))["decision"] == "publish"
+    assert refresh(registry_dir, log_dir, gate)["decision"] == "publish"
 
 
 @pytest.mark.slow
