@@ -171,8 +171,8 @@ def gather_others(items: np.ndarray, rows: np.ndarray, first_rows: np.ndarray, e
 
 # What a training sample sees as its user's behaviours: those before it (the paper's, and the
 # question a time-ordered log asks); all the user's others; or those before it in an order drawn
-# afresh every epoch (both for a log without time order, or a published split whose test items
-# are a random share of each user's: KGAT's amazon-book).
+# afresh every epoch (the last two for a log with no order at all: KGAT's amazon-book lines, which
+# looked orderless, turned out time-like, and both lose there; docs/experiments/amazon-book-probes.md).
 HISTORIES = ("before", "others", "shuffled")
 
 
