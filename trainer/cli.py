@@ -342,11 +342,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         return
     print(_metrics_line(metrics))
     print(f"wrote run to {args.out}")
-    if args.export or args.publish:
-        artifact = Path(args.export) if args.export else Path(args.out) / "artifact"
-        _export(Path(args.out), artifact)
-        if args.publish:
-            _publish(artifact, Path(args.publish), args.redis_url)
+    _export_and_publish(args)
 
 
 def _train_given_split(args: argparse.Namespace) -> None:
@@ -369,6 +365,11 @@ def _train_given_split(args: argparse.Namespace) -> None:
     metrics = train_given_run(spec, Path(args.out), _given(method_options(args)))
     print(metrics_line(metrics))
     print(f"wrote run to {args.out}")
+    _export_and_publish(args)
+
+
+def _export_and_publish(args: argparse.Namespace) -> None:
+    """train's --export / --publish: the run just written, as an artifact (and published)."""
     if args.export or args.publish:
         artifact = Path(args.export) if args.export else Path(args.out) / "artifact"
         _export(Path(args.out), artifact)

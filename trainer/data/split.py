@@ -136,7 +136,7 @@ class SampleSet:
         if self.end is None:
             return gather_history(self.ordered_items, rows, first, self.max_history)
         end = self.end if index is None else self.end[index]
-        return gather_others(self.items, rows, first, end, self.max_history)
+        return gather_history(self.items, end, first, self.max_history, skip=rows)
 
     def reshuffle(self, rng: np.random.Generator) -> None:
         """Draw a new order of every user's behaviours ("shuffled" samples; others: nothing to do).
@@ -148,21 +148,13 @@ class SampleSet:
         self.shuffled[:] = self.items[order]
 
 
-def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarray, length: int) -> np.ndarray:
-    """For each (end, first): items[end-1], items[end-2], ... down to `first`, padded to `length`."""
+def gather_history(items: np.ndarray, end_rows: np.ndarray, first_rows: np.ndarray, length: int,
+                   skip: np.ndarray | None = None) -> np.ndarray:
+    """For each (end, first): items[end-1], items[end-2], ... down to `first`, padded to
+    `length`; with `skip`, stepping over each one's row `skip` (a sample's own target)."""
     positions = end_rows[:, None] - 1 - np.arange(length)[None, :]
-    valid = positions >= first_rows[:, None]
-    history = items[np.where(valid, positions, 0)].astype(np.int32)
-    history[~valid] = PAD
-    return history
-
-
-def gather_others(items: np.ndarray, rows: np.ndarray, first_rows: np.ndarray, end_rows: np.ndarray, length: int
-                  ) -> np.ndarray:
-    """For each (row, first, end): items[end-1], items[end-2], ... down to `first`, skipping
-    `row` itself, padded to `length`."""
-    positions = end_rows[:, None] - 1 - np.arange(length)[None, :]
-    positions = positions - (positions <= rows[:, None])  # step over the target's own row
+    if skip is not None:
+        positions = positions - (positions <= skip[:, None])
     valid = positions >= first_rows[:, None]
     history = items[np.where(valid, positions, 0)].astype(np.int32)
     history[~valid] = PAD

@@ -139,7 +139,9 @@ def shared_seconds(base, base_seconds: float) -> float:
 
 def validation_curve(method) -> list[dict] | None:
     """Validation recall against seconds of training so far (scorer methods; None for others)."""
-    return method.validation_curve() or None if hasattr(method, "validation_curve") else None
+    if not hasattr(method, "validation_curve"):
+        return None
+    return method.validation_curve() or None
 
 
 def epochs_run(method) -> list[int] | None:
@@ -261,9 +263,8 @@ def merge_results(parts: list[dict], reference: str | None = None) -> dict:
     for part in parts[1:]:
         if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]:
             raise DataError("results come from different data (fingerprints differ)")
-        for key in ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history", "sample_history"):
-            if part["protocol"].get(key, "before") != first["protocol"].get(key, "before"):
-                raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
+        check_same_protocol(first, part, ("m", "exclude_seen", "valid_fraction", "test_fraction", "max_history",
+                                          "sample_history"))
         check_same_options(first, part)
     if any("options" not in part for part in parts):
         log.warning("merge: %d of %d results do not record their training options (written by an older "
@@ -334,6 +335,16 @@ def _effective_options(part: dict) -> dict:
     options.update({k: bool(options.get(k)) for k in _SWITCHES})
     defaults = {**_DEFAULTS_BEFORE_RECORDING, **part.get("defaults", {})}
     return {k: defaults.get(k) if v is None and k in defaults else v for k, v in options.items()}
+
+
+def check_same_protocol(first: dict, other: dict, keys: tuple[str, ...]) -> None:
+    """Refuse to pool results whose protocols differ in any of `keys` (a result written before
+    `sample_history` existed trained on the behaviours before each sample)."""
+    for key in keys:
+        mine, theirs = (part["protocol"].get(key, "before" if key == "sample_history" else None)
+                        for part in (first, other))
+        if mine != theirs:
+            raise DataError(f"results differ in {key}: {mine} vs {theirs}")
 
 
 def check_same_options(first: dict, other: dict) -> None:

@@ -32,6 +32,7 @@ from trainer.errors import DataError
 from trainer.evaluate.compare import (
     SeedFits,
     check_same_options,
+    check_same_protocol,
     epochs_run,
     fit_order,
     run_environment,
@@ -213,9 +214,8 @@ def merge_given(parts: list[dict], reference: str | None = None) -> dict:
         if part["dataset"]["fingerprint"] != first["dataset"]["fingerprint"] or \
                 part["dataset"]["test_users"] != first["dataset"]["test_users"]:
             raise DataError("results come from different splits (fingerprints or test users differ)")
-        for key in ("ks", "validation_m", "max_history", "sample_history", "valid_fraction", "valid_holdout"):
-            if part["protocol"].get(key, "before") != first["protocol"].get(key, "before"):
-                raise DataError(f"results differ in {key}: {first['protocol'][key]} vs {part['protocol'][key]}")
+        check_same_protocol(first, part, ("ks", "validation_m", "max_history", "sample_history", "valid_fraction",
+                                          "valid_holdout"))
         check_same_options(first, part)
     runs: dict[str, dict[int, GivenRun]] = {}
     for part in parts:

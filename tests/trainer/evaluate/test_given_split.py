@@ -228,6 +228,18 @@ def test_seeds_run_apart_merge_into_the_one_run_table(tmp_path: Path) -> None:
         assert {k: v for k, v in merged["results"][name].items() if k != "seconds"} == \
             {k: v for k, v in row.items() if k != "seconds"}
     assert both["results"]["pop"]["std"]["recall@20"] > 0  # the validation users, and so the counts, differ by seed
+    # A part written before sample_history was recorded trained on the behaviours before each
+    # sample: it pools with "before" and is refused beside any other choice, in one line.
+    older = json.loads((tmp_path / "s1.json").read_text())
+    del older["protocol"]["sample_history"]
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    assert run_cli("merge", str(tmp_path / "s0.json"), str(tmp_path / "older.json"), "--json",
+                   str(tmp_path / "o.json")).returncode == 0
+    other = json.loads((tmp_path / "s0.json").read_text())
+    other["protocol"]["sample_history"] = "others"
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert_one_line_error(run_cli("merge", str(tmp_path / "older.json"), str(tmp_path / "other.json"), "--json",
+                                  str(tmp_path / "x.json")), "results differ in sample_history: before vs others")
     ours = tmp_path / "ours.json"
     ours.write_text(json.dumps({**both, "protocol": {**both["protocol"], "name": "paper"}}))
     assert_one_line_error(run_cli("merge", str(tmp_path / "s0.json"), str(ours), "--json", str(tmp_path / "x.json")),
